@@ -1,0 +1,61 @@
+# `make serve` and `make test` set everything up themselves on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTOS := $(wildcard protos/agentserver/v1/*.proto)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup serve test test-fast lint gen check-generated bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[dev]"
+	printf '%s\n' $(CURDIR)/generated $(CURDIR)/server $(CURDIR)/clients \
+	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/agentserver-roots.pth"
+	touch $(STAMP)
+
+## Run the server on its embedded defaults (SQLite file, dry-run channels, offline engine).
+serve: $(STAMP)
+	$(BIN)/agentserver serve
+
+## The whole suite: generated-code freshness, lint, then tests on SQLite, PostgreSQL and Redis.
+test: $(STAMP) check-generated lint
+	$(BIN)/pytest -q
+
+## Tests only.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -x
+
+lint: $(STAMP)
+	$(BIN)/ruff check server clients tests bench migrations
+	$(BIN)/ruff format --check server clients tests bench migrations
+	$(BIN)/mypy server/agentserver clients/agentserver
+	$(BIN)/buf lint
+
+## Rebuild generated/ from protos/ (the one command).
+gen: $(STAMP)
+	rm -rf generated/agentserver
+	$(call protoc,generated)
+
+## Fails when generated/ is stale against protos/.
+check-generated: $(STAMP)
+	@tmp=$$(mktemp -d) && $(call protoc,$$tmp) && \
+	  if diff -r -x __pycache__ $$tmp/agentserver generated/agentserver >/dev/null; then \
+	    echo "generated/ is up to date"; rm -rf $$tmp; \
+	  else echo "generated/ is stale: run 'make gen' and commit" >&2; diff -r -x __pycache__ $$tmp/agentserver generated/agentserver | head -20; rm -rf $$tmp; exit 1; fi
+
+bench: $(STAMP)
+	$(BIN)/python bench/ledger.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache agentserver.db
+
+define protoc
+mkdir -p $(1) && $(BIN)/python -m grpc_tools.protoc -Iprotos \
+  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
+endef
