@@ -1,0 +1,1 @@
+"""The domain: pure business rules. Nothing here imports grpc, SQLAlchemy or redis."""

@@ -1,0 +1,1 @@
+"""Decision: engines propose, policy disposes."""

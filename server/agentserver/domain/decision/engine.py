@@ -1,0 +1,67 @@
+"""The engine port: every decision engine (offline rules, LLM) proposes through it.
+
+An engine only *proposes*: intents, action types, parameters and a confidence.
+Permissions, token checks and decision levels are decided afterwards by the policy
+(`agentserver.domain.decision.policy`), deterministically, over the proposal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+Role = Literal["user", "assistant", "system"]
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """What an engine gets to work with."""
+
+    message: str
+    now: datetime
+    history: list[HistoryMessage] = field(default_factory=list)
+    business_context: dict[str, Any] = field(default_factory=dict)
+    tenant_id: str = ""
+    location_id: str = ""
+
+
+@dataclass(frozen=True)
+class ProposedAction:
+    """One action the engine believes the user asked for."""
+
+    action_type: str
+    parameters: dict[str, Any]
+    confidence: int  # 0..100
+    reasoning: str = ""
+    # Required parameters the message did not give; the engine asks instead of guessing.
+    missing_parameters: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An engine's whole reading of one message."""
+
+    reply: str
+    actions: list[ProposedAction]
+    confidence: int  # 0..100, overall
+    reasoning: str
+    engine: str  # "offline" or "llm:<model>", plus any fallback note
+    # The message asks to skip approvals, widen permissions or otherwise bypass rules.
+    bypass_attempt: bool = False
+
+
+class DecisionEngine(Protocol):
+    """Reads a message and proposes actions. Never raises for bad model output:
+    an engine that cannot decide degrades (simpler mode, then the offline engine)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def propose(self, request: EngineRequest) -> Proposal: ...
