@@ -1,0 +1,1 @@
+"""Adapters: the I/O behind the domain's ports (database, channels, LLM, Redis)."""

@@ -1,0 +1,1 @@
+"""SQLAlchemy 2 (async) storage: SQLite by default, PostgreSQL when configured."""

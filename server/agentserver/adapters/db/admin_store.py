@@ -1,0 +1,245 @@
+"""Tenants, API keys, permission rules, channel settings and events on SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentserver.adapters.db.models import (
+    ApiKey,
+    ChannelSetting,
+    Event,
+    PermissionRule,
+    Tenant,
+    Wallet,
+)
+from agentserver.domain.errors import Conflict, InvalidArgument, NotFound
+from agentserver.domain.identity import KeyRecord, generate_key, hash_key
+from agentserver.domain.ids import new_id
+
+K = ApiKey.__table__
+T = Tenant.__table__
+W = Wallet.__table__
+PR = PermissionRule.__table__
+EV = Event.__table__
+CS = ChannelSetting.__table__
+
+SCOPES = ("business", "user", "location")
+EFFECTS = ("allow", "deny")
+
+
+class SqlAdminStore:
+    def __init__(self, engine: AsyncEngine, *, low_balance_threshold: int = 50) -> None:
+        self._engine = engine
+        self._low_balance_threshold = low_balance_threshold
+
+    # -- tenants -------------------------------------------------------------
+
+    async def create_tenant(
+        self, tenant_id: str, name: str, now: datetime, policy: dict[str, Any] | None = None
+    ) -> None:
+        """Create a tenant and its tenant-wide wallet (empty)."""
+        if not tenant_id or len(tenant_id) > 64:
+            raise InvalidArgument.field("tenant_id", "must be 1 to 64 characters")
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(T).values(
+                        id=tenant_id, name=name or tenant_id, policy=policy or {}, created_at=now
+                    )
+                )
+                await conn.execute(
+                    insert(W).values(
+                        id=new_id("wal"),
+                        tenant_id=tenant_id,
+                        location_id="",
+                        low_balance_threshold=self._low_balance_threshold,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        except IntegrityError:
+            raise Conflict(f"tenant {tenant_id!r} already exists") from None
+
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(select(T.c.id).where(T.c.id == tenant_id))).first() is not None
+
+    async def count_tenants(self) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(T))).scalar_one())
+
+    async def tenant_policy(self, tenant_id: str) -> dict[str, Any]:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(T.c.policy).where(T.c.id == tenant_id))).first()
+        if row is None:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        return dict(row.policy or {})
+
+    async def set_tenant_policy(self, tenant_id: str, policy: dict[str, Any]) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(T).where(T.c.id == tenant_id).values(policy=policy))
+            if result.rowcount != 1:
+                raise NotFound(f"tenant {tenant_id!r} not found")
+
+    # -- API keys ------------------------------------------------------------
+
+    async def create_key(
+        self, tenant_id: str | None, scopes: Sequence[str], description: str, now: datetime
+    ) -> tuple[str, str]:
+        """Store a new key's hash; returns (key id, full key). The key is shown once."""
+        if tenant_id is not None and not await self.tenant_exists(tenant_id):
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        key_id, key = generate_key()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(K).values(
+                    id=key_id,
+                    tenant_id=tenant_id,
+                    key_hash=hash_key(key),
+                    scopes=list(scopes),
+                    description=description,
+                    created_at=now,
+                )
+            )
+        return key_id, key
+
+    async def revoke_key(self, key_id: str, now: datetime) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(K).where(K.c.id == key_id).values(revoked_at=now))
+            if result.rowcount != 1:
+                raise NotFound(f"API key {key_id!r} not found")
+
+    async def list_keys(self, tenant_id: str | None) -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            query = select(K.c.id, K.c.tenant_id, K.c.scopes, K.c.description, K.c.revoked_at)
+            if tenant_id is not None:
+                query = query.where(K.c.tenant_id == tenant_id)
+            return [dict(r._mapping) for r in await conn.execute(query.order_by(K.c.created_at))]
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(K).where(K.c.key_hash == key_hash))).first()
+        if row is None:
+            return None
+        return KeyRecord(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            scopes=frozenset(row.scopes or ()),
+            revoked=row.revoked_at is not None,
+        )
+
+    # -- permission rules ----------------------------------------------------
+
+    async def set_rule(
+        self, tenant_id: str, scope: str, subject_id: str, effect: str, permission: str
+    ) -> None:
+        if scope not in SCOPES:
+            raise InvalidArgument.field("scope", f"must be one of {', '.join(SCOPES)}")
+        if effect not in EFFECTS:
+            raise InvalidArgument.field("effect", "must be allow or deny")
+        if scope == "business":
+            subject_id = ""
+        elif not subject_id:
+            raise InvalidArgument.field("subject_id", f"a {scope} rule names its {scope}")
+        if ":" not in permission:
+            raise InvalidArgument.field("permission", "must look like resource:verb")
+        if not await self.tenant_exists(tenant_id):
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(PR).values(
+                        tenant_id=tenant_id,
+                        scope=scope,
+                        subject_id=subject_id,
+                        effect=effect,
+                        permission=permission,
+                    )
+                )
+        except IntegrityError:
+            pass  # already there: setting a rule is idempotent
+
+    async def remove_rule(
+        self, tenant_id: str, scope: str, subject_id: str, effect: str, permission: str
+    ) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(PR).where(
+                    PR.c.tenant_id == tenant_id,
+                    PR.c.scope == scope,
+                    PR.c.subject_id == ("" if scope == "business" else subject_id),
+                    PR.c.effect == effect,
+                    PR.c.permission == permission,
+                )
+            )
+            return bool(result.rowcount)
+
+    async def rules(self, tenant_id: str) -> list[tuple[str, str, str, str]]:
+        """(scope, subject_id, effect, permission) of every rule of the tenant."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(PR.c.scope, PR.c.subject_id, PR.c.effect, PR.c.permission)
+                .where(PR.c.tenant_id == tenant_id)
+                .order_by(PR.c.scope, PR.c.subject_id, PR.c.permission)
+            )
+            return [(r.scope, r.subject_id, r.effect, r.permission) for r in rows]
+
+    # -- channel settings ----------------------------------------------------
+
+    async def set_channel(
+        self,
+        tenant_id: str,
+        channel: str,
+        config: dict[str, Any],
+        secret: str | None,
+        now: datetime,
+    ) -> None:
+        if not await self.tenant_exists(tenant_id):
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(CS).where(CS.c.tenant_id == tenant_id, CS.c.channel == channel)
+            )
+            await conn.execute(
+                insert(CS).values(
+                    tenant_id=tenant_id, channel=channel, config=config, secret=secret, updated_at=now
+                )
+            )
+
+    async def channel(self, tenant_id: str, channel: str) -> tuple[dict[str, Any], str | None] | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(CS.c.config, CS.c.secret).where(
+                        CS.c.tenant_id == tenant_id, CS.c.channel == channel
+                    )
+                )
+            ).first()
+        return None if row is None else (dict(row.config or {}), row.secret)
+
+    async def any_channel_secrets(self) -> bool:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(CS.c.tenant_id).where(CS.c.secret.is_not(None)))).first()
+        return row is not None
+
+    # -- events --------------------------------------------------------------
+
+    async def write_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(EV), list(events))
+
+    async def events(self, tenant_id: str | None, kind_prefix: str = "") -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            query = select(EV)
+            if tenant_id is not None:
+                query = query.where(EV.c.tenant_id == tenant_id)
+            if kind_prefix:
+                query = query.where(EV.c.kind.startswith(kind_prefix))
+            return [dict(r._mapping) for r in await conn.execute(query.order_by(EV.c.id))]

@@ -1,0 +1,81 @@
+"""Configuration from environment variables, each with a documented default.
+
+The README's configuration table lists the same variables; keep them in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/agentserver.db"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"AGENTSERVER_{name}", default)
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    database_url: str = DEFAULT_DATABASE_URL
+    db_pool_size: int = 10
+    redis_url: str = ""
+    log_level: str = "INFO"
+    log_format: str = "json"
+    access_log: bool = True
+    costs: str = ""
+    low_balance_threshold: int = 50
+    sweep_interval_seconds: float = 5.0
+    monthly_fee_interval_seconds: float = 3600.0
+    grace_seconds: float = 10.0
+    auto_migrate: bool | None = None  # None: yes for SQLite, no for PostgreSQL
+    bootstrap_demo: bool = True
+    secret_keys: str = ""
+    llm_base_url: str = ""
+    llm_api_key: str = ""
+    llm_model: str = ""
+    llm_timeout_seconds: float = 20.0
+    action_ttl_seconds: float = 24 * 3600.0
+    default_country_code: str = "+1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        auto = _env("AUTO_MIGRATE", "")
+        return cls(
+            listen=_env("LISTEN", cls.listen),
+            database_url=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
+            db_pool_size=int(_env("DB_POOL_SIZE", str(cls.db_pool_size))),
+            redis_url=_env("REDIS_URL", ""),
+            log_level=_env("LOG_LEVEL", cls.log_level).upper(),
+            log_format=_env("LOG_FORMAT", cls.log_format),
+            access_log=_bool(_env("ACCESS_LOG", "true")),
+            costs=_env("COSTS", ""),
+            low_balance_threshold=int(_env("LOW_BALANCE_THRESHOLD", "50")),
+            sweep_interval_seconds=float(_env("SWEEP_INTERVAL_SECONDS", "5")),
+            monthly_fee_interval_seconds=float(_env("MONTHLY_FEE_INTERVAL_SECONDS", "3600")),
+            grace_seconds=float(_env("GRACE_SECONDS", "10")),
+            auto_migrate=_bool(auto) if auto else None,
+            bootstrap_demo=_bool(_env("BOOTSTRAP_DEMO", "true")),
+            secret_keys=_env("SECRET_KEYS", ""),
+            llm_base_url=_env("LLM_BASE_URL", ""),
+            llm_api_key=_env("LLM_API_KEY", ""),
+            llm_model=_env("LLM_MODEL", ""),
+            llm_timeout_seconds=float(_env("LLM_TIMEOUT_SECONDS", "20")),
+            action_ttl_seconds=float(_env("ACTION_TTL_SECONDS", str(24 * 3600))),
+            default_country_code=_env("DEFAULT_COUNTRY_CODE", "+1"),
+        )

@@ -1,0 +1,439 @@
+"""The token ledger: wallets, append-only entries, two-phase reservations, fees.
+
+Rules (see also the TokenService comments in protos/):
+
+* Available = total (purchased) - used - reserved, and it never goes below zero.
+  A debit is one conditional write under the wallet's row lock; the database
+  also refuses an overdrawn row (CHECK constraint), whatever the concurrency and
+  however many server processes share it.
+* Spending for a location uses the location's own wallet if it has one, else the
+  tenant's wallet. Purchases name the wallet explicitly.
+* Every write carries a `request_id`, unique per tenant across all writes: a
+  repeat returns the first result and changes nothing; the same id with other
+  content raises `Conflict`.
+* Concurrent debits of one wallet are coalesced into one transaction (one
+  UPDATE by the sum, one multi-row INSERT), which is what lets a hot wallet pass
+  a thousand charges a second; each debit still succeeds or fails on its own,
+  in arrival order.
+* Monthly fee: charged once per tenant per calendar month against the tenant
+  wallet, keyed `monthly-fee:YYYY-MM`. What the balance cannot cover is kept as
+  arrears, never as a negative balance; the next purchase settles arrears first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Generic, Protocol, TypeVar
+
+from agentserver.domain.clock import Clock
+from agentserver.domain.costs import CostTable, OperationType
+from agentserver.domain.errors import DomainError, InvalidArgument
+from agentserver.domain.paging import PageRequest
+
+log = logging.getLogger(__name__)
+
+MAX_AMOUNT = 1_000_000_000
+MAX_REQUEST_ID = 128
+DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
+MAX_RESERVATION_TTL = timedelta(days=7)
+# Operation types the server charges itself; callers may not.
+SERVER_ONLY = frozenset({OperationType.PURCHASE, OperationType.MONTHLY_FEE})
+
+
+class EntryKind(enum.StrEnum):
+    PURCHASE = "purchase"
+    CHARGE = "charge"
+    RESERVE = "reserve"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    EXPIRE = "expire"
+
+
+class ReservationState(enum.StrEnum):
+    PENDING = "pending"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Balance:
+    tenant_id: str
+    location_id: str
+    total: int
+    used: int
+    reserved: int
+    arrears: int
+    low_balance_threshold: int
+    last_purchase_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def available(self) -> int:
+        return self.total - self.used - self.reserved
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    tenant_id: str
+    location_id: str
+    wallet_location_id: str
+    operation_type: OperationType
+    kind: EntryKind
+    tokens: int
+    description: str
+    request_id: str
+    reservation_id: str | None
+    total_after: int
+    used_after: int
+    reserved_after: int
+    created_at: datetime
+
+    @property
+    def available_after(self) -> int:
+        return self.total_after - self.used_after - self.reserved_after
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    tenant_id: str
+    location_id: str
+    wallet_location_id: str
+    operation_type: OperationType
+    amount: int
+    captured_amount: int
+    state: ReservationState
+    description: str
+    expires_at: datetime
+    created_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Debit:
+    """A charge (spent now) or a reservation (held until capture, release or expiry)."""
+
+    tenant_id: str
+    location_id: str
+    operation_type: OperationType
+    amount: int
+    request_id: str
+    description: str = ""
+    kind: EntryKind = EntryKind.CHARGE
+    ttl: timedelta | None = None
+
+    def request_hash(self) -> str:
+        return request_hash(
+            self.kind.value,
+            self.location_id,
+            self.operation_type.value,
+            self.amount,
+            self.description,
+            self.ttl.total_seconds() if self.ttl else None,
+        )
+
+
+@dataclass(frozen=True)
+class DebitResult:
+    entry: Entry
+    reservation: Reservation | None = None
+
+
+@dataclass(frozen=True)
+class MonthlyFeeResult:
+    tenant_id: str
+    month: str
+    charged: int
+    arrears: int
+    already_charged: bool
+
+
+def request_hash(*parts: object) -> str:
+    """A fingerprint of a write's content, to tell a replay from a reused key."""
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+
+
+def month_key(when: datetime) -> str:
+    return f"{when.year:04d}-{when.month:02d}"
+
+
+def fit_debits(available: int, amounts: Sequence[int]) -> list[int | None]:
+    """Accept debits in arrival order while they fit; returns each accepted debit's
+    available-after, or None for a refused one. A refused debit does not block
+    a later smaller one."""
+    out: list[int | None] = []
+    for amount in amounts:
+        if amount <= available:
+            available -= amount
+            out.append(available)
+        else:
+            out.append(None)
+    return out
+
+
+# --- validation -------------------------------------------------------------
+
+
+def validate_amount(amount: int, field_name: str = "amount", *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if amount < low or amount > MAX_AMOUNT:
+        raise InvalidArgument.field(field_name, f"must be between {low} and {MAX_AMOUNT:,} tokens")
+
+
+def validate_request_id(request_id: str) -> None:
+    if not request_id:
+        raise InvalidArgument.field("request_id", "is required (an idempotency key)")
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument.field("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+
+
+def validate_tenant(tenant_id: str) -> None:
+    if not tenant_id:
+        raise InvalidArgument.field("tenant_id", "is required")
+
+
+def validate_debit(debit: Debit) -> None:
+    violations = []
+    for check in (
+        lambda: validate_tenant(debit.tenant_id),
+        lambda: validate_amount(debit.amount),
+        lambda: validate_request_id(debit.request_id),
+    ):
+        try:
+            check()
+        except InvalidArgument as e:
+            violations.extend(e.violations)
+    if debit.operation_type in SERVER_ONLY:
+        violations.extend(
+            InvalidArgument.field(
+                "operation_type", f"{debit.operation_type.value} is charged by the server only"
+            ).violations
+        )
+    if debit.ttl is not None and not (timedelta(seconds=1) <= debit.ttl <= MAX_RESERVATION_TTL):
+        violations.extend(InvalidArgument.field("ttl", "must be between 1 s and 7 days").violations)
+    if violations:
+        raise InvalidArgument(violations)
+
+
+# --- ports ------------------------------------------------------------------
+
+
+class LedgerStore(Protocol):
+    """Persistence of the ledger. Each method is one transaction."""
+
+    async def apply_debits(
+        self, tenant_id: str, location_id: str, debits: Sequence[Debit], now: datetime
+    ) -> list[DebitResult | DomainError]: ...
+
+    async def add_tokens(
+        self,
+        tenant_id: str,
+        location_id: str,
+        amount: int,
+        request_id: str,
+        description: str,
+        now: datetime,
+    ) -> tuple[Entry, Balance]: ...
+
+    async def capture(
+        self, tenant_id: str, reservation_id: str, amount: int | None, request_id: str, now: datetime
+    ) -> tuple[Reservation, Entry]: ...
+
+    async def release(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        request_id: str,
+        now: datetime,
+        *,
+        expired: bool = False,
+    ) -> tuple[Reservation, Entry]: ...
+
+    async def balance(self, tenant_id: str, location_id: str) -> Balance: ...
+
+    async def list_entries(
+        self, tenant_id: str, location_id: str, page: PageRequest
+    ) -> tuple[list[Entry], str]: ...
+
+    async def get_reservation(self, tenant_id: str, reservation_id: str) -> Reservation: ...
+
+    async def expired_reservations(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
+
+    async def charge_monthly_fee(
+        self, tenant_id: str, month: str, fee: int, now: datetime
+    ) -> MonthlyFeeResult: ...
+
+    async def tenant_ids(self) -> list[str]: ...
+
+
+# --- coalescing -------------------------------------------------------------
+
+K = TypeVar("K", bound=Hashable)
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
+
+
+class Coalescer(Generic[K, I, R]):
+    """Group concurrent submissions with the same key into one call of `run`.
+
+    The first submitter for a key starts a drain task; everything submitted
+    while a batch is in flight forms the next batch. At concurrency 1 this adds
+    no delay; under load, batches grow by themselves. `run` returns one result
+    (or DomainError) per item, in order.
+    """
+
+    def __init__(
+        self, run: Callable[[K, list[I]], Awaitable[list[R | DomainError]]], max_batch: int = 256
+    ) -> None:
+        self._run = run
+        self._max_batch = max_batch
+        self._pending: dict[K, list[tuple[I, asyncio.Future[R]]]] = {}
+        self._tasks: dict[K, asyncio.Task[None]] = {}
+
+    async def submit(self, key: K, item: I) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, []).append((item, future))
+        if key not in self._tasks:
+            self._tasks[key] = asyncio.create_task(self._drain(key))
+        # The batch runs to completion even if this caller goes away (deadline):
+        # a write that happened is found again by its request_id.
+        return await asyncio.shield(future)
+
+    async def _drain(self, key: K) -> None:
+        try:
+            while queue := self._pending.pop(key, None):
+                batch, rest = queue[: self._max_batch], queue[self._max_batch :]
+                if rest:
+                    self._pending[key] = rest + self._pending.get(key, [])
+                try:
+                    results = await self._run(key, [item for item, _ in batch])
+                except Exception as exc:  # delivered to every waiter of the batch
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, DomainError):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            # No await between the empty pop above and here, so no submission can
+            # slip in unseen.
+            del self._tasks[key]
+
+
+# --- the service ------------------------------------------------------------
+
+
+@dataclass
+class LedgerService:
+    """Use cases of the ledger, over a LedgerStore."""
+
+    store: LedgerStore
+    clock: Clock
+    costs: CostTable
+    _coalescer: Coalescer[tuple[str, str], Debit, DebitResult] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._coalescer = Coalescer(self._apply)
+
+    async def _apply(
+        self, key: tuple[str, str], debits: list[Debit]
+    ) -> list[DebitResult | DomainError]:
+        return await self.store.apply_debits(key[0], key[1], debits, self.clock.now())
+
+    async def charge(self, debit: Debit) -> Entry:
+        """Spend tokens now. Raises InsufficientTokens (nothing changes) when they don't fit."""
+        validate_debit(debit)
+        result = await self._coalescer.submit((debit.tenant_id, debit.location_id), debit)
+        return result.entry
+
+    async def reserve(self, debit: Debit) -> Reservation:
+        """Hold tokens until capture, release or expiry."""
+        debit = dataclasses.replace(debit, kind=EntryKind.RESERVE)
+        validate_debit(debit)
+        result = await self._coalescer.submit((debit.tenant_id, debit.location_id), debit)
+        assert result.reservation is not None
+        return result.reservation
+
+    async def capture(
+        self, tenant_id: str, reservation_id: str, amount: int | None, request_id: str
+    ) -> tuple[Reservation, Entry]:
+        validate_tenant(tenant_id)
+        if not reservation_id:
+            raise InvalidArgument.field("reservation_id", "is required")
+        if amount is not None:
+            validate_amount(amount, allow_zero=True)
+        validate_request_id(request_id)
+        return await self.store.capture(
+            tenant_id, reservation_id, amount, request_id, self.clock.now()
+        )
+
+    async def release(
+        self, tenant_id: str, reservation_id: str, request_id: str
+    ) -> tuple[Reservation, Entry]:
+        validate_tenant(tenant_id)
+        if not reservation_id:
+            raise InvalidArgument.field("reservation_id", "is required")
+        validate_request_id(request_id)
+        return await self.store.release(tenant_id, reservation_id, request_id, self.clock.now())
+
+    async def add_tokens(
+        self, tenant_id: str, location_id: str, amount: int, request_id: str, description: str
+    ) -> tuple[Entry, Balance]:
+        validate_tenant(tenant_id)
+        validate_amount(amount)
+        validate_request_id(request_id)
+        return await self.store.add_tokens(
+            tenant_id, location_id, amount, request_id, description, self.clock.now()
+        )
+
+    async def balance(self, tenant_id: str, location_id: str = "") -> Balance:
+        validate_tenant(tenant_id)
+        return await self.store.balance(tenant_id, location_id)
+
+    async def usage(
+        self, tenant_id: str, location_id: str, page: PageRequest
+    ) -> tuple[list[Entry], str]:
+        validate_tenant(tenant_id)
+        return await self.store.list_entries(tenant_id, location_id, page)
+
+    async def sweep_expired(self, limit: int = 500) -> int:
+        """Release every pending reservation past its expiry; returns how many."""
+        now = self.clock.now()
+        done = 0
+        for tenant_id, reservation_id in await self.store.expired_reservations(now, limit):
+            try:
+                await self.store.release(
+                    tenant_id, reservation_id, f"expire:{reservation_id}", now, expired=True
+                )
+                done += 1
+            except DomainError:
+                # Captured or released meanwhile by a request or another replica.
+                continue
+        return done
+
+    async def charge_monthly_fees(self) -> list[MonthlyFeeResult]:
+        """Charge this calendar month's fee to every tenant that has not paid it yet."""
+        now = self.clock.now()
+        month = month_key(now)
+        results = []
+        for tenant_id in await self.store.tenant_ids():
+            results.append(
+                await self.store.charge_monthly_fee(tenant_id, month, self.costs.monthly_fee, now)
+            )
+        return results

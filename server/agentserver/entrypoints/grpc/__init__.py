@@ -1,0 +1,1 @@
+"""The gRPC surface: servicers convert proto to domain and back, nothing more."""

@@ -1,0 +1,101 @@
+"""What every rpc shares: identity from metadata, the error table, access logs."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from agentserver.domain.errors import DomainError
+from agentserver.domain.identity import Authenticator, Caller
+from agentserver.domain.ids import new_id
+from agentserver.entrypoints.grpc.errors import status_code, to_grpc_status
+from agentserver.logs import request_id_var
+
+log = logging.getLogger("agentserver.rpc")
+
+S = TypeVar("S", bound="ServicerBase")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class ServicerBase:
+    def __init__(self, auth: Authenticator, *, access_log: bool = True) -> None:
+        self.auth = auth
+        self.access_log = access_log
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+def rpc(
+    scope: str | None,
+) -> Callable[
+    [Callable[[S, Req, Caller], Awaitable[Resp]]],
+    Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+]:
+    """Wrap a servicer method `(self, request, caller)`: authenticate, check the
+    scope, run, and turn domain errors into rich statuses. Unexpected errors are
+    logged with the request id and answered INTERNAL without internals."""
+
+    def decorate(
+        fn: Callable[[S, Req, Caller], Awaitable[Resp]],
+    ) -> Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+        name = fn.__name__
+
+        @functools.wraps(fn)
+        async def wrapper(
+            self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+        ) -> Resp:
+            md = _metadata(context)
+            request_id = md.get("x-request-id") or new_id("req")
+            token = request_id_var.set(request_id)
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            failure: grpc.Status | None = None
+            try:
+                caller = await self.auth.authenticate(
+                    md.get("authorization", ""),
+                    md.get("x-tenant-id", ""),
+                    md.get("x-user-id", ""),
+                    md.get("x-location-id", ""),
+                )
+                if scope:
+                    caller.require_scope(scope)
+                return await fn(self, request, caller)
+            except DomainError as err:
+                code = status_code(err)
+                failure = to_grpc_status(err)
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s", name)
+                failure = grpc.Status()  # type: ignore[abstract]
+            finally:
+                if self.access_log or code not in (grpc.StatusCode.OK,):
+                    log.info(
+                        "rpc",
+                        extra={
+                            "rpc": name,
+                            "code": code.name,
+                            "ms": round((time.perf_counter() - start) * 1000, 2),
+                        },
+                    )
+                request_id_var.reset(token)
+            if code is grpc.StatusCode.INTERNAL:
+                await context.abort(code, f"internal error (request id {request_id})")
+            assert failure is not None
+            await context.abort(failure.code, failure.details, failure.trailing_metadata)
+            raise AssertionError("unreachable: abort raises")
+
+        return wrapper
+
+    return decorate

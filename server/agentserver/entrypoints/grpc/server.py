@@ -1,0 +1,95 @@
+"""The grpc.aio server: servicers, health (overall and per service), reflection,
+graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agentserver.app import App
+from agentserver.entrypoints.grpc.token_servicer import TokenServicer
+from agentserver.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    conversation_service_pb2,
+    conversation_service_pb2_grpc,
+    token_service_pb2,
+    token_service_pb2_grpc,
+)
+
+log = logging.getLogger("agentserver.server")
+
+SERVICE_NAMES = (
+    agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    conversation_service_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name,
+    token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+
+    async def stop(self, grace: float) -> None:
+        """Health goes NOT_SERVING first (load balancers stop sending), then in-flight
+        calls get `grace` seconds to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(app: App, listen: str) -> RunningServer:
+    server = grpc.aio.server(
+        options=[
+            # Never share a port silently with another process.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ]
+    )
+    access_log = app.settings.access_log
+    token_service_pb2_grpc.add_TokenServiceServicer_to_server(
+        TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log), server
+    )
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
+        agent_service_pb2_grpc.AgentServiceServicer(), server
+    )
+    conversation_service_pb2_grpc.add_ConversationServiceServicer_to_server(
+        conversation_service_pb2_grpc.ConversationServiceServicer(), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise SystemExit(f"cannot listen on {listen}: {exc}") from None
+    if port == 0:
+        raise SystemExit(f"cannot listen on {listen} (address in use?)")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, health=health_servicer, port=port)
+
+
+async def serve_until_signalled(app: App, listen: str) -> None:
+    running = await start_server(app, listen)
+    app.start_background()
+    log.info("serving", extra={"listen": listen, "port": running.port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": app.settings.grace_seconds})
+    await running.stop(app.settings.grace_seconds)
+    await app.close()
+    log.info("stopped")
