@@ -59,14 +59,15 @@ class App:
                 name="reservation-sweep",
             )
         )
-        self._tasks.append(
-            asyncio.create_task(
-                self._every(
-                    self.settings.monthly_fee_interval_seconds, self.ledger.charge_monthly_fees
-                ),
-                name="monthly-fee",
+        if self.settings.monthly_fee_interval_seconds > 0:  # 0 leaves the fee to cron
+            self._tasks.append(
+                asyncio.create_task(
+                    self._every(
+                        self.settings.monthly_fee_interval_seconds, self.ledger.charge_monthly_fees
+                    ),
+                    name="monthly-fee",
+                )
             )
-        )
 
     async def _every(self, seconds: float, job: object) -> None:
         assert callable(job)

