@@ -147,7 +147,10 @@ class Tenant:
 async def start_harness(url: str, backend: str, **overrides: object) -> Harness:
     clock = FakeClock(datetime(2026, 1, 15, 12, 0, tzinfo=UTC))
     settings = Settings(
-        database_url=url, access_log=False, auto_migrate=True, **overrides  # type: ignore[arg-type]
+        database_url=url,
+        access_log=False,
+        auto_migrate=True,
+        **overrides,  # type: ignore[arg-type]
     )
     app = await build_app(settings, clock=clock)
     await prepare_database(app)
@@ -156,9 +159,7 @@ async def start_harness(url: str, backend: str, **overrides: object) -> Harness:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-async def harness(
-    request: pytest.FixtureRequest, tmp_root: Path
-) -> AsyncIterator[Harness]:
+async def harness(request: pytest.FixtureRequest, tmp_root: Path) -> AsyncIterator[Harness]:
     """One server per backend for the whole session; tests isolate by tenant."""
     url = database_url(request.param, tmp_root, request)
     h = await start_harness(url, request.param)

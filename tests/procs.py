@@ -28,7 +28,9 @@ def server_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def wait_serving(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> float:
+def wait_serving(
+    port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> float:
     """Block until health says SERVING; returns the seconds it took."""
     start = time.monotonic()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -60,7 +62,7 @@ def start(cwd: Path, **settings: str) -> tuple[subprocess.Popen[bytes], int]:
         wait_serving(port, proc=proc)
     except Exception:
         proc.kill()
-        out, err = proc.communicate()
+        _out, err = proc.communicate()
         raise RuntimeError(f"server failed to start:\n{err.decode()[-3000:]}") from None
     return proc, port
 

@@ -6,23 +6,34 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentserver.adapters.channels.retry import with_retries
 from agentserver.adapters.db.admin_store import SqlAdminStore
+from agentserver.adapters.db.agent_store import SqlAgentStore
+from agentserver.adapters.db.business_store import SqlBusinessStore
 from agentserver.adapters.db.engine import create_engine
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.migrate import pending_revisions, upgrade
+from agentserver.adapters.runner import ActionRunner
+from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
+from agentserver.domain.agent import AgentService
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.costs import CostTable
+from agentserver.domain.decision.engine import DecisionEngine
+from agentserver.domain.decision.offline import OfflineEngine
+from agentserver.domain.executor import Executor
 from agentserver.domain.identity import (
     PLATFORM_DEFAULT_SCOPES,
     TENANT_DEFAULT_SCOPES,
     Authenticator,
 )
 from agentserver.domain.ledger import LedgerService
+from agentserver.domain.registry import Registry, default_registry
 
 log = logging.getLogger("agentserver")
 
@@ -39,6 +50,12 @@ class App:
     admin: SqlAdminStore
     ledger: LedgerService
     auth: Authenticator
+    registry: Registry
+    agent_store: SqlAgentStore
+    runner: ActionRunner
+    executor: Executor
+    agent: AgentService
+    secret_box: SecretBox | None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -48,15 +65,18 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        close = getattr(self.agent.engine, "aclose", None)
+        if close is not None:
+            await close()
         await self.engine.dispose()
 
     def start_background(self) -> None:
-        """Reservation expiry sweep and the monthly fee, on every replica (both are
-        safe to run concurrently: each write is keyed and conditional)."""
+        """Reservation and action sweeps and the monthly fee, on every replica (all
+        are safe to run concurrently: each write is keyed or compare-and-set)."""
         self._tasks.append(
             asyncio.create_task(
-                self._every(self.settings.sweep_interval_seconds, self.ledger.sweep_expired),
-                name="reservation-sweep",
+                self._every(self.settings.sweep_interval_seconds, self._sweep),
+                name="sweep",
             )
         )
         if self.settings.monthly_fee_interval_seconds > 0:  # 0 leaves the fee to cron
@@ -68,6 +88,10 @@ class App:
                     name="monthly-fee",
                 )
             )
+
+    async def _sweep(self) -> None:
+        await self.agent.sweep()
+        await self.ledger.sweep_expired()
 
     async def _every(self, seconds: float, job: object) -> None:
         assert callable(job)
@@ -88,6 +112,31 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
     admin = SqlAdminStore(engine, low_balance_threshold=settings.low_balance_threshold)
     ledger_store = SqlLedgerStore(engine, low_balance_threshold=settings.low_balance_threshold)
     ledger = LedgerService(store=ledger_store, clock=clock, costs=costs)
+    registry = default_registry()
+    secret_box = SecretBox.from_optional_env_value(settings.secret_keys)
+    agent_store = SqlAgentStore(engine)
+    runner = ActionRunner(admin, SqlBusinessStore(engine), clock, secret_box)
+    executor = Executor(
+        actions=agent_store,
+        ledger=ledger,
+        runner=runner,
+        clock=clock,
+        retry=lambda fn: with_retries(fn, attempts=3),
+        reservation_ttl=timedelta(seconds=settings.action_ttl_seconds) + timedelta(hours=1),
+    )
+    offline = OfflineEngine(default_country_code=settings.default_country_code)
+    agent = AgentService(
+        store=agent_store,
+        policy=admin,
+        ledger=ledger,
+        executor=executor,
+        registry=registry,
+        costs=costs,
+        clock=clock,
+        engine=build_engine(settings, registry, offline),
+        offline=offline,
+        action_ttl=timedelta(seconds=settings.action_ttl_seconds),
+    )
     return App(
         settings=settings,
         engine=engine,
@@ -96,6 +145,34 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         admin=admin,
         ledger=ledger,
         auth=Authenticator(admin),
+        registry=registry,
+        agent_store=agent_store,
+        runner=runner,
+        executor=executor,
+        agent=agent,
+        secret_box=secret_box,
+    )
+
+
+def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine) -> DecisionEngine:
+    """The LLM engine when an endpoint or model is configured, else the offline one."""
+    if not (settings.llm_base_url or settings.llm_model):
+        return offline
+    from agentserver.adapters.llm import LlmSettings, OpenAIEngine, ToolSpec
+
+    tools = [ToolSpec(d.name, d.description, d.parameters_schema) for d in registry.all()]
+    return OpenAIEngine(
+        LlmSettings(
+            base_url=settings.llm_base_url or None,
+            api_key=settings.llm_api_key,
+            model=settings.llm_model or "gpt-4o-mini",
+            timeout_seconds=settings.llm_timeout_seconds,
+        ),
+        tools,
+        offline,
+        validate=lambda name, params: [
+            f"{v.field}: {v.description}" for v in registry.validate(name, params)
+        ],
     )
 
 
@@ -103,11 +180,16 @@ async def prepare_database(app: App) -> None:
     """Upgrade the embedded default in place; refuse to run a stale PostgreSQL schema."""
     if app.settings.should_migrate:
         await upgrade(app.engine)
-        return
-    pending = await pending_revisions(app.engine)
-    if pending:
+    else:
+        pending = await pending_revisions(app.engine)
+        if pending:
+            raise SystemExit(
+                f"the database schema is behind ({len(pending)} revisions): "
+                "run `agentserver migrate`"
+            )
+    if app.secret_box is None and await app.admin.any_channel_secrets():
         raise SystemExit(
-            f"the database schema is behind ({len(pending)} revisions): run `agentserver migrate`"
+            "tenants have encrypted provider secrets but AGENTSERVER_SECRET_KEYS is not set"
         )
 
 

@@ -344,3 +344,20 @@ def test_is_pollable_and_hides_key() -> None:
     channel = ElevenLabsCallChannel(_settings("http://127.0.0.1:9"))
     assert isinstance(channel, PollableChannel)
     assert API_KEY not in repr(_settings("http://127.0.0.1:9"))
+
+
+async def test_call_without_conversation_id(
+    elevenlabs: tuple[FakeElevenLabs, ElevenLabsCallChannel],
+) -> None:
+    fake, channel = elevenlabs
+    # Placed, but nothing to poll: reported done (not failed, which would invite a
+    # second call), and marked untracked.
+    fake.call_reply = (200, {"success": True, "message": "Success", "callSid": "CA42"})
+    result = await channel.send(CALL)
+    assert result.pending is False
+    assert result.provider_id == "CA42"
+    assert "untracked" in result.detail
+
+    fake.call_reply = (200, {"success": True, "message": "Success"})
+    with pytest.raises(PermanentChannelError, match="neither"):
+        await channel.send(CALL)

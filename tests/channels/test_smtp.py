@@ -41,9 +41,10 @@ class Received:
 
 @dataclass
 class Handler:
-    """Accepts everything, or answers RCPT with `rcpt_reply` (e.g. "550 ...")."""
+    """Accepts everything, or answers RCPT with `rcpt_reply` / DATA with `data_reply`."""
 
     rcpt_reply: str | None = None
+    data_reply: str | None = None
     received: list[Received] = field(default_factory=list)
 
     async def handle_RCPT(
@@ -55,6 +56,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply is not None:
+            return self.data_reply
         parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.received.append(
@@ -271,6 +274,22 @@ async def test_recipient_deferred_451_is_transient(smtp_server: tuple[Handler, i
     with pytest.raises(TransientChannelError, match="451"):
         await SmtpEmailChannel(_settings(port)).send(MESSAGE)
     assert handler.received == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("452 4.3.1 Insufficient system storage", TransientChannelError),
+        ("554 5.7.1 Message rejected as spam", PermanentChannelError),
+    ],
+)
+async def test_data_reply_classes(
+    smtp_server: tuple[Handler, int], reply: str, error: type[Exception]
+) -> None:
+    handler, port = smtp_server
+    handler.data_reply = reply
+    with pytest.raises(error, match=reply[:3]):
+        await SmtpEmailChannel(_settings(port)).send(MESSAGE)
 
 
 async def test_bad_addresses_and_header_injection_are_permanent(

@@ -22,7 +22,9 @@ def rid() -> str:
     return uuid.uuid4().hex
 
 
-def charge(tenant_id: str, amount: int = 1, request_id: str | None = None, **kw: object) -> pb.ChargeTokensRequest:
+def charge(
+    tenant_id: str, amount: int = 1, request_id: str | None = None, **kw: object
+) -> pb.ChargeTokensRequest:
     return pb.ChargeTokensRequest(
         tenant_id=tenant_id,
         operation_type=kw.pop("operation_type", SMS),  # type: ignore[arg-type]
@@ -33,7 +35,9 @@ def charge(tenant_id: str, amount: int = 1, request_id: str | None = None, **kw:
 
 
 async def available(client: AgentServerClient, tenant_id: str, location_id: str = "") -> int:
-    resp = await client.get_balance(pb.GetBalanceRequest(tenant_id=tenant_id, location_id=location_id))
+    resp = await client.get_balance(
+        pb.GetBalanceRequest(tenant_id=tenant_id, location_id=location_id)
+    )
     return resp.balance.available_tokens
 
 
@@ -94,7 +98,9 @@ async def test_reservation_capture_partial_and_ends_once(harness: Harness) -> No
     async with t.client() as client:
         res = (
             await client.reserve_tokens(
-                pb.ReserveTokensRequest(tenant_id=t.id, operation_type=SMS, amount=10, request_id=rid())
+                pb.ReserveTokensRequest(
+                    tenant_id=t.id, operation_type=SMS, amount=10, request_id=rid()
+                )
             )
         ).reservation
         assert res.state == pb.RESERVATION_STATE_PENDING
@@ -102,7 +108,9 @@ async def test_reservation_capture_partial_and_ends_once(harness: Harness) -> No
         assert (balance.reserved_tokens, balance.available_tokens) == (10, 90)
         with pytest.raises(AgentServerError) as exc:
             await client.capture_reservation(
-                pb.CaptureReservationRequest(tenant_id=t.id, reservation_id=res.id, amount=11, request_id=rid())
+                pb.CaptureReservationRequest(
+                    tenant_id=t.id, reservation_id=res.id, amount=11, request_id=rid()
+                )
             )
         assert exc.value.code is StatusCode.INVALID_ARGUMENT
         capture = pb.CaptureReservationRequest(
@@ -113,13 +121,21 @@ async def test_reservation_capture_partial_and_ends_once(harness: Harness) -> No
         assert captured.reservation.captured_amount == 7
         assert (await client.capture_reservation(capture)).entry == captured.entry  # replay
         balance = (await client.get_balance(pb.GetBalanceRequest(tenant_id=t.id))).balance
-        assert (balance.used_tokens, balance.reserved_tokens, balance.available_tokens) == (7, 0, 93)
+        assert (balance.used_tokens, balance.reserved_tokens, balance.available_tokens) == (
+            7,
+            0,
+            93,
+        )
         for late in (
             client.capture_reservation(
-                pb.CaptureReservationRequest(tenant_id=t.id, reservation_id=res.id, request_id=rid())
+                pb.CaptureReservationRequest(
+                    tenant_id=t.id, reservation_id=res.id, request_id=rid()
+                )
             ),
             client.release_reservation(
-                pb.ReleaseReservationRequest(tenant_id=t.id, reservation_id=res.id, request_id=rid())
+                pb.ReleaseReservationRequest(
+                    tenant_id=t.id, reservation_id=res.id, request_id=rid()
+                )
             ),
         ):
             with pytest.raises(AgentServerError) as exc:
@@ -134,17 +150,23 @@ async def test_release_and_concurrent_end_exactly_once(harness: Harness) -> None
     async with t.client() as client:
         res = (
             await client.reserve_tokens(
-                pb.ReserveTokensRequest(tenant_id=t.id, operation_type=SMS, amount=20, request_id=rid())
+                pb.ReserveTokensRequest(
+                    tenant_id=t.id, operation_type=SMS, amount=20, request_id=rid()
+                )
             )
         ).reservation
         attempts = [
             client.release_reservation(
-                pb.ReleaseReservationRequest(tenant_id=t.id, reservation_id=res.id, request_id=rid())
+                pb.ReleaseReservationRequest(
+                    tenant_id=t.id, reservation_id=res.id, request_id=rid()
+                )
             )
             for _ in range(5)
         ] + [
             client.capture_reservation(
-                pb.CaptureReservationRequest(tenant_id=t.id, reservation_id=res.id, request_id=rid())
+                pb.CaptureReservationRequest(
+                    tenant_id=t.id, reservation_id=res.id, request_id=rid()
+                )
             )
             for _ in range(5)
         ]
@@ -176,7 +198,9 @@ async def test_reservation_expiry_releases(harness: Harness) -> None:
         # capture after expiry but before any sweep: refused, and it expires now
         with pytest.raises(AgentServerError) as exc:
             await client.capture_reservation(
-                pb.CaptureReservationRequest(tenant_id=t.id, reservation_id=lazy.id, request_id=rid())
+                pb.CaptureReservationRequest(
+                    tenant_id=t.id, reservation_id=lazy.id, request_id=rid()
+                )
             )
         assert exc.value.code is StatusCode.FAILED_PRECONDITION
         assert await harness.app.ledger.sweep_expired() >= 1
@@ -199,7 +223,9 @@ async def test_bad_amounts_are_invalid_and_change_nothing(
         for call in (
             client.charge_tokens(charge(t.id, amount)),
             client.reserve_tokens(
-                pb.ReserveTokensRequest(tenant_id=t.id, operation_type=SMS, amount=amount, request_id=rid())
+                pb.ReserveTokensRequest(
+                    tenant_id=t.id, operation_type=SMS, amount=amount, request_id=rid()
+                )
             ),
         ):
             with pytest.raises(AgentServerError) as exc:
@@ -209,7 +235,9 @@ async def test_bad_amounts_are_invalid_and_change_nothing(
         assert await available(client, t.id) == 10
     async with harness.client(await harness.platform_key(), t.id) as platform:
         with pytest.raises(AgentServerError) as exc:
-            await platform.add_tokens(pb.AddTokensRequest(tenant_id=t.id, amount=amount, request_id=rid()))
+            await platform.add_tokens(
+                pb.AddTokensRequest(tenant_id=t.id, amount=amount, request_id=rid())
+            )
         assert exc.value.code is StatusCode.INVALID_ARGUMENT
     assert await count_entries(harness, t.id, "charge") == 0
 
@@ -220,8 +248,14 @@ async def test_other_bad_inputs(harness: Harness) -> None:
         cases = [
             (charge(t.id, 1, request_id=""), "request_id"),
             (charge(t.id, 1, request_id="x" * 129), "request_id"),
-            (charge(t.id, 1, operation_type=common_pb2.OPERATION_TYPE_UNSPECIFIED), "operation_type"),
-            (charge(t.id, 1, operation_type=common_pb2.OPERATION_TYPE_MONTHLY_FEE), "operation_type"),
+            (
+                charge(t.id, 1, operation_type=common_pb2.OPERATION_TYPE_UNSPECIFIED),
+                "operation_type",
+            ),
+            (
+                charge(t.id, 1, operation_type=common_pb2.OPERATION_TYPE_MONTHLY_FEE),
+                "operation_type",
+            ),
         ]
         for request, field in cases:
             with pytest.raises(AgentServerError) as exc:
@@ -233,7 +267,9 @@ async def test_other_bad_inputs(harness: Harness) -> None:
         assert exc.value.code is StatusCode.INVALID_ARGUMENT
         with pytest.raises(AgentServerError) as exc:
             await client.capture_reservation(
-                pb.CaptureReservationRequest(tenant_id=t.id, reservation_id="res_nope", request_id=rid())
+                pb.CaptureReservationRequest(
+                    tenant_id=t.id, reservation_id="res_nope", request_id=rid()
+                )
             )
         assert exc.value.code is StatusCode.NOT_FOUND
         assert await available(client, t.id) == 10
@@ -247,7 +283,9 @@ async def test_usage_pagination_newest_first(harness: Harness) -> None:
         seen: list[str] = []
         token = ""
         while True:
-            page = await client.list_usage(pb.ListUsageRequest(tenant_id=t.id, page_size=3, page_token=token))
+            page = await client.list_usage(
+                pb.ListUsageRequest(tenant_id=t.id, page_size=3, page_token=token)
+            )
             seen += [e.description for e in page.entries]
             token = page.next_page_token
             if not token:
@@ -280,7 +318,7 @@ async def test_location_wallets(harness: Harness) -> None:
 async def test_monthly_fee_once_per_month_with_arrears(harness: Harness) -> None:
     t = await harness.tenant(250)
     ledger = harness.app.ledger
-    mine = lambda results: [r for r in results if r.tenant_id == t.id][0]  # noqa: E731
+    mine = lambda results: next(r for r in results if r.tenant_id == t.id)  # noqa: E731
     first = mine(await ledger.charge_monthly_fees())
     assert (first.charged, first.already_charged) == (200, False)
     again = mine(await ledger.charge_monthly_fees())
@@ -295,7 +333,7 @@ async def test_monthly_fee_once_per_month_with_arrears(harness: Harness) -> None
         b = await ledger.balance(t.id)
         assert (b.available, b.arrears) == (0, 150)
         # the next purchase settles the arrears first
-        entry, after = await ledger.add_tokens(t.id, "", 400, rid(), "top-up")
+        _entry, after = await ledger.add_tokens(t.id, "", 400, rid(), "top-up")
         assert (after.available, after.arrears) == (250, 0)
     finally:
         harness.clock.set(max(start, harness.clock.now()))
@@ -319,7 +357,9 @@ async def test_authentication_and_tenant_isolation(harness: Harness) -> None:
     async with b.client() as bc:
         res_b = (
             await bc.reserve_tokens(
-                pb.ReserveTokensRequest(tenant_id=b.id, operation_type=SMS, amount=1, request_id=rid())
+                pb.ReserveTokensRequest(
+                    tenant_id=b.id, operation_type=SMS, amount=1, request_id=rid()
+                )
             )
         ).reservation
     async with a.client() as ac:
@@ -333,7 +373,9 @@ async def test_authentication_and_tenant_isolation(harness: Harness) -> None:
         # another tenant's reservation id is simply not found
         with pytest.raises(AgentServerError) as exc:
             await ac.capture_reservation(
-                pb.CaptureReservationRequest(tenant_id=a.id, reservation_id=res_b.id, request_id=rid())
+                pb.CaptureReservationRequest(
+                    tenant_id=a.id, reservation_id=res_b.id, request_id=rid()
+                )
             )
         assert exc.value.code is StatusCode.NOT_FOUND
         # metadata names another tenant
@@ -370,7 +412,9 @@ async def test_revoked_key_is_refused(harness: Harness) -> None:
 
 async def test_scope_is_enforced(harness: Harness) -> None:
     t = await harness.tenant(5)
-    _, key = await harness.app.admin.create_key(t.id, ["tokens:read"], "read only", harness.clock.now())
+    _, key = await harness.app.admin.create_key(
+        t.id, ["tokens:read"], "read only", harness.clock.now()
+    )
     async with harness.client(key, t.id) as client:
         assert await available(client, t.id) == 5
         with pytest.raises(AgentServerError) as exc:

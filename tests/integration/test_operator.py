@@ -19,9 +19,9 @@ from agentserver.app import build_app, prepare_database
 from agentserver.client import AgentServerClient, AgentServerError, StatusCode
 from agentserver.config import Settings
 from agentserver.domain.identity import TENANT_DEFAULT_SCOPES
+from agentserver.domain.paging import PageRequest
 from agentserver.v1 import common_pb2
 from agentserver.v1 import token_service_pb2 as pb
-from agentserver.domain.paging import PageRequest
 from tests import procs
 from tests.conftest import ledger_invariant
 
@@ -119,11 +119,13 @@ async def test_two_replicas_share_one_postgres_wallet(pg_url: str, tmp_path: Pat
     await app.ledger.add_tokens(tenant, "", 150, "seed", "seed")
 
     servers = [
-        await asyncio.to_thread(procs.start,
+        await asyncio.to_thread(
+            procs.start,
             tmp_path,
             database_url=pg_url,
             access_log="false",
-            monthly_fee_interval_seconds="0",)
+            monthly_fee_interval_seconds="0",
+        )
         for _ in range(2)
     ]
     try:

@@ -48,7 +48,9 @@ class Caller:
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes and "*" not in self.scopes:
-            raise PermissionDenied(f"this API key lacks the {scope!r} scope", reason="SCOPE_MISSING")
+            raise PermissionDenied(
+                f"this API key lacks the {scope!r} scope", reason="SCOPE_MISSING"
+            )
 
     def tenant(self, requested: str = "") -> str:
         """The tenant a request acts on: the request's `tenant_id` if given (it must

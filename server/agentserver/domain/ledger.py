@@ -35,7 +35,7 @@ from typing import Generic, Protocol, TypeVar
 
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import CostTable, OperationType
-from agentserver.domain.errors import DomainError, InvalidArgument
+from agentserver.domain.errors import DomainError, FieldViolation, InvalidArgument
 from agentserver.domain.paging import PageRequest
 
 log = logging.getLogger(__name__)
@@ -204,12 +204,13 @@ def validate_tenant(tenant_id: str) -> None:
 
 
 def validate_debit(debit: Debit) -> None:
-    violations = []
-    for check in (
+    violations: list[FieldViolation] = []
+    checks: list[Callable[[], None]] = [
         lambda: validate_tenant(debit.tenant_id),
         lambda: validate_amount(debit.amount),
         lambda: validate_request_id(debit.request_id),
-    ):
+    ]
+    for check in checks:
         try:
             check()
         except InvalidArgument as e:
@@ -247,7 +248,12 @@ class LedgerStore(Protocol):
     ) -> tuple[Entry, Balance]: ...
 
     async def capture(
-        self, tenant_id: str, reservation_id: str, amount: int | None, request_id: str, now: datetime
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amount: int | None,
+        request_id: str,
+        now: datetime,
     ) -> tuple[Reservation, Entry]: ...
 
     async def release(

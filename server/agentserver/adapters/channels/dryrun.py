@@ -77,7 +77,7 @@ class DryRunChannel:
                     f"idempotency key {message.idempotency_key!r} was already used "
                     "for a different message"
                 )
-            pass
+            return first_result
         result = ChannelResult(
             channel=DRY_RUN,
             provider_id=f"{_PROVIDER_PREFIX}{message.idempotency_key}",

@@ -91,8 +91,8 @@ class _IdempotentAsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         super().__init__(pool_connections=True, timeout=timeout_seconds, max_retries=None)
         self._timeout_seconds = timeout_seconds
 
-    # The signature is the base class's (positional arguments, `timeout`), hence noqa.
-    async def request(  # noqa: PLR0917
+    # The signature is the base class's, hence the noqa on `timeout`.
+    async def request(
         self,
         method: str,
         url: str,

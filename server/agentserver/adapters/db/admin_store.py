@@ -10,24 +10,17 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentserver.adapters.db.models import (
-    ApiKey,
-    ChannelSetting,
-    Event,
-    PermissionRule,
-    Tenant,
-    Wallet,
-)
+from agentserver.adapters.db import models
 from agentserver.domain.errors import Conflict, InvalidArgument, NotFound
 from agentserver.domain.identity import KeyRecord, generate_key, hash_key
 from agentserver.domain.ids import new_id
 
-K = ApiKey.__table__
-T = Tenant.__table__
-W = Wallet.__table__
-PR = PermissionRule.__table__
-EV = Event.__table__
-CS = ChannelSetting.__table__
+K = models.api_keys
+T = models.tenants
+W = models.wallets
+PR = models.permission_rules
+EV = models.events
+CS = models.channel_settings
 
 SCOPES = ("business", "user", "location")
 EFFECTS = ("allow", "deny")
@@ -68,7 +61,9 @@ class SqlAdminStore:
 
     async def tenant_exists(self, tenant_id: str) -> bool:
         async with self._engine.connect() as conn:
-            return (await conn.execute(select(T.c.id).where(T.c.id == tenant_id))).first() is not None
+            return (
+                await conn.execute(select(T.c.id).where(T.c.id == tenant_id))
+            ).first() is not None
 
     async def count_tenants(self) -> int:
         async with self._engine.connect() as conn:
@@ -208,11 +203,17 @@ class SqlAdminStore:
             )
             await conn.execute(
                 insert(CS).values(
-                    tenant_id=tenant_id, channel=channel, config=config, secret=secret, updated_at=now
+                    tenant_id=tenant_id,
+                    channel=channel,
+                    config=config,
+                    secret=secret,
+                    updated_at=now,
                 )
             )
 
-    async def channel(self, tenant_id: str, channel: str) -> tuple[dict[str, Any], str | None] | None:
+    async def channel(
+        self, tenant_id: str, channel: str
+    ) -> tuple[dict[str, Any], str | None] | None:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -225,7 +226,9 @@ class SqlAdminStore:
 
     async def any_channel_secrets(self) -> bool:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(CS.c.tenant_id).where(CS.c.secret.is_not(None)))).first()
+            row = (
+                await conn.execute(select(CS.c.tenant_id).where(CS.c.secret.is_not(None)))
+            ).first()
         return row is not None
 
     # -- events --------------------------------------------------------------

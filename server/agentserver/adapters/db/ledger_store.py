@@ -17,8 +17,7 @@ from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from agentserver.adapters.db.models import Event, LedgerEntry, Tenant, Wallet
-from agentserver.adapters.db.models import Reservation as ReservationRow
+from agentserver.adapters.db import models
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import (
     Conflict,
@@ -44,11 +43,11 @@ from agentserver.domain.ledger import (
 )
 from agentserver.domain.paging import PageRequest, encode_token
 
-W = Wallet.__table__
-E = LedgerEntry.__table__
-RS = ReservationRow.__table__
-EV = Event.__table__
-T = Tenant.__table__
+W = models.wallets
+E = models.ledger_entries
+RS = models.reservations
+EV = models.events
+T = models.tenants
 
 _RETRIES = 3
 
@@ -527,7 +526,12 @@ class SqlLedgerStore:
     # -- reservations --------------------------------------------------------
 
     async def capture(
-        self, tenant_id: str, reservation_id: str, amount: int | None, request_id: str, now: datetime
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amount: int | None,
+        request_id: str,
+        now: datetime,
     ) -> tuple[Reservation, Entry]:
         req_hash = request_hash("capture", reservation_id, amount)
         return await self._end_reservation(
@@ -622,9 +626,10 @@ class SqlLedgerStore:
                 description=res.description,
             )
             await conn.execute(insert(E).values(**values))
-            ended = to_reservation(
-                await self._reservation_row(conn, tenant_id, reservation_id)
-            ), to_entry(_Obj(values))
+            ended = (
+                to_reservation(await self._reservation_row(conn, tenant_id, reservation_id)),
+                to_entry(_Obj(values)),
+            )
         if expired_instead:
             raise FailedPrecondition(
                 f"reservation {reservation_id} has expired", reason="RESERVATION_ENDED"
@@ -649,9 +654,7 @@ class SqlLedgerStore:
 
     async def balance(self, tenant_id: str, location_id: str) -> Balance:
         async with self._engine.connect() as conn:
-            return to_balance(
-                await self._spending_wallet(conn, tenant_id, location_id, lock=False)
-            )
+            return to_balance(await self._spending_wallet(conn, tenant_id, location_id, lock=False))
 
     async def list_entries(
         self, tenant_id: str, location_id: str, page: PageRequest

@@ -7,7 +7,7 @@ it: tenant isolation lives in the data layer, not only in the servicers.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -78,9 +79,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # NULL for platform keys (billing operations across tenants).
-    tenant_id: Mapped[str | None] = mapped_column(
-        String(64), ForeignKey("tenants.id"), index=True
-    )
+    tenant_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("tenants.id"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     description: Mapped[str] = mapped_column(String(200), default="")
@@ -183,9 +182,7 @@ class PermissionRule(Base):
     """Grants and denials: business defaults, per user, and per-location policy."""
 
     __tablename__ = "permission_rules"
-    __table_args__ = (
-        UniqueConstraint("tenant_id", "scope", "subject_id", "effect", "permission"),
-    )
+    __table_args__ = (UniqueConstraint("tenant_id", "scope", "subject_id", "effect", "permission"),)
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"))
     scope: Mapped[str] = mapped_column(String(16))  # business | user | location
@@ -196,7 +193,9 @@ class PermissionRule(Base):
 
 class ConversationSession(Base):
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_tenant_user_updated", "tenant_id", "user_id", "updated_at"),)
+    __table_args__ = (
+        Index("ix_sessions_tenant_user_updated", "tenant_id", "user_id", "updated_at"),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str] = mapped_column(String(120))
@@ -295,3 +294,23 @@ class Booking(Base):
     action_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
     cancelled_at: Mapped[datetime | None]
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+# Core handles for the hot paths (Core statements skip the ORM's unit of work).
+tenants = _table(Tenant)
+api_keys = _table(ApiKey)
+wallets = _table(Wallet)
+ledger_entries = _table(LedgerEntry)
+reservations = _table(Reservation)
+events = _table(Event)
+permission_rules = _table(PermissionRule)
+sessions = _table(ConversationSession)
+messages = _table(ConversationMessage)
+actions = _table(ActionRecord)
+channel_settings = _table(ChannelSetting)
+resources = _table(Resource)
+bookings = _table(Booking)

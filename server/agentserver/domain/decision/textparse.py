@@ -50,13 +50,20 @@ def edit_distance(a: str, b: str, limit: int = 3) -> int:
     return prev[-1]
 
 
-def fuzzy_lookup(word: str, vocabulary: frozenset[str], protected: frozenset[str]) -> str | None:
-    """The vocabulary word ``word`` is a likely typo of, or None.
+def fuzzy_lookup(
+    word: str,
+    vocabulary: frozenset[str],
+    *,
+    targets: frozenset[str] | None = None,
+    protected: frozenset[str] = frozenset(),
+) -> str | None:
+    """The vocabulary word ``word`` is, or is a likely typo of; None otherwise.
 
-    Short words must match exactly (too many real words are one letter from
-    "call" or "text"); words of 5+ letters may be one edit away, 8+ two. Words in
-    ``protected`` are common English words that happen to be one edit from a
-    keyword ("looking" ~ "booking") and are never corrected.
+    Only ``targets`` (default: the whole vocabulary) are matched loosely: keep them
+    to longer, distinctive keywords, because plenty of real words are one letter
+    from short ones ("halls" ~ "calls", "nails" ~ "mails"). Words of 5+ letters may
+    be one edit away, 8+ two. Words in ``protected`` are real words that happen to
+    be close to a keyword ("looking" ~ "booking") and are never corrected.
     """
     if word in vocabulary:
         return word
@@ -64,8 +71,8 @@ def fuzzy_lookup(word: str, vocabulary: frozenset[str], protected: frozenset[str
         return None
     allowed = 2 if len(word) >= 8 else 1
     best: tuple[int, str] | None = None
-    for v in vocabulary:
-        if len(v) < 5 or not v.isalpha():
+    for v in targets if targets is not None else vocabulary:
+        if len(v) < 5:
             continue
         d = edit_distance(word, v, allowed)
         if d <= allowed and (best is None or (d, v) < best):

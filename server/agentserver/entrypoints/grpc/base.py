@@ -78,7 +78,7 @@ def rpc(
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", name)
-                failure = grpc.Status()  # type: ignore[abstract]
+                failure = None
             finally:
                 if self.access_log or code not in (grpc.StatusCode.OK,):
                     log.info(
@@ -90,9 +90,9 @@ def rpc(
                         },
                     )
                 request_id_var.reset(token)
-            if code is grpc.StatusCode.INTERNAL:
+            if failure is None:
                 await context.abort(code, f"internal error (request id {request_id})")
-            assert failure is not None
+                raise AssertionError("unreachable: abort raises")
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
             raise AssertionError("unreachable: abort raises")
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
-from agentserver.domain.costs import OperationCost, OperationType
+from agentserver.domain.actions import Action, ActionState
+from agentserver.domain.conversations import Message, Role, Session
+from agentserver.domain.costs import CostTable, OperationCost, OperationType
+from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import InvalidArgument
 from agentserver.domain.ledger import Balance, Entry, EntryKind, Reservation, ReservationState
-from agentserver.v1 import common_pb2, token_service_pb2
+from agentserver.domain.registry import ActionDefinition, Registry
+from agentserver.v1 import (
+    agent_service_pb2,
+    common_pb2,
+    conversation_service_pb2,
+    token_service_pb2,
+)
 
 
 def ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -33,7 +44,8 @@ def op_to_pb(op: OperationType) -> common_pb2.OperationType.ValueType:
 
 
 def op_from_pb(value: int, field: str = "operation_type") -> OperationType:
-    name = common_pb2.OperationType.Name(value) if value in common_pb2.OperationType.values() else ""
+    names = {int(v): n for n, v in common_pb2.OperationType.items()}
+    name = names.get(value, "")
     if not name or value == common_pb2.OPERATION_TYPE_UNSPECIFIED:
         raise InvalidArgument.field(field, "is required (an OPERATION_TYPE_* value)")
     return OperationType[name.removeprefix("OPERATION_TYPE_")]
@@ -94,4 +106,142 @@ def reservation_to_pb(r: Reservation) -> token_service_pb2.Reservation:
 def cost_to_pb(c: OperationCost) -> token_service_pb2.OperationCost:
     return token_service_pb2.OperationCost(
         operation_type=op_to_pb(c.operation_type), tokens=c.tokens, description=c.description
+    )
+
+
+# --- agent and conversations --------------------------------------------------
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON values; whole floats become ints (Struct has no ints)."""
+    return {k: _unfloat(v) for k, v in json_format.MessageToDict(value).items()}
+
+
+def _unfloat(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _unfloat(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unfloat(v) for v in value]
+    return value
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(json.loads(json.dumps(value, default=str)))
+    return out
+
+
+def level_to_pb(level: int) -> common_pb2.DecisionLevel.ValueType:
+    if not level:
+        return common_pb2.DECISION_LEVEL_UNSPECIFIED
+    return common_pb2.DecisionLevel.Value(f"DECISION_LEVEL_{DecisionLevel(level).name}")
+
+
+def state_to_pb(state: ActionState) -> agent_service_pb2.ActionState.ValueType:
+    return agent_service_pb2.ActionState.Value(f"ACTION_STATE_{state.name}")
+
+
+def state_from_pb(value: int) -> ActionState:
+    names = {int(v): n for n, v in agent_service_pb2.ActionState.items()}
+    name = names.get(value, "")
+    if not name or value == agent_service_pb2.ACTION_STATE_UNSPECIFIED:
+        raise InvalidArgument.field("states", f"{value} is not an action state")
+    return ActionState[name.removeprefix("ACTION_STATE_")]
+
+
+def action_to_pb(a: Action) -> agent_service_pb2.Action:
+    result = a.result or {}
+    return agent_service_pb2.Action(
+        id=a.id,
+        session_id=a.session_id,
+        action_type=a.action_type,
+        category=a.category,
+        parameters=dict_to_struct(a.parameters),
+        decision_level=level_to_pb(a.level),
+        state=state_to_pb(a.state),
+        executable=a.executable,
+        blocked_reasons=[
+            agent_service_pb2.BlockedReason(
+                reason=b.get("reason", ""),
+                message=b.get("message", ""),
+                subject=b.get("subject", ""),
+            )
+            for b in a.blocked
+        ],
+        token_cost=a.token_cost,
+        confidence=a.confidence,
+        reasoning=a.reasoning,
+        requested_by=a.requested_by,
+        decided_by=a.decided_by,
+        rejection_reason=a.rejection_reason,
+        result=agent_service_pb2.ActionResult(
+            channel=str(result.get("channel", "")),
+            provider_id=str(result.get("provider_id", "")),
+            detail=dict_to_struct(dict(result.get("detail") or {})),
+            error=str(result.get("error", "")),
+        )
+        if result
+        else None,
+        location_id=a.location_id,
+        create_time=ts(a.created_at),
+        update_time=ts(a.updated_at),
+        expire_time=ts(a.expires_at),
+    )
+
+
+def definition_to_pb(
+    d: ActionDefinition, costs: CostTable, registry: Registry
+) -> agent_service_pb2.ActionDefinition:
+    return agent_service_pb2.ActionDefinition(
+        name=d.name,
+        category=d.category,
+        description=d.description,
+        parameters_json_schema=json.dumps(d.parameters_schema, sort_keys=True),
+        required_permissions=list(d.required_permissions),
+        token_cost=registry.token_cost(d.name, costs),
+        operation_type=(
+            op_to_pb(d.operation_type)
+            if d.operation_type
+            else common_pb2.OPERATION_TYPE_UNSPECIFIED
+        ),
+        default_decision_level=level_to_pb(d.default_level),
+        requires_approval=d.requires_approval,
+        read_only=d.read_only,
+        destructive=d.destructive,
+        idempotent=d.idempotent,
+        **{"async": d.is_async},
+    )
+
+
+def session_to_pb(s: Session) -> conversation_service_pb2.Session:
+    return conversation_service_pb2.Session(
+        id=s.id,
+        tenant_id=s.tenant_id,
+        user_id=s.user_id,
+        location_id=s.location_id,
+        title=s.title,
+        message_count=s.message_count,
+        create_time=ts(s.created_at),
+        update_time=ts(s.updated_at),
+    )
+
+
+_ROLES = {
+    Role.USER: conversation_service_pb2.MESSAGE_ROLE_USER,
+    Role.ASSISTANT: conversation_service_pb2.MESSAGE_ROLE_ASSISTANT,
+    Role.SYSTEM: conversation_service_pb2.MESSAGE_ROLE_SYSTEM,
+}
+
+
+def message_to_pb(m: Message) -> conversation_service_pb2.Message:
+    return conversation_service_pb2.Message(
+        id=m.id,
+        session_id=m.session_id,
+        role=_ROLES[m.role],
+        content=m.content,
+        decision_level=level_to_pb(m.decision_level),
+        action_ids=m.action_ids,
+        create_time=ts(m.created_at),
     )

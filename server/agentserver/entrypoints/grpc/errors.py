@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc.code_pb2 import Code
+from google.rpc.error_details_pb2 import (
+    BadRequest,
+    ErrorInfo,
+    PreconditionFailure,
+    QuotaFailure,
+    RetryInfo,
+)
+from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
 from agentserver.domain import errors
@@ -39,15 +47,13 @@ def _pack(message: object) -> any_pb2.Any:
 def to_grpc_status(err: errors.DomainError) -> grpc.Status:
     """A grpc.Status whose trailing metadata carries a google.rpc.Status with details."""
     code = status_code(err)
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)
+    info = ErrorInfo(reason=err.reason, domain=DOMAIN)
     details: list[object] = []
     if isinstance(err, errors.InvalidArgument):
         details.append(
-            error_details_pb2.BadRequest(
+            BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
+                    BadRequest.FieldViolation(field=v.field, description=v.description)
                     for v in err.violations
                 ]
             )
@@ -55,12 +61,8 @@ def to_grpc_status(err: errors.DomainError) -> grpc.Status:
     elif isinstance(err, errors.InsufficientTokens):
         v = err.violation
         details.append(
-            error_details_pb2.QuotaFailure(
-                violations=[
-                    error_details_pb2.QuotaFailure.Violation(
-                        subject=v.subject, description=v.description
-                    )
-                ]
+            QuotaFailure(
+                violations=[QuotaFailure.Violation(subject=v.subject, description=v.description)]
             )
         )
         info.metadata["requested"] = str(v.requested)
@@ -68,20 +70,16 @@ def to_grpc_status(err: errors.DomainError) -> grpc.Status:
     elif isinstance(err, errors.RateLimited):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(err.retry_after_seconds * 1e9))
-        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(RetryInfo(retry_delay=delay))
     elif isinstance(err, errors.FailedPrecondition):
         details.append(
-            error_details_pb2.PreconditionFailure(
-                violations=[
-                    error_details_pb2.PreconditionFailure.Violation(
-                        type=err.reason, description=err.message
-                    )
-                ]
+            PreconditionFailure(
+                violations=[PreconditionFailure.Violation(type=err.reason, description=err.message)]
             )
         )
     details.insert(0, info)
-    status = status_pb2.Status(
-        code=getattr(code_pb2, code.name),
+    status = Status(
+        code=Code.Value(code.name),
         message=err.message,
         details=[_pack(d) for d in details],
     )

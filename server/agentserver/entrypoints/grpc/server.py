@@ -13,6 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentserver.app import App
+from agentserver.entrypoints.grpc.agent_servicer import AgentServicer
+from agentserver.entrypoints.grpc.conversation_servicer import ConversationServicer
 from agentserver.entrypoints.grpc.token_servicer import TokenServicer
 from agentserver.v1 import (
     agent_service_pb2,
@@ -58,10 +60,10 @@ async def start_server(app: App, listen: str) -> RunningServer:
         TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log), server
     )
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
-        agent_service_pb2_grpc.AgentServiceServicer(), server
+        AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log), server
     )
     conversation_service_pb2_grpc.add_ConversationServiceServicer_to_server(
-        conversation_service_pb2_grpc.ConversationServiceServicer(), server
+        ConversationServicer(app.auth, app.agent_store, access_log=access_log), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -28,7 +28,9 @@ class TokenServicer(ServicerBase, token_service_pb2_grpc.TokenServiceServicer):
         self.costs = costs
 
     @rpc(SCOPE_TOKENS_READ)
-    async def GetBalance(self, request: pb.GetBalanceRequest, caller: Caller) -> pb.GetBalanceResponse:
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, caller: Caller
+    ) -> pb.GetBalanceResponse:
         tenant = caller.tenant(request.tenant_id)
         balance = await self.ledger.balance(tenant, request.location_id)
         return pb.GetBalanceResponse(balance=convert.balance_to_pb(balance))

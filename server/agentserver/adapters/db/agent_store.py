@@ -1,0 +1,342 @@
+"""Sessions, messages and actions on SQL, every query filtered by tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentserver.adapters.db import models
+from agentserver.domain.actions import Action, ActionFilter, ActionState
+from agentserver.domain.conversations import Message, Role, Session
+from agentserver.domain.decision.levels import DecisionLevel
+from agentserver.domain.errors import NotFound
+from agentserver.domain.paging import PageRequest, encode_token
+
+S = models.sessions
+M = models.messages
+A = models.actions
+
+
+def _session(row: Any) -> Session:
+    return Session(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        user_id=row.user_id,
+        location_id=row.location_id,
+        title=row.title,
+        message_count=row.message_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _message(row: Any) -> Message:
+    return Message(
+        id=row.id,
+        session_id=row.session_id,
+        role=Role(row.role),
+        content=row.content,
+        created_at=row.created_at,
+        decision_level=row.decision_level,
+        action_ids=list(row.action_ids or []),
+    )
+
+
+def _action(row: Any) -> Action:
+    return Action(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        session_id=row.session_id,
+        location_id=row.location_id,
+        action_type=row.action_type,
+        category=row.category,
+        parameters=dict(row.parameters or {}),
+        level=DecisionLevel(row.decision_level),
+        state=ActionState(row.state),
+        executable=row.executable,
+        blocked=list(row.blocked or []),
+        token_cost=row.token_cost,
+        operation_type=row.operation_type,
+        confidence=row.confidence,
+        reasoning=row.reasoning,
+        requested_by=row.requested_by,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        expires_at=row.expires_at,
+        decided_by=row.decided_by,
+        decision_request_id=row.decision_request_id,
+        rejection_reason=row.rejection_reason,
+        result=dict(row.result or {}),
+        reservation_id=row.reservation_id,
+        attempts=row.attempts,
+        version=row.version,
+    )
+
+
+def action_values(action: Action) -> dict[str, Any]:
+    return {
+        "id": action.id,
+        "tenant_id": action.tenant_id,
+        "session_id": action.session_id,
+        "location_id": action.location_id,
+        "action_type": action.action_type,
+        "category": action.category,
+        "parameters": action.parameters,
+        "decision_level": int(action.level),
+        "state": action.state.value,
+        "executable": action.executable,
+        "blocked": action.blocked,
+        "token_cost": action.token_cost,
+        "operation_type": action.operation_type,
+        "confidence": action.confidence,
+        "reasoning": action.reasoning,
+        "requested_by": action.requested_by,
+        "decided_by": action.decided_by,
+        "decision_request_id": action.decision_request_id,
+        "rejection_reason": action.rejection_reason,
+        "result": action.result,
+        "reservation_id": action.reservation_id,
+        "attempts": action.attempts,
+        "version": action.version,
+        "created_at": action.created_at,
+        "updated_at": action.updated_at,
+        "expires_at": action.expires_at,
+    }
+
+
+class SqlAgentStore:
+    """ConversationStore and ActionStore in one, so an exchange is one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    # -- conversations -------------------------------------------------------
+
+    async def get_session(self, tenant_id: str, session_id: str) -> Session:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(S).where(S.c.tenant_id == tenant_id, S.c.id == session_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"session {session_id!r} not found")
+        return _session(row)
+
+    async def list_sessions(
+        self, tenant_id: str, user_id: str, page: PageRequest
+    ) -> tuple[list[Session], str]:
+        query = select(S).where(S.c.tenant_id == tenant_id, S.c.user_id == user_id)
+        if page.after:
+            after_time = datetime.fromisoformat(str(page.after["t"]))
+            after_id = str(page.after["id"])
+            query = query.where(
+                (S.c.updated_at < after_time)
+                | ((S.c.updated_at == after_time) & (S.c.id < after_id))
+            )
+        query = query.order_by(S.c.updated_at.desc(), S.c.id.desc()).limit(page.size + 1)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        sessions = [_session(r) for r in rows[: page.size]]
+        token = ""
+        if len(rows) > page.size:
+            last = sessions[-1]
+            token = encode_token("sessions", {"t": last.updated_at.isoformat(), "id": last.id})
+        return sessions, token
+
+    async def list_messages(
+        self, tenant_id: str, session_id: str, before: datetime | None, page: PageRequest
+    ) -> tuple[list[Message], str]:
+        await self.get_session(tenant_id, session_id)  # NotFound for foreign sessions
+        query = select(M).where(M.c.tenant_id == tenant_id, M.c.session_id == session_id)
+        if before is not None:
+            query = query.where(M.c.created_at < before)
+        if page.after:
+            query = query.where(M.c.id < str(page.after["id"]))
+        query = query.order_by(M.c.id.desc()).limit(page.size + 1)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        messages = [_message(r) for r in rows[: page.size]]
+        token = encode_token("messages", {"id": messages[-1].id}) if len(rows) > page.size else ""
+        return messages, token
+
+    async def recent_messages(self, tenant_id: str, session_id: str, limit: int) -> list[Message]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(M)
+                    .where(M.c.tenant_id == tenant_id, M.c.session_id == session_id)
+                    .order_by(M.c.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [_message(r) for r in reversed(rows)]
+
+    async def record_exchange(
+        self,
+        tenant_id: str,
+        session: Session,
+        new_session: bool,
+        messages: Sequence[Message],
+        actions: Sequence[Action],
+        now: datetime,
+    ) -> None:
+        """Store a session (if new), messages and actions in one transaction."""
+        async with self._engine.begin() as conn:
+            if new_session:
+                await conn.execute(
+                    insert(S).values(
+                        id=session.id,
+                        tenant_id=tenant_id,
+                        user_id=session.user_id,
+                        location_id=session.location_id,
+                        title=session.title,
+                        message_count=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            if actions:
+                await conn.execute(insert(A), [action_values(a) for a in actions])
+            await self._append(conn, tenant_id, session.id, messages, now)
+
+    async def append_messages(
+        self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await self._append(conn, tenant_id, session_id, messages, now)
+
+    async def _append(
+        self, conn: Any, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
+    ) -> None:
+        if not messages:
+            return
+        await conn.execute(
+            insert(M),
+            [
+                {
+                    "id": m.id,
+                    "tenant_id": tenant_id,
+                    "session_id": session_id,
+                    "role": m.role.value,
+                    "content": m.content,
+                    "decision_level": m.decision_level,
+                    "action_ids": m.action_ids,
+                    "created_at": m.created_at,
+                }
+                for m in messages
+            ],
+        )
+        await conn.execute(
+            update(S)
+            .where(S.c.tenant_id == tenant_id, S.c.id == session_id)
+            .values(message_count=S.c.message_count + len(messages), updated_at=now)
+        )
+
+    # -- actions -------------------------------------------------------------
+
+    async def get(self, tenant_id: str, action_id: str) -> Action:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(A).where(A.c.tenant_id == tenant_id, A.c.id == action_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"action {action_id!r} not found")
+        return _action(row)
+
+    async def find(
+        self, tenant_id: str, flt: ActionFilter, page: PageRequest
+    ) -> tuple[list[Action], str]:
+        query = select(A).where(A.c.tenant_id == tenant_id)
+        if flt.states:
+            query = query.where(A.c.state.in_(sorted(s.value for s in flt.states)))
+        if flt.session_id:
+            query = query.where(A.c.session_id == flt.session_id)
+        if page.after:
+            query = query.where(A.c.id < str(page.after["id"]))
+        query = query.order_by(A.c.id.desc()).limit(page.size + 1)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        actions = [_action(r) for r in rows[: page.size]]
+        token = encode_token("actions", {"id": actions[-1].id}) if len(rows) > page.size else ""
+        return actions, token
+
+    async def transition(
+        self,
+        tenant_id: str,
+        action_id: str,
+        from_states: frozenset[ActionState],
+        to_state: ActionState,
+        now: datetime,
+        **changes: Any,
+    ) -> Action | None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(A)
+                .where(
+                    A.c.tenant_id == tenant_id,
+                    A.c.id == action_id,
+                    A.c.state.in_(sorted(s.value for s in from_states)),
+                )
+                .values(state=to_state.value, updated_at=now, version=A.c.version + 1, **changes)
+            )
+            if result.rowcount != 1:
+                return None
+            row = (
+                await conn.execute(select(A).where(A.c.tenant_id == tenant_id, A.c.id == action_id))
+            ).one()
+        return _action(row)
+
+    async def update(self, tenant_id: str, action_id: str, now: datetime, **changes: Any) -> Action:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(A)
+                .where(A.c.tenant_id == tenant_id, A.c.id == action_id)
+                .values(updated_at=now, version=A.c.version + 1, **changes)
+            )
+            row = (
+                await conn.execute(select(A).where(A.c.tenant_id == tenant_id, A.c.id == action_id))
+            ).one()
+        return _action(row)
+
+    async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        waiting = [
+            s.value
+            for s in (
+                ActionState.AWAITING_USER,
+                ActionState.AWAITING_COORDINATOR,
+                ActionState.AWAITING_APPROVER,
+            )
+        ]
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(A.c.tenant_id, A.c.id)
+                .where(A.c.state.in_(waiting), A.c.expires_at <= now)
+                .limit(limit)
+            )
+            return [(r.tenant_id, r.id) for r in rows]
+
+    async def stale_executing(self, before: datetime, limit: int) -> list[tuple[str, str]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(A.c.tenant_id, A.c.id)
+                .where(A.c.state == ActionState.EXECUTING.value, A.c.updated_at < before)
+                .limit(limit)
+            )
+            return [(r.tenant_id, r.id) for r in rows]
+
+    async def count_messages(self, tenant_id: str, session_id: str) -> int:
+        async with self._engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(M)
+                        .where(M.c.tenant_id == tenant_id, M.c.session_id == session_id)
+                    )
+                ).scalar_one()
+            )

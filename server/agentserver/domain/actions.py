@@ -1,0 +1,120 @@
+"""Actions: the rows with a state machine that make side effects happen once.
+
+    proposed (not executable)
+    awaiting_user | awaiting_coordinator | awaiting_approver
+        -> approved -> executing -> succeeded | failed
+        -> rejected | expired
+
+Every transition is a compare-and-set on the current state in the store, so two
+approvers, a retried request or two replicas can never run an action twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from agentserver.domain.decision.levels import DecisionLevel
+from agentserver.domain.paging import PageRequest
+
+
+class ActionState(enum.StrEnum):
+    PROPOSED = "proposed"
+    AWAITING_USER = "awaiting_user"
+    AWAITING_COORDINATOR = "awaiting_coordinator"
+    AWAITING_APPROVER = "awaiting_approver"
+    APPROVED = "approved"
+    EXECUTING = "executing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def waiting(self) -> bool:
+        return self in WAITING
+
+    @property
+    def ended(self) -> bool:
+        return self in ENDED
+
+
+WAITING = frozenset(
+    {ActionState.AWAITING_USER, ActionState.AWAITING_COORDINATOR, ActionState.AWAITING_APPROVER}
+)
+ENDED = frozenset(
+    {ActionState.SUCCEEDED, ActionState.FAILED, ActionState.REJECTED, ActionState.EXPIRED}
+)
+
+WAITING_STATE_FOR_LEVEL = {
+    DecisionLevel.SUGGESTION: ActionState.AWAITING_USER,
+    DecisionLevel.CONSULTATION: ActionState.AWAITING_COORDINATOR,
+    DecisionLevel.APPROVAL_REQUIRED: ActionState.AWAITING_APPROVER,
+}
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str
+    tenant_id: str
+    session_id: str
+    location_id: str
+    action_type: str
+    category: str
+    parameters: dict[str, Any]
+    level: DecisionLevel
+    state: ActionState
+    executable: bool
+    blocked: list[dict[str, str]]
+    token_cost: int
+    operation_type: str
+    confidence: int
+    reasoning: str
+    requested_by: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+    decided_by: str = ""
+    decision_request_id: str = ""
+    rejection_reason: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    reservation_id: str | None = None
+    attempts: int = 0
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class ActionFilter:
+    states: frozenset[ActionState] = frozenset()
+    session_id: str = ""
+
+
+class ActionStore(Protocol):
+    async def get(self, tenant_id: str, action_id: str) -> Action: ...
+
+    async def find(
+        self, tenant_id: str, flt: ActionFilter, page: PageRequest
+    ) -> tuple[list[Action], str]: ...
+
+    async def transition(
+        self,
+        tenant_id: str,
+        action_id: str,
+        from_states: frozenset[ActionState],
+        to_state: ActionState,
+        now: datetime,
+        **changes: Any,
+    ) -> Action | None:
+        """Move to `to_state` only if the action is in one of `from_states`; returns
+        the updated action, or None when another writer got there first."""
+        ...
+
+    async def update(
+        self, tenant_id: str, action_id: str, now: datetime, **changes: Any
+    ) -> Action: ...
+
+    async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
+
+    async def stale_executing(self, before: datetime, limit: int) -> list[tuple[str, str]]: ...

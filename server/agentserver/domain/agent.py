@@ -1,0 +1,600 @@
+"""The agent's use cases: Process a message, read and decide actions.
+
+The engine proposes; `policy.decide` disposes; the executor acts. Nothing the
+engine returns can widen a permission or skip a level: permissions come from the
+tenant's rules (narrowed by what the caller asserts), levels from the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from agentserver.domain.actions import (
+    WAITING,
+    WAITING_STATE_FOR_LEVEL,
+    Action,
+    ActionFilter,
+    ActionState,
+)
+from agentserver.domain.clock import Clock
+from agentserver.domain.conversations import (
+    ConversationStore,
+    Message,
+    Role,
+    Session,
+    title_of,
+    validate_message,
+)
+from agentserver.domain.costs import CostTable, OperationType
+from agentserver.domain.decision.engine import (
+    DecisionEngine,
+    EngineRequest,
+    HistoryMessage,
+    Proposal,
+)
+from agentserver.domain.decision.levels import DecisionLevel
+from agentserver.domain.decision.policy import (
+    ActionDecision,
+    BlockedReason,
+    PolicySettings,
+    decide,
+)
+from agentserver.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InsufficientTokens,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from agentserver.domain.executor import Executor
+from agentserver.domain.identity import Caller
+from agentserver.domain.ids import new_id
+from agentserver.domain.ledger import Debit, LedgerService, validate_request_id
+from agentserver.domain.paging import PageRequest
+from agentserver.domain.permissions import (
+    APPROVER_PERMISSION,
+    COORDINATOR_PERMISSION,
+    PermissionSet,
+    effective_permissions,
+)
+from agentserver.domain.registry import Registry
+
+log = logging.getLogger(__name__)
+
+HISTORY_MESSAGES = 10
+MAX_REASON_CHARS = 2000
+
+
+class PolicySource(Protocol):
+    """Where a tenant's permission rules and policy settings come from."""
+
+    async def rules(self, tenant_id: str) -> list[tuple[str, str, str, str]]: ...
+
+    async def tenant_policy(self, tenant_id: str) -> dict[str, Any]: ...
+
+
+class AgentStore(ConversationStore, Protocol):
+    async def record_exchange(
+        self,
+        tenant_id: str,
+        session: Session,
+        new_session: bool,
+        messages: Sequence[Message],
+        actions: Sequence[Action],
+        now: datetime,
+    ) -> None: ...
+
+    async def append_messages(
+        self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
+    ) -> None: ...
+
+    async def get(self, tenant_id: str, action_id: str) -> Action: ...
+
+    async def find(
+        self, tenant_id: str, flt: ActionFilter, page: PageRequest
+    ) -> tuple[list[Action], str]: ...
+
+    async def transition(
+        self,
+        tenant_id: str,
+        action_id: str,
+        from_states: frozenset[ActionState],
+        to_state: ActionState,
+        now: datetime,
+        **changes: Any,
+    ) -> Action | None: ...
+
+    async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
+
+    async def stale_executing(self, before: datetime, limit: int) -> list[tuple[str, str]]: ...
+
+
+@dataclass(frozen=True)
+class ProcessInput:
+    message: str
+    session_id: str = ""
+    location_id: str = ""
+    user_permissions: list[str] = field(default_factory=list)
+    business_context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    reply: str
+    level: DecisionLevel
+    actions: list[Action]
+    reasoning: str
+    confidence: int
+    session_id: str
+    engine: str
+
+
+def policy_settings(raw: dict[str, Any]) -> PolicySettings:
+    """A tenant's stored policy (JSON) as PolicySettings; unknown keys are ignored."""
+    known = {k: v for k, v in raw.items() if k in PolicySettings.__dataclass_fields__}
+    if "level_overrides" in known:
+        known["level_overrides"] = {
+            name: DecisionLevel[str(level).upper()]
+            for name, level in known["level_overrides"].items()
+        }
+    for key in ("destructive_min_level", "bypass_level"):
+        if key in known:
+            known[key] = DecisionLevel[str(known[key]).upper()]
+    return PolicySettings(**known)
+
+
+@dataclass
+class AgentService:
+    store: AgentStore
+    policy: PolicySource
+    ledger: LedgerService
+    executor: Executor
+    registry: Registry
+    costs: CostTable
+    clock: Clock
+    engine: DecisionEngine
+    offline: DecisionEngine
+    action_ttl: timedelta = timedelta(hours=24)
+
+    # -- permissions ---------------------------------------------------------
+
+    async def permissions_for(
+        self, tenant_id: str, user_id: str, location_id: str, asserted: list[str] | None
+    ) -> PermissionSet:
+        """Business defaults + user grants − user (and location) denials, ∩ the
+        location's policy when it has one, narrowed by what the caller asserts."""
+        business: list[str] = []
+        grants: list[str] = []
+        denials: list[str] = []
+        location_allow: list[str] = []
+        for scope, subject, effect, permission in await self.policy.rules(tenant_id):
+            if scope == "business" and effect == "allow":
+                business.append(permission)
+            elif scope == "business":
+                denials.append(permission)
+            elif scope == "user" and subject == user_id:
+                (grants if effect == "allow" else denials).append(permission)
+            elif scope == "location" and location_id and subject == location_id:
+                (location_allow if effect == "allow" else denials).append(permission)
+        return effective_permissions(
+            business, grants, denials, location_allow or None, asserted or None
+        )
+
+    # -- Process -------------------------------------------------------------
+
+    async def process(self, caller: Caller, request: ProcessInput) -> ProcessResult:
+        text = validate_message(request.message)
+        tenant = caller.tenant()
+        user = caller.user_id
+        if not user:
+            raise InvalidArgument.field("x-user-id", "metadata is required to process a message")
+        now = self.clock.now()
+        history: list[HistoryMessage] = []
+        if request.session_id:
+            session = await self.store.get_session(tenant, request.session_id)
+            if session.user_id != user:
+                raise PermissionDenied("this session belongs to another user", reason="NOT_OWNER")
+            new_session = False
+            recent = await self.store.recent_messages(tenant, session.id, HISTORY_MESSAGES)
+            history = [HistoryMessage(m.role.value, m.content) for m in recent]
+        else:
+            session = Session(
+                id=new_id("ses"),
+                tenant_id=tenant,
+                user_id=user,
+                location_id=request.location_id or caller.location_id,
+                title=title_of(text),
+                message_count=0,
+                created_at=now,
+                updated_at=now,
+            )
+            new_session = True
+        location = request.location_id or caller.location_id or session.location_id
+
+        permissions = await self.permissions_for(
+            tenant, user, location, request.user_permissions or None
+        )
+        settings = policy_settings(await self.policy.tenant_policy(tenant))
+        try:
+            available = (await self.ledger.balance(tenant, location)).available
+        except NotFound:
+            available = 0
+
+        user_message = Message(new_id("msg"), session.id, Role.USER, text, now)
+        engine_request = EngineRequest(
+            message=text,
+            now=now,
+            history=history,
+            business_context=request.business_context,
+            tenant_id=tenant,
+            location_id=location,
+        )
+        proposal, available = await self._propose(
+            engine_request, tenant, location, user_message.id, available
+        )
+        outcome = decide(
+            proposal, self.registry, self.costs, permissions, available, settings=settings
+        )
+
+        actions = [
+            await self._new_action(d, tenant, session.id, location, user, now)
+            for d in outcome.actions
+        ]
+        reply = _reply(proposal, actions)
+        assistant = Message(
+            new_id("msg"),
+            session.id,
+            Role.ASSISTANT,
+            reply,
+            self.clock.now(),
+            decision_level=int(outcome.level),
+            action_ids=[a.id for a in actions],
+        )
+        try:
+            await self.store.record_exchange(
+                tenant, session, new_session, [user_message, assistant], actions, now
+            )
+        except BaseException:
+            for action in actions:
+                await self.executor.release(action)
+            raise
+        finished = []
+        for action in actions:
+            ran = (
+                await self.executor.execute(action)
+                if action.state is ActionState.APPROVED
+                else action
+            )
+            finished.append(ran)
+        parts = [proposal.reasoning, outcome.reasoning]
+        parts += [f"[{a.action_type}] {a.reasoning}" for a in finished]
+        reasoning = " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
+        return ProcessResult(
+            reply=_reply(proposal, finished),
+            level=outcome.level,
+            actions=finished,
+            reasoning=reasoning,
+            confidence=max(0, min(100, proposal.confidence)),
+            session_id=session.id,
+            engine=proposal.engine,
+        )
+
+    async def _propose(
+        self, request: EngineRequest, tenant: str, location: str, message_id: str, available: int
+    ) -> tuple[Proposal, int]:
+        """Ask the configured engine; an LLM decision is paid first (1 token), and
+        with no balance left the offline engine decides instead."""
+        if self.engine is self.offline:
+            return await self.offline.propose(request), available
+        cost = self.costs.tokens(OperationType.INTERNAL_API_LLM)
+        try:
+            if cost > 0:
+                await self.ledger.charge(
+                    Debit(
+                        tenant_id=tenant,
+                        location_id=location,
+                        operation_type=OperationType.INTERNAL_API_LLM,
+                        amount=cost,
+                        request_id=f"llm:{message_id}",
+                        description=f"decision by {self.engine.name}",
+                    )
+                )
+        except (InsufficientTokens, NotFound):
+            proposal = await self.offline.propose(request)
+            note = f"offline ({self.engine.name} skipped: no tokens left for the LLM)"
+            return _with_engine(proposal, note), available
+        return await self.engine.propose(request), available - cost
+
+    async def _new_action(
+        self,
+        decision: ActionDecision,
+        tenant: str,
+        session_id: str,
+        location: str,
+        user: str,
+        now: datetime,
+    ) -> Action:
+        known = decision.action_type in self.registry
+        definition = self.registry.get(decision.action_type) if known else None
+        action = Action(
+            id=new_id("act"),
+            tenant_id=tenant,
+            session_id=session_id,
+            location_id=location,
+            action_type=decision.action_type,
+            category=definition.category if definition else "unknown",
+            parameters=decision.parameters,
+            level=decision.level,
+            state=ActionState.PROPOSED,
+            executable=decision.executable,
+            blocked=[_blocked_dict(b) for b in decision.blocked],
+            token_cost=decision.token_cost,
+            operation_type=(
+                definition.operation_type.value if definition and definition.operation_type else ""
+            ),
+            confidence=decision.confidence,
+            reasoning=decision.reasoning,
+            requested_by=user,
+            created_at=now,
+            updated_at=now,
+        )
+        if not decision.executable:
+            return action
+        if decision.level is DecisionLevel.AUTOMATIC:
+            return _replace(action, state=ActionState.APPROVED, decided_by="policy:automatic")
+        # Waiting actions hold their tokens, so an approval never finds them spent.
+        try:
+            reservation_id = await self.executor.reserve(action)
+        except InsufficientTokens as err:
+            blocked = BlockedReason("INSUFFICIENT_TOKENS", err.message, "tokens")
+            return _replace(
+                action, executable=False, blocked=[*action.blocked, _blocked_dict(blocked)]
+            )
+        return _replace(
+            action,
+            state=WAITING_STATE_FOR_LEVEL[decision.level],
+            reservation_id=reservation_id,
+            expires_at=now + self.action_ttl,
+        )
+
+    # -- reading actions -----------------------------------------------------
+
+    async def get_action(self, caller: Caller, action_id: str) -> Action:
+        if not action_id:
+            raise InvalidArgument.field("action_id", "is required")
+        action = await self.store.get(caller.tenant(), action_id)
+        if action.state is ActionState.EXECUTING and action.result.get("pending"):
+            action = await self.executor.poll_pending(action)
+        return action
+
+    async def list_actions(
+        self, caller: Caller, flt: ActionFilter, page: PageRequest
+    ) -> tuple[list[Action], str]:
+        return await self.store.find(caller.tenant(), flt, page)
+
+    # -- deciding ------------------------------------------------------------
+
+    async def _may_decide(self, caller: Caller, action: Action) -> None:
+        if not caller.user_id:
+            raise InvalidArgument.field("x-user-id", "metadata is required to decide an action")
+        perms = await self.permissions_for(
+            caller.tenant(), caller.user_id, action.location_id, None
+        )
+        state = action.state
+        if state is ActionState.AWAITING_USER:
+            definition = self.registry.get(action.action_type)
+            if caller.user_id == action.requested_by or not perms.missing(
+                definition.required_permissions
+            ):
+                return
+            raise PermissionDenied(
+                "a suggestion is decided by the requesting user or a holder of "
+                f"{', '.join(definition.required_permissions)}",
+                reason="NOT_ALLOWED_TO_DECIDE",
+            )
+        if state is ActionState.AWAITING_COORDINATOR:
+            if perms.covers(COORDINATOR_PERMISSION):
+                return
+            raise PermissionDenied(
+                f"a consultation is decided by a holder of {COORDINATOR_PERMISSION}",
+                reason="NOT_ALLOWED_TO_DECIDE",
+            )
+        if state is ActionState.AWAITING_APPROVER:
+            if caller.user_id == action.requested_by:
+                raise PermissionDenied(
+                    "the requester cannot approve their own request",
+                    reason="REQUESTER_CANNOT_APPROVE",
+                )
+            if perms.covers(APPROVER_PERMISSION):
+                return
+            raise PermissionDenied(
+                f"an approval needs {APPROVER_PERMISSION}", reason="NOT_ALLOWED_TO_DECIDE"
+            )
+
+    async def _waiting(self, caller: Caller, action_id: str, request_id: str) -> Action | Action:
+        if not action_id:
+            raise InvalidArgument.field("action_id", "is required")
+        validate_request_id(request_id)
+        return await self.store.get(caller.tenant(), action_id)
+
+    def _not_waiting(self, action: Action) -> FailedPrecondition:
+        if action.state is ActionState.PROPOSED:
+            reasons = "; ".join(b.get("message", "") for b in action.blocked) or "not executable"
+            return FailedPrecondition(
+                f"action {action.id} cannot run: {reasons}", reason="ACTION_NOT_EXECUTABLE"
+            )
+        return FailedPrecondition(
+            f"action {action.id} is {action.state.value}, not waiting for a decision",
+            reason="ACTION_NOT_WAITING",
+        )
+
+    async def _expire_if_due(self, action: Action) -> Action | None:
+        """Expire a waiting action past its time; returns it expired, or None if not due."""
+        if action.expires_at is None or action.expires_at > self.clock.now():
+            return None
+        expired = await self.store.transition(
+            action.tenant_id, action.id, WAITING, ActionState.EXPIRED, self.clock.now()
+        )
+        if expired is not None:
+            await self.executor.release(expired)
+        return expired or await self.store.get(action.tenant_id, action.id)
+
+    async def approve(
+        self,
+        caller: Caller,
+        action_id: str,
+        parameters: dict[str, Any] | None,
+        request_id: str,
+    ) -> Action:
+        action = await self._waiting(caller, action_id, request_id)
+        if action.decision_request_id == request_id and action.decided_by == caller.user_id:
+            return action  # a repeat of the request that decided it
+        if action.state not in WAITING:
+            raise self._not_waiting(action)
+        await self._may_decide(caller, action)
+        if (expired := await self._expire_if_due(action)) is not None:
+            raise self._not_waiting(expired)
+
+        changes: dict[str, Any] = {}
+        new_reservation: str | None = None
+        if parameters is not None:
+            violations = self.registry.validate(action.action_type, parameters)
+            if violations:
+                raise InvalidArgument(
+                    [FieldViolation(f"parameters.{v.field}", v.description) for v in violations]
+                )
+            cost = self.registry.token_cost(action.action_type, self.costs)
+            changes["parameters"] = parameters
+            if cost != action.token_cost:
+                # Re-priced: hold the new amount before letting go of the old one.
+                repriced = _replace(action, token_cost=cost, id=f"{action.id}:{request_id}")
+                new_reservation = await self.executor.reserve(repriced)
+                changes.update(token_cost=cost, reservation_id=new_reservation)
+        approved = await self.store.transition(
+            action.tenant_id,
+            action.id,
+            WAITING,
+            ActionState.APPROVED,
+            self.clock.now(),
+            decided_by=caller.user_id,
+            decision_request_id=request_id,
+            **changes,
+        )
+        if approved is None:
+            if new_reservation:
+                await self.ledger.release(
+                    action.tenant_id, new_reservation, f"action:{action.id}:{request_id}:undo"
+                )
+            current = await self.store.get(action.tenant_id, action.id)
+            if current.decision_request_id == request_id and current.decided_by == caller.user_id:
+                return current
+            raise self._not_waiting(current)
+        if new_reservation and action.reservation_id:
+            await self.executor.release(action)
+        return await self.executor.execute(approved)
+
+    async def reject(self, caller: Caller, action_id: str, reason: str, request_id: str) -> Action:
+        reason = reason.strip()
+        if not reason:
+            raise InvalidArgument.field("reason", "is required")
+        if len(reason) > MAX_REASON_CHARS:
+            raise InvalidArgument.field("reason", f"must be at most {MAX_REASON_CHARS} characters")
+        action = await self._waiting(caller, action_id, request_id)
+        if action.decision_request_id == request_id and action.decided_by == caller.user_id:
+            return action
+        if action.state not in WAITING:
+            raise self._not_waiting(action)
+        await self._may_decide(caller, action)
+        now = self.clock.now()
+        rejected = await self.store.transition(
+            action.tenant_id,
+            action.id,
+            WAITING,
+            ActionState.REJECTED,
+            now,
+            decided_by=caller.user_id,
+            decision_request_id=request_id,
+            rejection_reason=reason,
+        )
+        if rejected is None:
+            current = await self.store.get(action.tenant_id, action.id)
+            if current.decision_request_id == request_id and current.decided_by == caller.user_id:
+                return current
+            raise self._not_waiting(current)
+        await self.executor.release(rejected)
+        note = Message(
+            new_id("msg"),
+            rejected.session_id,
+            Role.SYSTEM,
+            f"{rejected.action_type} was rejected by {caller.user_id}: {reason}",
+            now,
+            action_ids=[rejected.id],
+        )
+        await self.store.append_messages(rejected.tenant_id, rejected.session_id, [note], now)
+        return rejected
+
+    # -- background ----------------------------------------------------------
+
+    async def sweep(self, limit: int = 200) -> dict[str, int]:
+        """Expire overdue waiting actions, finish pending ones, recover crashed ones."""
+        now = self.clock.now()
+        counts = {"expired": 0, "recovered": 0}
+        for tenant_id, action_id in await self.store.due_for_expiry(now, limit):
+            expired = await self.store.transition(
+                tenant_id, action_id, WAITING, ActionState.EXPIRED, now
+            )
+            if expired is not None:
+                await self.executor.release(expired)
+                counts["expired"] += 1
+        lease = now - timedelta(minutes=5)
+        for tenant_id, action_id in await self.store.stale_executing(lease, limit):
+            action = await self.store.get(tenant_id, action_id)
+            await self.executor.recover(action)
+            counts["recovered"] += 1
+        return counts
+
+
+def _replace(action: Action, **changes: Any) -> Action:
+    from dataclasses import replace
+
+    return replace(action, **changes)
+
+
+def _blocked_dict(b: BlockedReason) -> dict[str, str]:
+    return {"reason": b.reason, "message": b.message, "subject": b.subject}
+
+
+def _with_engine(proposal: Proposal, engine: str) -> Proposal:
+    from dataclasses import replace
+
+    return replace(proposal, engine=engine)
+
+
+_STATE_WORDS = {
+    ActionState.PROPOSED: "not possible as asked",
+    ActionState.AWAITING_USER: "waiting for your confirmation",
+    ActionState.AWAITING_COORDINATOR: "waiting for a coordinator's review",
+    ActionState.AWAITING_APPROVER: "waiting for an approver",
+    ActionState.APPROVED: "approved",
+    ActionState.EXECUTING: "in progress",
+    ActionState.SUCCEEDED: "done",
+    ActionState.FAILED: "failed",
+    ActionState.REJECTED: "rejected",
+    ActionState.EXPIRED: "expired",
+}
+
+
+def _reply(proposal: Proposal, actions: list[Action]) -> str:
+    lines = [proposal.reply.strip()] if proposal.reply.strip() else []
+    for action in actions:
+        status = _STATE_WORDS[action.state]
+        why = "; ".join(b["message"] for b in action.blocked)
+        if action.state is ActionState.FAILED:
+            why = str(action.result.get("error", ""))
+        lines.append(f"- {action.action_type}: {status}" + (f" ({why})" if why else ""))
+    return "\n".join(lines)

@@ -1,0 +1,1330 @@
+"""The offline decision engine: deterministic rules, no network.
+
+It reads plain English the way a careful assistant would:
+
+1. spot attempts to talk it out of its rules (and cut those words out, so "without
+   approval" does not read as a request for approval);
+2. hide quoted text, so words inside quotes never trigger actions;
+3. split the message into one segment per requested action ("email X … and text Y …");
+4. classify each segment into an action type from its keywords (typos forgiven);
+5. extract that action's parameters, and *ask* for what is missing rather than guess.
+
+Confidence reflects how much really matched: a clear keyword with every parameter
+scores about 90, a typo or a loose phrasing less, each missing parameter less again.
+It only proposes; the policy decides.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from agentserver.domain.decision.engine import EngineRequest, Proposal, ProposedAction
+from agentserver.domain.decision.textparse import (
+    find_duration_minutes,
+    find_emails,
+    find_end_time,
+    find_phones,
+    find_when,
+    fuzzy_lookup,
+    mask_quotes,
+    singular,
+)
+
+__all__ = ["OfflineEngine", "detect_bypass"]
+
+# --- vocabulary -------------------------------------------------------------------
+
+# Multi-word phrases folded into one token before matching.
+_PHRASES: list[tuple[str, str]] = [
+    (r"\be[\s-]?mails?\b", "email"),
+    (r"\bwhats\s*app\b", "whatsapp"),
+    (r"\btext\s+message\b", "text"),
+    (r"\blook\s+up\b", "lookup"),
+    (r"\bset\s+up\b", "setup"),
+    (r"\bcall\s+off\b", "calloff"),
+    (r"\bget\s+rid\s+of\b", "remove"),
+    (r"\bsign[\s-]?off\b", "signoff"),
+    (r"\bgreen[\s-]?light\b", "signoff"),
+    (r"\bheads[\s-]?up\b", "headsup"),
+    (r"\breal\s+(?:person|human)\b", "human"),
+    (r"\bhow\s+(?:many|much)\b", "howmany"),
+    (r"\bgive\s+(\w+\s+)?a\s+(?:call|ring|buzz)\b", r"call \1"),
+    (r"\bget\s+in\s+touch\s+with\b", "contact"),
+    (r"\breach\s+out\s+to\b", "contact"),
+    (r"\bdrop\s+(\w+\s+)?a\s+line\b", r"contact \1"),
+    (r"\bhand\s+(?:this\s+|it\s+)?over\b", "transfer"),
+    (r"\bput\s+me\s+through\b", "transfer"),
+    (r"\bphone\s+(?:number|no\.?)\b", "phonenumber"),
+]
+
+_CONCEPTS: dict[str, str] = {}
+
+
+def _words_of(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _words(concept: str, *words: str) -> None:
+    for w in words:
+        _CONCEPTS[w] = concept
+
+
+_words("EMAIL", "email", "emails", "emailed", "emailing", "mail", "inbox")
+_words("SMS", "text", "texts", "texting", "sms", "txt", "smses")
+_words("WA", "whatsapp", "whatsapps", "whatsapping")
+_words("CALL", "call", "calls", "calling", "ring", "phone", "dial", "telephone")
+_words("BOOK", "book", "reserve", "schedule", "unbook")
+_words("BOOKING", "booking", "bookings", "reservation", "reservations", "appointment")
+_words("BOOKING", "appointments", "slot")
+_words("CANCEL", "cancel", "cancellation", "calloff", "cancelled", "canceled")
+_words("CREATE", "create", "add", "new", "setup", "register", "make", "introduce")
+_words("READ", "show", "list", "lookup", "find", "display", "view", "see", "check", "fetch")
+_words("READ", "search", "details", "which", "what", "whats", "available", "availability")
+_words("UPDATE", "update", "change", "rename", "modify", "edit", "set", "adjust", "increase")
+_words("UPDATE", "decrease", "reduce", "raise", "lower", "bump", "upgrade")
+_words("DELETE", "delete", "remove", "decommission", "retire", "archive", "erase")
+_words("REPORT", "report", "reports", "summary", "summarise", "summarize", "analyse")
+_words("REPORT", "analyze", "analysis", "analytics", "stats", "statistics", "overview")
+_words("REPORT", "breakdown", "insights", "trends", "metrics", "kpis", "dashboard", "howmany")
+_words("REPORT", "recap", "usage")
+_words("ESCALATE", "escalate", "escalation", "escalating", "transfer")
+_words("HUMAN", "human", "manager", "supervisor", "boss", "person", "someone", "somebody")
+_words("TALK", "talk", "speak", "connect", "chat")
+_words("NOTIFY", "notify", "notification", "alert", "inform", "announce", "broadcast")
+_words("NOTIFY", "headsup", "letknow")
+_words("TELL", "tell", "remind", "ping", "update_them")
+_words("AUDIENCE", "team", "staff", "everyone", "everybody", "coordinators", "coordinator")
+_words("AUDIENCE", "colleagues", "employees", "crew", "coordination")
+_words("APPROVAL", "approval", "approve", "signoff", "authorisation", "authorization")
+_words("APPROVAL", "authorise", "authorize", "approvals")
+_words("SEND", "send", "message", "write", "contact", "forward", "shoot", "msg", "reply")
+_words("CUSTOMER", "customer", "client", "guest", "caller")
+_RESOURCE_NOUNS = _words_of(
+    "resource room table desk court vehicle car van truck chair bay studio machine "
+    "equipment space bed boat bike field lane pitch locker projector asset station booth "
+    "cabin suite hall kayak simulator therapist stylist trainer instructor barber tent pod "
+    "gym pool sauna cottage apartment villa boardroom classroom venue"
+)
+for _n in _RESOURCE_NOUNS:
+    _CONCEPTS.setdefault(_n, "RESOURCE")
+    _CONCEPTS.setdefault(_n + "s", "RESOURCE")
+_CONCEPTS["facilities"] = "RESOURCE"
+_CONCEPTS["inventory"] = "RESOURCE"
+
+_VOCABULARY = frozenset(_CONCEPTS)
+# Keywords matched despite a typo: long and distinctive enough that a near miss is
+# almost certainly a misspelling of them.
+_TYPO_TARGETS = _words_of(
+    "email whatsapp booking bookings appointment reservation reserve schedule cancel "
+    "cancellation escalate notify notification report summary summarise summarize analyse "
+    "analyze analysis statistics delete remove update rename create message approval approve "
+    "customer coordinators telephone display modify register breakdown overview announce "
+    "broadcast calling texting escalation appointments reservations"
+)
+# Real words one typo away from a keyword; never "corrected".
+_PROTECTED = _words_of(
+    "looking cooking hooking booked books bookie remote resort repeat notice notion noted "
+    "nothing chance charge changed hanging single sample simple female emile tablet lowered "
+    "report's reserved received records record detail deluxe recall recalls hall's rooms "
+    "texture tested tests texted mailed email's rental dental metric matrix staffs coach "
+    "approach approved reviews review course courts called caller massage contract emily "
+    "updated creative remover"
+)
+
+_FILLERS = _words_of(
+    "please pls plz also then and kindly can could would will you u i we need want to go "
+    "ahead make sure dont don't forget remember just quickly now oh ok okay so after that "
+    "afterwards finally lastly first next additionally"
+)
+_ARTICLES = frozenset({"a", "an", "the", "our", "my", "his", "her", "their", "this", "that"})
+_PRONOUNS = frozenset({"him", "her", "them", "they", "he", "she"})
+_WEEKDAY_NAMES = _words_of(
+    "monday tuesday wednesday thursday friday saturday sunday today tomorrow tonight"
+)
+_MONTH_NAMES = _words_of(
+    "january february march april may june july august september october november december "
+    "jan feb mar apr jun jul aug sep sept oct nov dec"
+)
+
+# --- bypass detection -------------------------------------------------------------
+
+_BYPASS_PATTERNS = [
+    r"\b(?:ignore|disregard|forget|override)\b[^.!?]{0,30}?\b(?:previous|prior|above|earlier|"
+    r"all|your|the|any|these)\b[^.!?]{0,20}?\b(?:instructions?|rules?|polic(?:y|ies)|"
+    r"guidelines?|restrictions?|limits?|prompts?|checks?|permissions?)\b",
+    r"\bwithout\s+(?:any\s+|an\s+|the\s+|asking\s+(?:for\s+)?|waiting\s+for\s+|my\s+|their\s+)?"
+    r"(?:approvals?|permissions?|review|reviewing|confirmation|confirming|checks?|checking|"
+    r"sign[\s-]?off|asking\s+anyone|anyone'?s?\s+(?:ok|okay|approval))\b",
+    r"\b(?:skip|bypass|circumvent|avoid|get\s+around|side[\s-]?step)\b[^.!?]{0,25}?"
+    r"\b(?:approvals?|review|checks?|confirmation|polic(?:y|ies)|rules?|permissions?|limits?|"
+    r"coordinators?|approvers?|process|balance)\b",
+    r"\b(?:bypass|circumvent)\b",
+    r"\boverride\b[^.!?]{0,20}?\b(?:polic(?:y|ies)|rules?|limits?|permissions?|settings?|"
+    r"level|decision)\b",
+    r"\byou\s+are\s+(?:now\s+)?(?:an?\s+|the\s+|in\s+)?(?:admin|administrator|root|superuser|"
+    r"developer\s+mode|god\s+mode|unrestricted|dan)\b",
+    r"\b(?:act|behave)\s+as\s+(?:an?\s+|the\s+)?(?:admin|administrator|root|superuser|approver)\b",
+    r"\b(?:grant|give)\s+(?:me|myself|us)\s+(?:\w+\s+){0,2}(?:permissions?|access|rights|"
+    r"privileges|admin|role)\b",
+    r"\b(?:pretend|assume|imagine)\b[^.!?]{0,20}?\b(?:i\s+am|i'm|you\s+are|you're)\b[^.!?]{0,15}"
+    r"\b(?:admin|administrator|approver|manager|owner|coordinator|root|authori[sz]ed)\b",
+    r"\b(?:no\s+need\s+(?:for|to\s+(?:ask|wait|get))|don'?t\s+(?:ask|wait\s+for|need|bother\s+"
+    r"(?:with|asking))|do\s+not\s+(?:ask|wait\s+for))\b[^.!?]{0,20}?\b(?:approvals?|"
+    r"permission|anyone|coordinators?|approvers?|review|sign[\s-]?off|confirmation|manager)\b",
+    r"\b(?:auto[\s-]?approve|pre[\s-]?approved|already\s+approved|consider\s+(?:it|this)\s+"
+    r"approved|mark\s+(?:it|this)\s+(?:as\s+)?approved|approve\s+it\s+yourself|"
+    r"self[\s-]?approve)\b",
+    r"\b(?:developer|debug|maintenance|admin|god)\s+mode\b",
+    r"\b(?:jailbreak|system\s+prompt|new\s+instructions)\b",
+    r"\b(?:don'?t|do\s+not|never)\s+(?:charge|deduct|bill|count)\b[^.!?]{0,20}?"
+    r"\b(?:tokens?|me|us|balance|credits?)\b",
+    r"\b(?:ignore|disregard)\s+(?:my|the|our)\s+(?:token\s+)?(?:balance|limits?|quota)\b",
+    r"\b(?:even\s+(?:though|if)\s+i\s+(?:don'?t|do\s+not)\s+have\s+(?:the\s+)?"
+    r"(?:permission|rights|access))\b",
+    r"\b(?:i\s+am|i'm)\s+(?:the|an?)\s+(?:admin|administrator|owner|ceo|superuser)\b"
+    r"[^.!?]{0,40}?\b(?:so|just|therefore)\b",
+    r"\bno\s+matter\s+what\s+(?:the\s+)?(?:polic(?:y|ies)|rules?)\b",
+    r"\bregardless\s+of\s+(?:the\s+)?(?:polic(?:y|ies)|rules?|permissions?|approvals?)\b",
+]
+_BYPASS_RE = re.compile("|".join(f"(?:{p})" for p in _BYPASS_PATTERNS), re.IGNORECASE)
+
+
+def detect_bypass(message: str) -> list[tuple[int, int]]:
+    """Spans of ``message`` that try to skip approvals, widen permissions, avoid
+    charges or override the agent's instructions."""
+    return [(m.start(), m.end()) for m in _BYPASS_RE.finditer(message)]
+
+
+# --- words and segments -------------------------------------------------------------
+
+
+@dataclass
+class _Token:
+    text: str  # as written
+    word: str  # lower case, phrase-folded
+    concept: str | None
+    typo: bool
+    start: int
+
+
+@dataclass
+class _Segment:
+    text: str  # masked text of this segment (quotes as QUOTEn)
+    tokens: list[_Token]
+    family: str | None = None
+    strength: int = 0
+    typo: bool = False
+
+
+_TOKEN_RE = re.compile(r"QUOTE\d+|[A-Za-z][A-Za-z'’_-]*|\d+(?:[:.]\d+)?|[@#+]\S+")
+
+
+def _fold(text: str) -> str:
+    low = text.lower().replace("’", "'")
+    for pattern, repl in _PHRASES:
+        low = re.sub(pattern, repl, low)
+    return re.sub(r"\blet\s+((?:\w+\s+){0,3}?)know\b", r"letknow \1", low)
+
+
+def _tokenise(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    folded = _fold(text)
+    for m in _TOKEN_RE.finditer(folded):
+        raw = m.group(0)
+        if raw.startswith("quote") and raw[5:].isdigit():
+            tokens.append(_Token(raw.upper(), raw.upper(), "QUOTE", False, m.start()))
+            continue
+        word = raw.strip("'-_")
+        concept_word = fuzzy_lookup(word, _VOCABULARY, targets=_TYPO_TARGETS, protected=_PROTECTED)
+        concept = _CONCEPTS.get(concept_word) if concept_word else None
+        tokens.append(_Token(raw, word, concept, concept_word not in (None, word), m.start()))
+    return tokens
+
+
+_BODY_MARKER_RE = re.compile(
+    r"\b(?:saying|that\s+says|to\s+say|and\s+say|say(?=\s*QUOTE)|telling\s+(?:him|her|them)|"
+    r"with\s+the\s+(?:message|text)|reminding\s+(?:him|her|them)|asking\s+(?:him|her|them)|"
+    r"letting\s+(?:him|her|them)\s+know|that|message:|text:|body:)(?=\W|$)|:|QUOTE\d+",
+    re.IGNORECASE,
+)
+
+
+def _head(tokens: list[_Token], text: str) -> list[_Token]:
+    """The tokens before the first body marker: words after "saying", "that", ":" or
+    inside quotes are content, not instructions."""
+    m = _BODY_MARKER_RE.search(text)
+    if not m:
+        return tokens
+    cut = len(_fold(text[: m.start()]))
+    return [t for t in tokens if t.start < cut]
+
+
+_SPLIT_RE = re.compile(
+    r"(\s*(?:[.!?;]+\s+|\s*,?\s*\b(?:and\s+then|and\s+also|and|then|also|plus|after\s+that|"
+    r"afterwards|as\s+well\s+as)\b\s*|,\s+|\n+))",
+    re.IGNORECASE,
+)
+_TITLE_END_RE = re.compile(r"\b(?:mr|mrs|ms|dr|st|no|approx|e\.g|i\.e)\.\s+$", re.IGNORECASE)
+
+_VERB_CONCEPTS = _words_of(
+    "EMAIL SMS WA CALL BOOK CANCEL CREATE READ UPDATE DELETE REPORT ESCALATE TALK NOTIFY "
+    "TELL APPROVAL SEND"
+)
+
+
+def _starts_with_action(tokens: list[_Token]) -> bool:
+    """True when a piece of text opens like a new request ("text Maria …",
+    "also book …", "an SMS to …"): its first real word is an action word."""
+    for t in tokens:
+        if t.word in _FILLERS or t.word in _ARTICLES:
+            continue
+        return t.concept in _VERB_CONCEPTS
+    return False
+
+
+def _split(masked: str) -> list[str]:
+    parts = _SPLIT_RE.split(masked)
+    # parts alternates text, separator, text, ...
+    segments: list[str] = [parts[0]]
+    for i in range(1, len(parts), 2):
+        sep, piece = parts[i], parts[i + 1]
+        if not piece.strip():
+            segments[-1] += sep + piece
+            continue
+        sentence_break = bool(re.match(r"\s*[.!?;]", sep)) or "\n" in sep
+        if sentence_break and _TITLE_END_RE.search(segments[-1] + sep):
+            segments[-1] += sep + piece
+            continue
+        tokens = _tokenise(piece)
+        starts = _starts_with_action(tokens)
+        if (starts or sentence_break) and _classify(_head(tokens, piece), tokens, piece)[0]:
+            segments.append(piece)
+        else:
+            segments[-1] += sep + piece
+    return [s.strip() for s in segments if s.strip()]
+
+
+# --- classification ---------------------------------------------------------------
+
+
+def _first(tokens: list[_Token], *concepts: str) -> int | None:
+    for i, t in enumerate(tokens):
+        if t.concept in concepts:
+            return i
+    return None
+
+
+def _has(tokens: list[_Token], *concepts: str) -> bool:
+    return _first(tokens, *concepts) is not None
+
+
+def _has_word(tokens: list[_Token], *words: str) -> bool:
+    return any(t.word in words for t in tokens)
+
+
+_CHANNELS = {"EMAIL": "email.send", "SMS": "sms.send", "WA": "whatsapp.send", "CALL": "phone.call"}
+
+
+def _classify(head: list[_Token], tokens: list[_Token], text: str) -> tuple[str | None, int, bool]:
+    """(action type, base confidence, matched through a typo) of one segment."""
+    family, strength = _classify_tokens(head, text)
+    if family is None and head is not tokens:
+        # Nothing in the instruction part; the request may be worded after a "that".
+        family, strength = _classify_tokens(tokens, text)
+        strength -= 5
+    typo = family is not None and any(t.typo for t in tokens if t.concept)
+    if typo:
+        strength -= 12
+    return family, strength, typo
+
+
+def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
+    def has(*concepts: str) -> bool:
+        return _has(tokens, *concepts)
+
+    def pos(*concepts: str) -> int | None:
+        return _first(tokens, *concepts)
+
+    emails, phones = find_emails(text), find_phones(text)
+
+    if has("APPROVAL") and not has("EMAIL", "SMS", "WA"):
+        return "human.approval_request", 88
+    if has("ESCALATE") or (has("TALK") and has("HUMAN")):
+        return "human.escalate", 90
+    if has("HUMAN") and _has_word(tokens, "human") and not has("SEND", "EMAIL", "SMS"):
+        return "human.escalate", 80
+    if has("CANCEL") or (has("DELETE") and has("BOOKING")):
+        return "booking.cancel", 88
+    if (
+        has("AUDIENCE")
+        and not emails
+        and not phones
+        and (has("NOTIFY", "TELL", "SEND") or has("EMAIL", "SMS", "WA"))
+    ):
+        return "notification.send", 88
+    if has("NOTIFY") and not emails and not phones and not has("EMAIL", "SMS", "WA", "CALL"):
+        if has("CUSTOMER") or _has_word(tokens, *_PRONOUNS):
+            return None, 0  # "let the customer know": by which channel?
+        return "notification.send", 75
+
+    channel_at = pos("EMAIL", "SMS", "WA", "CALL")
+    verb_at = pos("BOOK", "CREATE", "UPDATE", "DELETE", "REPORT")
+    if channel_at is not None:
+        concept = tokens[channel_at].concept or ""
+        phone_noun = (
+            concept == "CALL"
+            and tokens[channel_at].word == "phone"
+            and (channel_at + 1 < len(tokens) and tokens[channel_at + 1].concept in ("RESOURCE",))
+        )
+        if not phone_noun and (verb_at is None or channel_at < verb_at):
+            return _CHANNELS[concept], 90
+
+    if has("BOOK") or (has("BOOKING") and has("CREATE")):
+        if has("REPORT") and not has("BOOK"):
+            return "analysis.report", 85
+        if has("UPDATE"):
+            return None, 0  # rescheduling is not an action of its own: ask
+        return "booking.create", 88 if has("BOOK") else 80
+    if has("BOOKING") and has("REPORT", "READ"):
+        return "analysis.report", 82
+    if has("DELETE"):
+        return "resource.delete", 85
+    if has("UPDATE") and (has("RESOURCE") or _looks_named(text) or _has_word(tokens, "rename")):
+        return "resource.update", 85
+    if has("CREATE") and (
+        has("RESOURCE") or re.search(r"\b(?:called|named)\b", text, re.I) or has("QUOTE")
+    ):
+        return "resource.create", 88
+    if has("REPORT"):
+        return "analysis.report", 88
+    if has("READ") and (has("RESOURCE") or _resource_ref(text)):
+        return "resource.read", 86
+
+    if has("SEND", "TELL", "NOTIFY"):
+        if emails:
+            return "email.send", 80
+        if phones:
+            return "sms.send", 75
+    if channel_at is not None:
+        return _CHANNELS[tokens[channel_at].concept or ""], 70
+    return None, 0
+
+
+_NAMED_RE = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:\s+(?:[A-Z][a-z]*|\d+))+")
+# "room 3", "Court 2B", "Room A", "table #4", or an id such as "R-12".
+_RESOURCE_REF_RE = re.compile(
+    r"\b(?i:" + "|".join(sorted(_RESOURCE_NOUNS)) + r")s?\s+(?:#?[A-Za-z]?\d+[A-Za-z]?\b|[A-Z]\b)"
+    r"|\b[A-Z]{1,4}-\d+\b"
+)
+
+
+def _looks_named(text: str) -> bool:
+    return bool(_NAMED_RE.search(text) or _RESOURCE_REF_RE.search(text) or "QUOTE" in text)
+
+
+def _resource_ref(text: str) -> bool:
+    return bool(_RESOURCE_REF_RE.search(text))
+
+
+# --- extraction helpers -----------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    """What extraction may draw on beyond the segment's own words."""
+
+    now: datetime
+    tz: tzinfo | None
+    country_code: str
+    quotes: list[str]
+    customer: Mapping[str, Any]
+    contacts: list[Mapping[str, Any]]
+    default_booking_minutes: int | None
+    last_person: dict[str, Any] = field(default_factory=dict)
+
+
+def _unquote(text: str, ctx: _Context) -> str:
+    return re.sub(
+        r"\s*QUOTE(\d+)\s*",
+        lambda m: f' "{ctx.quotes[int(m.group(1))]}" ' if int(m.group(1)) < len(ctx.quotes) else "",
+        text,
+    ).strip()
+
+
+def _clean(fragment: str | None, ctx: _Context) -> str | None:
+    if fragment is None:
+        return None
+    s = _unquote(fragment, ctx).strip(" \t\n,;:-")
+    s = re.sub(r"\s+", " ", s).rstrip(".!?;,")
+    if s.startswith('"') and s.endswith('"') and s.count('"') == 2:
+        s = s[1:-1]
+    return s or None
+
+
+def _quotes_in(text: str, ctx: _Context) -> list[tuple[int, str]]:
+    out = []
+    for m in re.finditer(r"QUOTE(\d+)", text):
+        i = int(m.group(1))
+        if i < len(ctx.quotes):
+            out.append((m.start(), ctx.quotes[i]))
+    return out
+
+
+_CONTENT_RE = re.compile(
+    r"\b(?:saying|that\s+says|to\s+say|and\s+say|with\s+the\s+(?:message|text)|message:|"
+    r"text:|body:|telling\s+(?:him|her|them)(?:\s+that)?|letting\s+(?:him|her|them)\s+know"
+    r"(?:\s+that)?|reminding\s+(?:him|her|them)(?:\s+that)?|that)\s+(?P<c>.+)$"
+    r"|:\s*(?P<c2>.+)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_TOPIC_RE = re.compile(
+    r"\b(?:about|regarding|concerning|re:|re|on\s+the\s+subject\s+of|with\s+subject|"
+    r"subject:?)\s+(?P<t>.+?)(?=\s+(?:saying|that\s+says|and\s+say|telling|with\s+the\s+message)"
+    r"\b|\s*:|$)",
+    re.IGNORECASE,
+)
+
+
+def _content(text: str, ctx: _Context) -> str | None:
+    """What the message should say: a quote, or the words after "saying", "that", ":"."""
+    m = _CONTENT_RE.search(text)
+    if m:
+        return _clean(m.group("c") or m.group("c2"), ctx)
+    quotes = _quotes_in(text, ctx)
+    if quotes:
+        return quotes[-1][1]
+    return None
+
+
+def _topic(text: str, ctx: _Context) -> str | None:
+    m = _TOPIC_RE.search(text)
+    return _clean(m.group("t"), ctx) if m else None
+
+
+def _resolve_person(
+    text: str, tokens: list[_Token], ctx: _Context
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(person record, name as written) the segment addresses, from the business context:
+    "the customer", a pronoun for whoever came before, or a known contact by name."""
+    if _has(tokens, "CUSTOMER") and ctx.customer:
+        return dict(ctx.customer), str(ctx.customer.get("name") or "the customer")
+    lowered = {t.word for t in tokens}
+    for contact in [ctx.customer, *ctx.contacts]:
+        name = str(contact.get("name") or "") if contact else ""
+        parts = [p.lower() for p in name.split()]
+        if parts and (parts[0] in lowered or (len(parts) > 1 and parts[-1] in lowered)):
+            return dict(contact), name
+    if lowered & _PRONOUNS and ctx.last_person:
+        return ctx.last_person, str(ctx.last_person.get("name") or "them")
+    m = re.search(
+        r"\b(?:to|email|e-mail|mail|text|call|ring|phone|message|whatsapp|contact|tell|remind)"
+        r"\s+(?P<n>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)",
+        text,
+    )
+    if m and m.group("n").lower().split()[0] not in _WEEKDAY_NAMES | _MONTH_NAMES:
+        return None, m.group("n")
+    return None, None
+
+
+def _email_recipient(
+    text: str, tokens: list[_Token], ctx: _Context
+) -> tuple[str | None, str | None]:
+    emails = find_emails(text)
+    if emails:
+        ctx.last_person = {"email": emails[0]}
+        return emails[0], None
+    person, name = _resolve_person(text, tokens, ctx)
+    if person and person.get("email"):
+        ctx.last_person = person
+        return str(person["email"]).lower(), None
+    return None, name
+
+
+def _phone_recipient(
+    text: str, tokens: list[_Token], ctx: _Context
+) -> tuple[str | None, str | None]:
+    phones = find_phones(text, ctx.country_code)
+    if phones:
+        ctx.last_person = {"phone": phones[0][2]}
+        return phones[0][2], None
+    person, name = _resolve_person(text, tokens, ctx)
+    if person and person.get("phone"):
+        number = find_phones(str(person["phone"]), ctx.country_code)
+        if number:
+            ctx.last_person = person
+            return number[0][2], None
+    return None, name
+
+
+def _strip_addresses(text: str, ctx: _Context) -> str:
+    for e in find_emails(text):
+        text = re.sub(re.escape(e), " ", text, flags=re.IGNORECASE)
+    for start, end, _ in sorted(find_phones(text, ctx.country_code), reverse=True):
+        text = text[:start] + " " + text[end:]
+    return text
+
+
+def _subject_from(body: str) -> str:
+    words = body.split()
+    short = " ".join(words[:8])
+    short = short[0].upper() + short[1:]
+    return short + ("…" if len(words) > 8 else "")
+
+
+# --- the extractors, one per action type -------------------------------------------
+
+# (parameters, missing parameters, notes for the reply about missing things)
+_Extracted = tuple[dict[str, Any], list[str]]
+
+
+def _names_a_recipient(phrase: str) -> bool:
+    """True for "an email", "the customer", "the team": words that are not a topic."""
+    concepts = ("EMAIL", "SMS", "WA", "CUSTOMER", "AUDIENCE", "SEND")
+    return any(t.concept in concepts for t in _tokenise(phrase))
+
+
+def _extract_email(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = seg.text
+    to, _ = _email_recipient(text, seg.tokens, ctx)
+    rest = _strip_addresses(text, ctx)
+    subject: str | None = None
+    body: str | None = None
+    for at, quote in _quotes_in(rest, ctx):
+        before = rest[max(0, at - 25) : at].lower()
+        if re.search(r"(?:subject|titled|title|heading|headline)(?: line)?:?\s*$", before):
+            subject = quote
+    m = _CONTENT_RE.search(rest)
+    if m:
+        body = _clean(m.group("c") or m.group("c2"), ctx)
+        if subject and body and f'"{subject}"' in body:
+            body = _clean(body.replace(f'"{subject}"', ""), ctx)
+    else:
+        bodies = [q for _, q in _quotes_in(rest, ctx) if q != subject]
+        body = bodies[-1] if bodies else None
+    topic = _topic(rest, ctx)
+    if topic is None:
+        # "email john@x.com the invoice": a noun phrase after the recipient is the topic.
+        m2 = re.search(
+            r"\b(?:email|mail|send|forward)\b\s+(?:\S+\s+)?(?P<t>(?:the|a|an|our|this|his|her|"
+            r"their|my)\s+[^,.;:!?]+?)(?=\s+(?:to|for|saying|that|and)\b|[,.;:!?]|$)",
+            rest,
+            re.IGNORECASE,
+        )
+        if m2 and "QUOTE" not in m2.group("t") and not _names_a_recipient(m2.group("t")):
+            topic = _clean(m2.group("t"), ctx)
+    if subject is None:
+        subject = topic[0].upper() + topic[1:] if topic else None
+    if subject is None and body:
+        subject = _subject_from(body)
+    cc = [e for e in find_emails(text) if e != to]
+    params = {"to": to, "subject": subject, "body": body, "cc": cc or None}
+    return params, [p for p in ("to", "subject", "body") if not params[p]]
+
+
+def _extract_message(seg: _Segment, ctx: _Context) -> _Extracted:
+    to, _ = _phone_recipient(seg.text, seg.tokens, ctx)
+    rest = _strip_addresses(seg.text, ctx)
+    body = _content(rest, ctx)
+    params = {"to": to, "body": body}
+    return params, [p for p in ("to", "body") if not params[p]]
+
+
+_PURPOSE_RE = re.compile(
+    r"\b(?:to|and)\s+(?P<p>(?!(?:the|a|an|him|her|them|me|us|his|their|my)\b)[a-z]+\b.*)$"
+    r"|\b(?:about|regarding|re|concerning|for)\s+(?P<p2>(?!\d)[^,.;!?]+)",
+    re.IGNORECASE,
+)
+
+
+def _extract_call(seg: _Segment, ctx: _Context) -> _Extracted:
+    to, _ = _phone_recipient(seg.text, seg.tokens, ctx)
+    rest = _strip_addresses(seg.text, ctx)
+    first_message: str | None = None
+    m = re.search(
+        r"\b(?:saying|and\s+say|to\s+say|tell(?:ing)?\s+(?:him|her|them)(?:\s+that)?|"
+        r"open\s+with|start\s+with)\s+(?P<c>.+)$|QUOTE\d+",
+        rest,
+        re.IGNORECASE,
+    )
+    if m:
+        first_message = _clean(m.group("c") if m.group("c") else m.group(0), ctx)
+        rest = rest[: m.start()]
+    purpose: str | None = None
+    pm = _PURPOSE_RE.search(rest)
+    if pm:
+        purpose = _clean(pm.group("p") or pm.group("p2"), ctx)
+    if purpose is None and first_message:
+        purpose = f"deliver the message: {first_message}"
+    params = {"to": to, "purpose": purpose, "first_message": first_message}
+    return params, [p for p in ("to", "purpose") if not params[p]]
+
+
+_STOP_AFTER_RESOURCE = (
+    r"(?=\s+(?:for|on|at|from|tomorrow|today|tonight|next|this|in|between|until|till|by|with|"
+    r"to|starting|around|@)\b|\s+\d{4}-|[,.;!?]|$)"
+)
+_NOT_A_RESOURCE = frozenset(
+    {
+        "a booking",
+        "booking",
+        "an appointment",
+        "appointment",
+        "reservation",
+        "a reservation",
+        "slot",
+        "a slot",
+        "time",
+        "a time",
+        "something",
+        "session",
+        "a session",
+    }
+)
+_NOT_A_RESOURCE_WORD = _PRONOUNS | {"me", "us", "it", "booking", "appointment", "reservation"}
+_PERSON_RE = re.compile(r"\b(?P<n>[A-Z][a-z]+(?:\s+(?:[A-Z][a-z]+|[A-Z]\.))*(?:\s+[A-Z][a-z]+)?)")
+
+
+def _person_after(text: str, lead: str) -> str | None:
+    for m in re.finditer(rf"\b{lead}\s+{_PERSON_RE.pattern}", text):
+        name = m.group("n")
+        first = name.split()[0].lower()
+        if first in _WEEKDAY_NAMES | _MONTH_NAMES or first in _CONCEPTS:
+            continue
+        if singular(name.split()[-1].lower()) in _RESOURCE_NOUNS:
+            continue
+        return name
+    return None
+
+
+def _booking_resource(text: str) -> tuple[str | None, str | None]:
+    """(resource id, resource name) a booking message names."""
+    m = re.search(r"\bresource\s+(?:id\s+)?#?(?P<id>[A-Za-z]*-?\d+)\b", text, re.IGNORECASE)
+    if m:
+        return m.group("id"), None
+    m = re.search(r"\b[A-Z]{1,4}-\d+\b", text)
+    if m:
+        return m.group(0), None
+    m = re.search(
+        r"\b(?:book|reserve|schedule|booking|reservation)\s+(?:(?:the|a|an|our)\s+)?"
+        rf"(?P<r>(?!for\b|on\b|at\b|in\b)[A-Za-z][\w'-]*(?:\s+[\w'-]+){{0,3}}?){_STOP_AFTER_RESOURCE}",
+        text,
+        re.IGNORECASE,
+    )
+    if m:
+        name = m.group("r").strip()
+        words = name.split()
+        generic = name.lower() in _NOT_A_RESOURCE or words[0].lower() in _NOT_A_RESOURCE_WORD
+        # A bare person's name after "book" ("book Maria in") is the customer, not a resource.
+        person_like = bool(_PERSON_RE.fullmatch(name)) and not (
+            singular(words[-1].lower()) in _RESOURCE_NOUNS or words[-1].isdigit()
+        )
+        if not generic and not person_like:
+            return None, name
+    m = re.search(
+        r"\b(?:in|at|for)\s+(?:the\s+)?(?P<r>[A-Z][\w-]*(?:\s+(?:[A-Z][\w-]*|\d+))*)", text
+    )
+    if m and singular(m.group("r").split()[-1].lower()) in _RESOURCE_NOUNS | {"room"}:
+        return None, m.group("r")
+    m = _RESOURCE_REF_RE.search(text)
+    if m:
+        return None, m.group(0)
+    nouns = "|".join(sorted(_RESOURCE_NOUNS))
+    m = re.search(
+        rf"\b(?:in|at)\s+(?:the|a|an)\s+(?P<r>(?:\w+\s+)?(?:{nouns}))\b",
+        text,
+        re.IGNORECASE,
+    )
+    if m:
+        return None, m.group("r")
+    return None, None
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="seconds")
+
+
+def _extract_booking(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = _unquote(seg.text, ctx)
+    resource_id, resource_name = _booking_resource(seg.text)
+    customer = _person_after(text, r"(?:for|customer|client|guest|name\s+of|under)")
+    if customer is None:
+        m = re.search(r"\b(?P<n>[A-Z][a-z]+)'s\s+(?:booking|appointment|reservation)", text)
+        customer = m.group("n") if m else None
+    if customer is None and _has(seg.tokens, "CUSTOMER") and ctx.customer.get("name"):
+        customer = str(ctx.customer["name"])
+    if customer is None and _has_word(seg.tokens, *_PRONOUNS) and ctx.last_person.get("name"):
+        customer = str(ctx.last_person["name"])
+    if customer and resource_name and customer.lower() in resource_name.lower():
+        resource_name = _clean(re.sub(re.escape(customer), "", resource_name, flags=re.I), ctx)
+    when = find_when(text, ctx.now, ctx.tz)
+    start = when.at if when and when.has_time else None
+    duration = find_duration_minutes(text)
+    end: str | None = None
+    end_hm = find_end_time(text)
+    if start and end_hm:
+        end_dt = start.replace(hour=end_hm[0], minute=end_hm[1])
+        if end_dt > start:
+            end, duration = _iso(end_dt), None
+    if start and end is None and duration is None and ctx.default_booking_minutes:
+        duration = ctx.default_booking_minutes
+    nm = re.search(r"\b(?:notes?|with\s+a\s+note)\s*(?::|saying|that)?\s+(?P<n>.+)$", text, re.I)
+    params: dict[str, Any] = {
+        "resource_id": resource_id,
+        "resource_name": resource_name,
+        "start": _iso(start) if start else None,
+        "end": end,
+        "duration_minutes": duration,
+        "customer_name": customer,
+        "notes": _clean(nm.group("n"), ctx) if nm else None,
+    }
+    missing = []
+    if not resource_id and not resource_name:
+        missing.append("resource_name")
+    if not start:
+        missing.append("start")
+    if not end and not duration:
+        missing.append("duration_minutes")
+    if not customer:
+        missing.append("customer_name")
+    return params, missing
+
+
+_BOOKING_ID_RE = re.compile(
+    r"\b(?:booking|reservation|appointment|bk)\s*(?:id|number|no\.?|ref(?:erence)?)?\s*[:#]?\s*"
+    r"#?(?P<id>(?=[\w-]*\d)[A-Za-z0-9][\w-]*)"
+    r"|#(?P<id2>\w*\d\w*)"
+    r"|\b(?P<id3>[A-Z]{2,4}-\d+)\b",
+    re.IGNORECASE,
+)
+
+
+def _extract_cancel(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = _unquote(seg.text, ctx)
+    m = _BOOKING_ID_RE.search(text)
+    booking_id = (m.group("id") or m.group("id2") or m.group("id3")) if m else None
+    if booking_id and re.fullmatch(r"\d{1,2}(?:am|pm)?", booking_id, re.I):
+        booking_id = None  # "appointment 3pm" is a time, not an id
+    rm = re.search(
+        r"\b(?:because|since|due\s+to|reason(?:\s+is)?:?|as\s+(?=the|she|he|they|we|it))\s+"
+        r"(?P<r>.+)$",
+        text,
+        re.IGNORECASE,
+    )
+    params = {"booking_id": booking_id, "reason": _clean(rm.group("r"), ctx) if rm else None}
+    if booking_id is None:
+        who = re.search(r"\b(?P<n>[A-Z][a-z]+)'s\b", text) or (
+            re.search(r"\bfor\s+(?P<n>[A-Z][a-z]+)\b", text)
+        )
+        if who:
+            params["reason"] = params["reason"]
+    return params, ["booking_id"] if booking_id is None else []
+
+
+_ATTR_RE = re.compile(
+    r"(?P<k>[a-z][a-z ]{0,20}?)\s*(?:=|:|\bof\b|\bis\b|\bto\b)?\s*(?P<v>\$?\d[\d.,]*\s*\w*|QUOTE\d+"
+    r"|[A-Za-z][\w-]*)\s*$"
+    r"|^(?P<v2>\d[\d.]*)\s+(?P<k2>[a-z][a-z ]{0,20})$",
+    re.IGNORECASE,
+)
+
+
+def _attributes(fragment: str | None, ctx: _Context) -> list[dict[str, str]] | None:
+    """``capacity 8, price $40 and colour blue`` → key/value pairs (None when none)."""
+    if not fragment:
+        return None
+    out: list[dict[str, str]] = []
+    for raw in re.split(r",\s*|\s+and\s+|;\s*", fragment):
+        part = re.sub(r"^(?:a|an|the)\s+", "", raw.strip(" ."), flags=re.I)
+        m = _ATTR_RE.match(part)
+        if not m:
+            continue
+        if m.group("v2"):
+            key, value = m.group("k2"), m.group("v2")
+        else:
+            key, value = m.group("k"), m.group("v")
+        key = re.sub(r"\s+", "_", key.strip().lower())
+        value = _clean(value, ctx) or ""
+        if key and value:
+            out.append({"key": key, "value": value})
+    return out or None
+
+
+def _resource_name(text: str, ctx: _Context) -> tuple[str | None, str | None]:
+    """(resource id, resource name) an update/delete/read message names."""
+    m = re.search(r"\bresource\s+(?:id\s+)?#?(?P<id>[A-Za-z]*-?\d+)\b", text, re.IGNORECASE)
+    if m:
+        return m.group("id"), None
+    m = re.search(r"\b[A-Z]{1,4}-\d+\b", text)
+    if m:
+        return m.group(0), None
+    quotes = _quotes_in(text, ctx)
+    if quotes:
+        return None, quotes[0][1]
+    m = _RESOURCE_REF_RE.search(text)
+    if m:
+        return None, m.group(0)
+    for m in _NAMED_RE.finditer(text):
+        name = m.group(0)
+        if _CONCEPTS.get(name.split()[0].lower()) in _VERB_CONCEPTS:
+            continue  # "Email John" or "Book Friday" are not names of resources
+        return None, re.sub(r"'s$", "", name)
+    m = re.search(r"\bthe\s+(?P<n>[A-Z][\w-]*(?:\s+[A-Z0-9][\w-]*)*)", text)
+    if m:
+        return None, m.group("n")
+    return None, None
+
+
+def _resource_type(tokens: list[_Token]) -> str | None:
+    for t in tokens:
+        if t.concept == "RESOURCE" and t.word not in ("resource", "resources", "inventory"):
+            return "facility" if t.word == "facilities" else singular(t.word)
+    return None
+
+
+def _extract_resource_create(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = seg.text
+    name: str | None = None
+    rtype: str | None = None
+    m = re.search(
+        r"\b(?:called|named|name(?:d)?:)\s+(?P<n>QUOTE\d+|[^,;]+?)(?=\s+(?:with|and|that|which|"
+        r"for|at|costing|priced)\b|[,;.!?]|$)",
+        text,
+        re.IGNORECASE,
+    )
+    if m:
+        name = _clean(m.group("n"), ctx)
+    elif _quotes_in(text, ctx):
+        name = _quotes_in(text, ctx)[0][1]
+    tm = re.search(
+        r"\b(?:create|add|register|setup|set\s+up|make|introduce)\s+(?:(?:a|an|the|another|one)\s+)?"
+        r"(?:new\s+)?(?P<t>[a-z][a-z ]{1,30}?)\s+(?=called|named|QUOTE|:|with|for)",
+        text,
+        re.IGNORECASE,
+    )
+    if tm and tm.group("t").strip().lower() not in ("resource", "new resource"):
+        rtype = singular(tm.group("t").strip().split()[-1])
+    ty = re.search(r"\b(?:of\s+type|type:?)\s+(?P<t>[a-z]+)", text, re.IGNORECASE)
+    if ty:
+        rtype = singular(ty.group("t"))
+    if rtype is None:
+        rtype = _resource_type(seg.tokens)
+    if name is None:
+        # "add Court 5": a named resource directly after the verb.
+        nm = re.search(
+            r"\b(?:create|add|register|setup)\s+(?:(?:a|an|the)\s+)?(?:new\s+)?"
+            r"(?P<n>[A-Z][\w-]*(?:\s+(?:[A-Z][\w-]*|\d+))*)",
+            text,
+        )
+        if nm:
+            name = nm.group("n")
+            if rtype is None:
+                rtype = (
+                    singular(name.split()[0].lower())
+                    if name.split()[0].lower() in (_CONCEPTS)
+                    else None
+                )
+    am = re.search(r"\bwith\s+(?P<a>.+)$", text, re.IGNORECASE)
+    attrs = _attributes(am.group("a"), ctx) if am else None
+    params = {"resource_type": rtype, "name": name, "attributes": attrs}
+    return params, [p for p in ("resource_type", "name") if not params[p]]
+
+
+def _extract_resource_read(seg: _Segment, ctx: _Context) -> _Extracted:
+    rid, name = _resource_name(seg.text, ctx)
+    rtype = _resource_type(seg.tokens)
+    if name and rtype and name.lower() in (rtype, rtype + "s"):
+        name = None
+    return {"resource_type": rtype, "resource_id": rid, "name": name}, []
+
+
+def _version(text: str) -> int | None:
+    m = re.search(r"\b(?:version|v)\s*#?(?P<v>\d+)\b", text, re.IGNORECASE)
+    return int(m.group("v")) if m else None
+
+
+def _extract_resource_update(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = seg.text
+    rid: str | None = None
+    name: str | None = None
+    attrs: list[dict[str, str]] | None = None
+    rename = re.search(
+        r"\brename\s+(?:the\s+)?(?P<old>.+?)\s+(?:to|as)\s+(?P<new>.+?)\s*(?:[,.;!?]|$)",
+        text,
+        re.IGNORECASE,
+    )
+    set_of = re.search(
+        r"\b(?:change|set|update|increase|decrease|reduce|raise|lower|bump|adjust|make|modify)"
+        r"\s+(?:the\s+)?(?P<k>[a-z][a-z ]{0,25}?)\s+(?:of|for|on|in)\s+(?:the\s+)?"
+        r"(?P<n>.+?)\s+(?:to|=)\s+(?P<v>.+?)\s*(?:[,;!?]|\.(?:\s|$)|$)",
+        text,
+        re.IGNORECASE,
+    )
+    possessive = re.search(
+        r"\b(?:change|set|update|increase|decrease|reduce|raise|lower|bump|adjust|make|modify)"
+        r"\s+(?:the\s+)?(?P<n>.+?)(?:'s|’s)\s+(?P<k>[a-z][a-z ]{0,25}?)\s+(?:to|=)\s+"
+        r"(?P<v>.+?)\s*(?:[,;!?]|\.(?:\s|$)|$)",
+        text,
+        re.IGNORECASE,
+    )
+    if rename:
+        name = _clean(rename.group("old"), ctx)
+        attrs = [{"key": "name", "value": _clean(rename.group("new"), ctx) or ""}]
+    elif possessive:
+        name = _clean(possessive.group("n"), ctx)
+        attrs = [
+            {"key": _key(possessive.group("k")), "value": _clean(possessive.group("v"), ctx) or ""}
+        ]
+    elif set_of:
+        name = _clean(set_of.group("n"), ctx)
+        attrs = [{"key": _key(set_of.group("k")), "value": _clean(set_of.group("v"), ctx) or ""}]
+    else:
+        rid, name = _resource_name(text, ctx)
+        wm = re.search(
+            r"(?:\bwith\b|\bso\s+that\b|:|\bset\b|\bto\s+have\b)\s+(?P<a>.+)$", text, re.I
+        )
+        attrs = _attributes(wm.group("a"), ctx) if wm else None
+    if name:
+        prid, pname = _resource_name(name, ctx)
+        rid = rid or prid
+        name = None if prid and not pname else name
+    params = {
+        "resource_id": rid,
+        "name": name,
+        "resource_type": _resource_type(seg.tokens),
+        "attributes": attrs,
+        "expected_version": _version(text),
+    }
+    missing = [] if rid or name else ["name"]
+    if not attrs:
+        missing.append("attributes")
+    return params, missing
+
+
+def _key(k: str) -> str:
+    return re.sub(r"\s+", "_", k.strip().lower())
+
+
+def _extract_resource_delete(seg: _Segment, ctx: _Context) -> _Extracted:
+    rid, name = _resource_name(seg.text, ctx)
+    params = {
+        "resource_id": rid,
+        "name": name,
+        "resource_type": _resource_type(seg.tokens),
+        "expected_version": _version(seg.text),
+    }
+    return params, [] if rid or name else ["name"]
+
+
+_PERIODS: list[tuple[str, str]] = [
+    (r"\btoday\b|\bso\s+far\s+today\b", "today"),
+    (r"\byesterday\b", "yesterday"),
+    (r"\bthis\s+week\b|\bweek\s+so\s+far\b", "this_week"),
+    (r"\blast\s+week\b|\bprevious\s+week\b", "last_week"),
+    (r"\bthis\s+month\b|\bmonth\s+to\s+date\b|\bmonth\s+so\s+far\b", "this_month"),
+    (r"\blast\s+month\b|\bprevious\s+month\b", "last_month"),
+    (r"\b(?:last|past)\s+(?:7|seven)\s+days\b|\bpast\s+week\b", "last_7_days"),
+    (r"\b(?:last|past)\s+(?:30|thirty)\s+days\b|\bpast\s+month\b", "last_30_days"),
+    (r"\bthis\s+quarter\b|\bquarter\s+to\s+date\b", "this_quarter"),
+    (r"\blast\s+quarter\b|\bprevious\s+quarter\b", "last_quarter"),
+    (r"\bthis\s+year\b|\byear\s+to\s+date\b|\bytd\b|\bso\s+far\s+this\s+year\b", "this_year"),
+]
+_TOPICS: list[tuple[str, str]] = [
+    (
+        r"\b(?:usage|tokens?|credits?|spend(?:ing)?|consumption|costs?|messages\s+sent|"
+        r"balance|billing)\b",
+        "usage",
+    ),
+    (r"\b(?:bookings?|reservations?|appointments?|no[\s-]shows?|cancellations?)\b", "bookings"),
+    (
+        r"\b(?:resources?|rooms?|utili[sz]ation|occupancy|capacity|equipment|facilities)\b",
+        "resources",
+    ),
+]
+
+
+def _extract_report(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = _unquote(seg.text, ctx).lower()
+    topic = next((t for rx, t in _TOPICS if re.search(rx, text)), "general")
+    period = next((p for rx, p in _PERIODS if re.search(rx, text)), None)
+    return {"topic": topic, "period": period}, []
+
+
+def _extract_approval(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = _unquote(seg.text, ctx)
+    m = re.search(
+        r"\b(?:approval|approve|signoff|sign[\s-]?off|authori[sz]ation|authori[sz]e)\s+"
+        r"(?:(?:for|to|of|on)\s+)?(?P<s>.+)$",
+        text,
+        re.IGNORECASE,
+    )
+    subject = _clean(m.group("s"), ctx) if m else None
+    if subject and subject.lower() in ("it", "this", "that"):
+        subject = None
+    details = _clean(text, ctx)
+    return {"subject": subject, "details": details}, [] if subject else ["subject"]
+
+
+def _extract_escalate(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = _unquote(seg.text, ctx)
+    m = re.search(r"\b(?:because|since|as|about|regarding|re|due\s+to)\s+(?P<r>.+)$", text, re.I)
+    reason = _clean(m.group("r"), ctx) if m else _clean(text, ctx)
+    low = text.lower()
+    if re.search(
+        r"\b(?:urgent(?:ly)?|asap|immediately|emergency|critical|right\s+now|furious)\b", low
+    ):
+        urgency = "high"
+    elif re.search(r"\b(?:no\s+rush|low\s+priority|whenever|not\s+urgent|when\s+you\s+can)\b", low):
+        urgency = "low"
+    else:
+        urgency = "normal"
+    return {"reason": reason, "urgency": urgency}, []
+
+
+def _extract_notification(seg: _Segment, ctx: _Context) -> _Extracted:
+    text = seg.text
+    low = _fold(text)
+    if re.search(r"\b(?:coordinators?|coordination|managers?|supervisors?)\b", low):
+        audience: str | None = "coordinators"
+    elif re.search(r"\b(?:team|staff|everyone|everybody|colleagues|employees|crew|all)\b", low):
+        audience = "team"
+    else:
+        audience = None
+    message = _content(text, ctx)
+    if message is None:
+        m = re.search(
+            r"\b(?:about|regarding|of|to)\s+(?P<m>(?!the\s+(?:team|staff|coordinators)\b).+)$",
+            text,
+            re.IGNORECASE,
+        )
+        message = _clean(m.group("m"), ctx) if m else None
+    params = {"message": message, "audience": audience}
+    return params, [p for p in ("message", "audience") if not params[p]]
+
+
+_EXTRACTORS: dict[str, Callable[[_Segment, _Context], _Extracted]] = {
+    "email.send": _extract_email,
+    "sms.send": _extract_message,
+    "whatsapp.send": _extract_message,
+    "phone.call": _extract_call,
+    "booking.create": _extract_booking,
+    "booking.cancel": _extract_cancel,
+    "resource.create": _extract_resource_create,
+    "resource.read": _extract_resource_read,
+    "resource.update": _extract_resource_update,
+    "resource.delete": _extract_resource_delete,
+    "analysis.report": _extract_report,
+    "human.approval_request": _extract_approval,
+    "human.escalate": _extract_escalate,
+    "notification.send": _extract_notification,
+}
+
+# --- the reply ----------------------------------------------------------------------
+
+_DOING = {
+    "email.send": "send an email",
+    "sms.send": "send a text message",
+    "whatsapp.send": "send a WhatsApp message",
+    "phone.call": "place an AI phone call",
+    "booking.create": "create a booking",
+    "booking.cancel": "cancel a booking",
+    "resource.create": "create a resource",
+    "resource.read": "look up resources",
+    "resource.update": "update a resource",
+    "resource.delete": "delete a resource",
+    "analysis.report": "prepare a report",
+    "human.approval_request": "ask an approver",
+    "human.escalate": "hand this to a human coordinator",
+    "notification.send": "notify your team",
+}
+_QUESTIONS = {
+    ("email.send", "to"): "Which email address should I send it to?",
+    ("email.send", "subject"): "What is the email about?",
+    ("email.send", "body"): "What should the email say?",
+    ("sms.send", "to"): "Which phone number should I text?",
+    ("sms.send", "body"): "What should the text say?",
+    ("whatsapp.send", "to"): "Which phone number should I message on WhatsApp?",
+    ("whatsapp.send", "body"): "What should the WhatsApp message say?",
+    ("phone.call", "to"): "Which phone number should I call?",
+    ("phone.call", "purpose"): "What is the call for?",
+    ("booking.create", "resource_name"): "Which resource should I book?",
+    ("booking.create", "start"): "When should the booking start (day and time)?",
+    ("booking.create", "duration_minutes"): "How long should it be, or when should it end?",
+    ("booking.create", "customer_name"): "Who is the booking for?",
+    ("booking.cancel", "booking_id"): "Which booking is it (its booking id)?",
+    ("resource.create", "resource_type"): "What kind of resource is it (room, table, ...)?",
+    ("resource.create", "name"): "What should the new resource be called?",
+    ("resource.update", "name"): "Which resource should I change?",
+    ("resource.update", "attributes"): "What should I change, and to what?",
+    ("resource.delete", "name"): "Which resource should I delete?",
+    ("human.approval_request", "subject"): "What needs approval?",
+    ("notification.send", "message"): "What should the notification say?",
+    ("notification.send", "audience"): "Should it go to the coordinators or the whole team?",
+}
+_HELP = (
+    "I can send emails, texts and WhatsApp messages, place AI phone calls, create and "
+    "cancel bookings, manage resources, prepare reports, notify your team, ask for "
+    "approval or hand you to a human. What would you like me to do?"
+)
+
+
+def _reply(actions: list[ProposedAction], bypass: bool, ambiguous: list[str]) -> str:
+    lines: list[str] = []
+    if bypass:
+        lines.append(
+            "I can't skip approvals, permissions or charges; anything I do follows your "
+            "business's rules, so this will wait for an approver."
+        )
+    if actions:
+        doing = [_DOING.get(a.action_type, a.action_type) for a in actions]
+        lines.append("I'll " + _join(doing) + ".")
+        for a in actions:
+            for p in a.missing_parameters:
+                q = _QUESTIONS.get((a.action_type, p), f"What is the {p.replace('_', ' ')}?")
+                lines.append(q)
+    for note in ambiguous:
+        lines.append(note)
+    if not actions and not ambiguous:
+        lines.append("I'm not sure what you'd like me to do. " + _HELP)
+    return " ".join(lines)
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# --- the engine ---------------------------------------------------------------------
+
+
+class OfflineEngine:
+    """Rule-based `DecisionEngine`: deterministic, no network, no model."""
+
+    def __init__(self, *, default_country_code: str = "+1") -> None:
+        if not re.fullmatch(r"\+[1-9]\d{0,3}", default_country_code):
+            raise ValueError(f"bad country calling code {default_country_code!r}")
+        self._country_code = default_country_code
+
+    @property
+    def name(self) -> str:
+        """The engine's name, recorded on each proposal."""
+        return "offline"
+
+    async def propose(self, request: EngineRequest) -> Proposal:
+        """Read ``request.message`` and propose actions (see the module docstring)."""
+        return self.read(request)
+
+    def read(self, request: EngineRequest) -> Proposal:
+        """The synchronous core of `propose`, for tests and the evaluation."""
+        message = request.message or ""
+        spans = detect_bypass(message)
+        bypass = bool(spans)
+        # Cut the bypass wording out so "without approval" does not ask for approval.
+        clean = message
+        for start, end in reversed(spans):
+            clean = clean[:start] + " " + clean[end:]
+        masked, quotes = mask_quotes(clean)
+        ctx = self._context(request, quotes)
+
+        segments = self._segments(masked)
+        actions: list[ProposedAction] = []
+        ambiguous: list[str] = []
+        for seg in segments:
+            if seg.family is None:
+                note = self._ambiguity(seg, ctx)
+                if note:
+                    ambiguous.append(note)
+                continue
+            params, missing = _EXTRACTORS[seg.family](seg, ctx)
+            confidence = max(20, min(95, seg.strength) - 15 * len(missing))
+            reasoning = f"'{_clean(seg.text, ctx)}' reads as {seg.family}"
+            if seg.typo:
+                reasoning += " (matched a misspelt keyword)"
+            if missing:
+                reasoning += "; missing " + ", ".join(missing)
+            actions.append(
+                ProposedAction(
+                    action_type=seg.family,
+                    parameters=params,
+                    confidence=confidence,
+                    reasoning=reasoning,
+                    missing_parameters=missing,
+                )
+            )
+
+        if actions:
+            overall = min(a.confidence for a in actions)
+            if ambiguous:
+                overall = max(20, overall - 20)
+        else:
+            overall = 30 if ambiguous else 10
+        reasoning = "; ".join(a.reasoning for a in actions) if actions else "no action recognised"
+        if bypass:
+            reasoning += "; the message tries to bypass the rules"
+        return Proposal(
+            reply=_reply(actions, bypass, ambiguous),
+            actions=actions,
+            confidence=overall,
+            reasoning=reasoning,
+            engine=self.name,
+            bypass_attempt=bypass,
+        )
+
+    def _context(self, request: EngineRequest, quotes: list[str]) -> _Context:
+        bc = request.business_context or {}
+        tz: tzinfo | None = None
+        if isinstance(bc.get("timezone"), str):
+            try:
+                tz = ZoneInfo(bc["timezone"])
+            except (ZoneInfoNotFoundError, ValueError):
+                tz = None
+        customer = bc.get("customer") if isinstance(bc.get("customer"), Mapping) else {}
+        contacts = [c for c in bc.get("contacts") or [] if isinstance(c, Mapping)]
+        cc = bc.get("default_country_code")
+        minutes = bc.get("default_booking_minutes")
+        return _Context(
+            now=request.now,
+            tz=tz,
+            country_code=cc if isinstance(cc, str) and cc.startswith("+") else self._country_code,
+            quotes=quotes,
+            customer=customer or {},
+            contacts=contacts,
+            default_booking_minutes=minutes if isinstance(minutes, int) and minutes > 0 else None,
+        )
+
+    def _segments(self, masked: str) -> list[_Segment]:
+        segments: list[_Segment] = []
+        for piece in _split(masked):
+            tokens = _tokenise(piece)
+            family, strength, typo = _classify(_head(tokens, piece), tokens, piece)
+            segments.append(_Segment(piece, tokens, family, strength, typo))
+        # "Email and text Maria that …": a bare action word borrows the next segment's words.
+        for i, seg in enumerate(segments[:-1]):
+            content = [
+                t
+                for t in seg.tokens
+                if t.word not in _FILLERS and t.word not in _ARTICLES and t.concept is None
+            ]
+            if seg.family and not content and segments[i + 1].family:
+                nxt = segments[i + 1]
+                body = " ".join(t.text for t in nxt.tokens[1:]) if nxt.tokens else ""
+                rest = nxt.text[nxt.tokens[1].start :] if len(nxt.tokens) > 1 else body
+                seg.text = f"{seg.text} {rest}"
+                seg.tokens = _tokenise(seg.text)
+        return segments
+
+    def _ambiguity(self, seg: _Segment, ctx: _Context) -> str | None:
+        tokens = seg.tokens
+        if _has(tokens, "SEND", "TELL", "NOTIFY") and (
+            _has(tokens, "CUSTOMER") or _resolve_person(seg.text, tokens, ctx)[1]
+        ):
+            return "Should I send that by email, text message or WhatsApp?"
+        if _has(tokens, "BOOKING", "BOOK") and _has(tokens, "UPDATE"):
+            return (
+                "I can't move a booking directly; I can cancel it and create a new one. "
+                "Which booking, and the new time?"
+            )
+        return None

@@ -1,0 +1,213 @@
+"""The executor: runs an approved action once, and settles its tokens.
+
+    reserve (if not reserved while waiting) -> approved→executing (compare-and-set)
+    -> run through the channel (bounded retries of transient errors)
+    -> record the result -> capture on success | release on failure
+
+Crash rule: an action found `executing` for longer than the lease (no live
+executor) is never sent again. If its provider id was recorded, the side effect
+happened: the tokens are captured and it succeeds. If not, the outcome is
+unknown: it fails with "interrupted", the tokens are released, and a person can
+propose it again. A duplicate send is worse than a missed one for every channel
+we have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from agentserver.domain.actions import Action, ActionState, ActionStore
+from agentserver.domain.channels import ChannelError, ChannelResult, PermanentChannelError
+from agentserver.domain.clock import Clock
+from agentserver.domain.costs import OperationType
+from agentserver.domain.errors import DomainError, FailedPrecondition, InsufficientTokens
+from agentserver.domain.ledger import Debit, LedgerService
+
+log = logging.getLogger(__name__)
+
+EXECUTION_LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class PendingStatus:
+    """What a pending (asynchronous) action's provider says now."""
+
+    done: bool
+    succeeded: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class ActionRunner(Protocol):
+    """Runs an action through its channel or business handler."""
+
+    async def run(self, action: Action) -> ChannelResult: ...
+
+    async def poll(self, action: Action) -> PendingStatus: ...
+
+
+Retry = Callable[[Callable[[], Awaitable[ChannelResult]]], Awaitable[ChannelResult]]
+
+
+def reservation_ids(action_id: str) -> tuple[str, str, str]:
+    """Idempotency keys of an action's reserve, capture and release."""
+    return (
+        f"action:{action_id}:reserve",
+        f"action:{action_id}:capture",
+        f"action:{action_id}:release",
+    )
+
+
+@dataclass
+class Executor:
+    actions: ActionStore
+    ledger: LedgerService
+    runner: ActionRunner
+    clock: Clock
+    retry: Retry
+    reservation_ttl: timedelta = timedelta(days=2)
+
+    async def reserve(self, action: Action) -> str | None:
+        """Hold the action's tokens; None when it costs nothing. Raises InsufficientTokens."""
+        if action.token_cost <= 0:
+            return None
+        reserve_id, _, _ = reservation_ids(action.id)
+        reservation = await self.ledger.reserve(
+            Debit(
+                tenant_id=action.tenant_id,
+                location_id=action.location_id,
+                operation_type=OperationType(action.operation_type or OperationType.CUSTOM),
+                amount=action.token_cost,
+                request_id=reserve_id,
+                description=f"{action.action_type} {action.id}",
+                ttl=self.reservation_ttl,
+            )
+        )
+        return reservation.id
+
+    async def release(self, action: Action) -> None:
+        if action.reservation_id:
+            _, _, release_id = reservation_ids(action.id)
+            # Already ended (expired by the ledger sweep): nothing is held any more.
+            with contextlib.suppress(FailedPrecondition):
+                await self.ledger.release(action.tenant_id, action.reservation_id, release_id)
+
+    async def capture(self, action: Action) -> None:
+        if action.reservation_id:
+            _, capture_id, _ = reservation_ids(action.id)
+            await self.ledger.capture(action.tenant_id, action.reservation_id, None, capture_id)
+
+    async def execute(self, action: Action) -> Action:
+        """Run an APPROVED action. Exactly one caller wins the approved→executing step."""
+        now = self.clock.now()
+        reservation_id = action.reservation_id
+        if reservation_id is None and action.token_cost > 0:
+            try:
+                reservation_id = await self.reserve(action)
+            except InsufficientTokens as err:
+                failed = await self.actions.transition(
+                    action.tenant_id,
+                    action.id,
+                    frozenset({ActionState.APPROVED}),
+                    ActionState.FAILED,
+                    now,
+                    result={"error": err.message, "reason": err.reason},
+                )
+                return failed or await self.actions.get(action.tenant_id, action.id)
+        running = await self.actions.transition(
+            action.tenant_id,
+            action.id,
+            frozenset({ActionState.APPROVED}),
+            ActionState.EXECUTING,
+            now,
+            reservation_id=reservation_id,
+            attempts=action.attempts + 1,
+        )
+        if running is None:  # someone else is running (or ran) it
+            return await self.actions.get(action.tenant_id, action.id)
+        try:
+            result = await self.retry(lambda: self.runner.run(running))
+        except (ChannelError, DomainError) as err:
+            return await self._fail(running, err)
+        except Exception as err:  # a bug in a handler must still settle the tokens
+            log.exception("action %s crashed in its runner", running.id)
+            return await self._fail(running, PermanentChannelError(f"internal error: {err}"))
+        recorded = await self.actions.update(
+            running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
+        )
+        if result.pending:
+            return recorded  # finishes later, through poll_pending
+        return await self._succeed(recorded)
+
+    async def _succeed(self, action: Action) -> Action:
+        await self.capture(action)
+        done = await self.actions.transition(
+            action.tenant_id,
+            action.id,
+            frozenset({ActionState.EXECUTING}),
+            ActionState.SUCCEEDED,
+            self.clock.now(),
+        )
+        return done or await self.actions.get(action.tenant_id, action.id)
+
+    async def _fail(self, action: Action, err: Exception) -> Action:
+        await self.release(action)
+        message = err.message if isinstance(err, DomainError) else str(err)
+        failed = await self.actions.transition(
+            action.tenant_id,
+            action.id,
+            frozenset({ActionState.EXECUTING}),
+            ActionState.FAILED,
+            self.clock.now(),
+            result={**action.result, "error": message, "error_type": type(err).__name__},
+        )
+        return failed or await self.actions.get(action.tenant_id, action.id)
+
+    async def poll_pending(self, action: Action) -> Action:
+        """Finish an executing asynchronous action if its provider says it is done."""
+        if action.state is not ActionState.EXECUTING or not action.result.get("pending"):
+            return action
+        try:
+            status = await self.runner.poll(action)
+        except ChannelError as err:
+            log.warning("polling %s failed: %s", action.id, err)
+            return action
+        if not status.done:
+            return action
+        result = {
+            **action.result,
+            "pending": False,
+            "detail": {**action.result.get("detail", {}), **status.detail},
+        }
+        updated = await self.actions.update(
+            action.tenant_id, action.id, self.clock.now(), result=result
+        )
+        if status.succeeded:
+            return await self._succeed(updated)
+        return await self._fail(updated, PermanentChannelError("the provider reported failure"))
+
+    async def recover(self, action: Action) -> Action:
+        """Settle an action left executing by a crashed executor (see the module rule)."""
+        if action.result.get("pending"):
+            return await self.poll_pending(action)
+        if action.result.get("provider_id"):
+            return await self._succeed(action)
+        return await self._fail(
+            action,
+            PermanentChannelError(
+                "interrupted before the provider confirmed; not sent again (outcome unknown)"
+            ),
+        )
+
+
+def _result_dict(result: ChannelResult) -> dict[str, Any]:
+    return {
+        "channel": result.channel,
+        "provider_id": result.provider_id,
+        "detail": result.detail,
+        "pending": result.pending,
+    }
