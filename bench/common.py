@@ -101,6 +101,18 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of every `postgres` process of this machine (the local server
+    the bench uses; zero when there is none or /proc hides it)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += proc_cpu_seconds(int(entry.name))
+    return total
+
+
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -371,6 +383,7 @@ class Cell:
     max_ms: float = 0.0
     server_cpu_pct: float = 0.0  # of one core
     client_cpu_pct: float = 0.0  # of one core
+    postgres_cpu_pct: float = 0.0  # of one core, all postgres processes
     note: str = ""
 
     def row(self) -> list[str]:
@@ -384,7 +397,8 @@ class Cell:
             f"{self.p50_ms:.2f}",
             f"{self.p99_ms:.2f}",
             errors,
-            f"{self.server_cpu_pct:.0f}% / {self.client_cpu_pct:.0f}%",
+            f"{self.server_cpu_pct:.0f}% / {self.client_cpu_pct:.0f}%"
+            f" / {self.postgres_cpu_pct:.0f}%",
             self.note,
         ]
 
@@ -396,7 +410,7 @@ CELL_HEADER = [
     "p50 ms",
     "p99 ms",
     "errors",
-    "CPU server / bench",
+    "CPU server / bench / postgres",
     "note",
 ]
 
@@ -442,6 +456,7 @@ async def load(
 
     server_cpu0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
     self_cpu0 = self_cpu_seconds()
+    pg_cpu0 = postgres_cpu_seconds()
     t0 = time.monotonic()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.monotonic() - t0
@@ -457,6 +472,7 @@ async def load(
     if server_pid:
         cell.server_cpu_pct = round(100 * (proc_cpu_seconds(server_pid) - server_cpu0) / elapsed)
     cell.client_cpu_pct = round(100 * (self_cpu_seconds() - self_cpu0) / elapsed)
+    cell.postgres_cpu_pct = round(100 * (postgres_cpu_seconds() - pg_cpu0) / elapsed)
     return cell
 
 

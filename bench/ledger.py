@@ -366,8 +366,9 @@ def report(data: dict[str, Any]) -> str:
         f"server access log {'on' if data['access_log'] else 'off'}. One wallet row "
         "per cell (amount 1, a new request_id per call). The load generator runs in "
         "the bench process and **shares the same cores with the server**: "
-        "'CPU server / bench' is each process's CPU time over the cell (100% = one "
-        "core), so the figures are a floor for a server with the machine to itself.",
+        "'CPU server / bench / postgres' is each one's CPU time over the cell "
+        "(100% = one core; postgres = all its processes), so the figures are a floor "
+        "for a server with the machine to itself.",
         "",
         markdown_table(CELL_HEADER, rows),
         "",

@@ -193,7 +193,7 @@ def report(data: dict[str, Any]) -> str:
         f"server access log {'on' if data['access_log'] else 'off'}. Message: "
         f"{MESSAGE!r}, a new session per call, `x-user-id: {USER}`. The load generator "
         "runs in the bench process and **shares the same cores with the server** "
-        "('CPU server / bench': CPU time over the cell, 100% = one core).",
+        "('CPU server / bench / postgres': CPU time over the cell, 100% = one core).",
         "",
         markdown_table(CELL_HEADER, rows),
         "",

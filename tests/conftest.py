@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentserver.adapters.secrets import generate_key
 from agentserver.app import App, build_app, prepare_database
 from agentserver.client import AgentServerClient
 from agentserver.config import Settings
@@ -162,7 +163,7 @@ async def start_harness(url: str, backend: str, **overrides: object) -> Harness:
 async def harness(request: pytest.FixtureRequest, tmp_root: Path) -> AsyncIterator[Harness]:
     """One server per backend for the whole session; tests isolate by tenant."""
     url = database_url(request.param, tmp_root, request)
-    h = await start_harness(url, request.param)
+    h = await start_harness(url, request.param, secret_keys=generate_key())
     yield h
     await h.server.stop(0)
     await h.app.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +28,7 @@ from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.costs import CostTable
 from agentserver.domain.decision.engine import DecisionEngine
 from agentserver.domain.decision.offline import OfflineEngine
+from agentserver.domain.errors import FailedPrecondition, InvalidArgument
 from agentserver.domain.executor import Executor
 from agentserver.domain.identity import (
     PLATFORM_DEFAULT_SCOPES,
@@ -88,6 +91,23 @@ class App:
                     name="monthly-fee",
                 )
             )
+
+    async def set_channel(
+        self, tenant_id: str, kind: str, config: dict[str, Any], secrets: dict[str, Any]
+    ) -> None:
+        """Store a tenant's provider settings; `secrets` are encrypted at rest."""
+        from agentserver.adapters.runner import CHANNEL_KINDS
+
+        if kind not in CHANNEL_KINDS:
+            raise InvalidArgument.field("channel", f"must be one of {', '.join(CHANNEL_KINDS)}")
+        secret = None
+        if secrets:
+            if self.secret_box is None:
+                raise FailedPrecondition(
+                    "set AGENTSERVER_SECRET_KEYS (agentserver secret-key) before storing secrets"
+                )
+            secret = self.secret_box.encrypt(json.dumps(secrets))
+        await self.admin.set_channel(tenant_id, kind, config, secret, self.clock.now())
 
     async def _sweep(self) -> None:
         await self.agent.sweep()

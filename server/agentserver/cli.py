@@ -155,6 +155,34 @@ async def cmd_perm_list(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_channel_set(app: App, args: argparse.Namespace) -> int:
+    config = json.loads(args.config or "{}")
+    secrets = json.loads(args.secrets or "{}")
+    await app.set_channel(args.tenant, args.channel, config, secrets)
+    print(
+        f"{args.channel} settings stored for {args.tenant}"
+        + (" (secrets encrypted)" if secrets else "")
+    )
+    return 0
+
+
+async def cmd_policy_set(app: App, args: argparse.Namespace) -> int:
+    from agentserver.domain.agent import policy_settings
+
+    policy = json.loads(args.policy)
+    policy_settings(policy)  # refuse what the server could not read
+    await app.admin.set_tenant_policy(args.tenant, policy)
+    print(f"policy stored for {args.tenant}")
+    return 0
+
+
+def cmd_secret_key(args: argparse.Namespace) -> int:
+    from agentserver.adapters.secrets import generate_key
+
+    print(generate_key())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentserver", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -210,6 +238,29 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="release expired reservations now")
     s.set_defaults(fn=cmd_sweep)
 
+    channels = sub.add_parser("channel", help="tenant provider settings").add_subparsers(
+        dest="sub", required=True
+    )
+    s = channels.add_parser("set", help="store smtp, twilio, elevenlabs or coordinators settings")
+    s.add_argument("--tenant", required=True)
+    s.add_argument(
+        "--channel", required=True, choices=("smtp", "twilio", "elevenlabs", "coordinators")
+    )
+    s.add_argument("--config", default="{}", help="non-secret settings, JSON")
+    s.add_argument("--secrets", default="{}", help="secret settings, JSON (stored encrypted)")
+    s.set_defaults(fn=cmd_channel_set)
+
+    policy = sub.add_parser("policy", help="tenant decision policy").add_subparsers(
+        dest="sub", required=True
+    )
+    s = policy.add_parser("set", help="store a tenant's policy (JSON)")
+    s.add_argument("--tenant", required=True)
+    s.add_argument("policy", help='e.g. \'{"level_overrides": {"sms.send": "approval_required"}}\'')
+    s.set_defaults(fn=cmd_policy_set)
+
+    s = sub.add_parser("secret-key", help="print a new key for AGENTSERVER_SECRET_KEYS")
+    s.set_defaults(offline=cmd_secret_key)
+
     perms = sub.add_parser("permission", help="permission rules").add_subparsers(
         dest="sub", required=True
     )
@@ -236,6 +287,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "offline", None):
+        return int(args.offline(args))
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "serve":

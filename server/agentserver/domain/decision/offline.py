@@ -78,10 +78,11 @@ _words("EMAIL", "email", "emails", "emailed", "emailing", "mail", "inbox")
 _words("SMS", "text", "texts", "texting", "sms", "txt", "smses")
 _words("WA", "whatsapp", "whatsapps", "whatsapping")
 _words("CALL", "call", "calls", "calling", "ring", "phone", "dial", "telephone")
-_words("BOOK", "book", "reserve", "schedule", "unbook")
+_words("BOOK", "book", "reserve", "schedule")
 _words("BOOKING", "booking", "bookings", "reservation", "reservations", "appointment")
 _words("BOOKING", "appointments", "slot")
-_words("CANCEL", "cancel", "cancellation", "calloff", "cancelled", "canceled")
+_words("CANCEL", "cancel", "calloff", "unbook")
+_words("CANCELLED", "cancellation", "cancellations", "cancelled", "canceled")
 _words("CREATE", "create", "add", "new", "setup", "register", "make", "introduce")
 _words("READ", "show", "list", "lookup", "find", "display", "view", "see", "check", "fetch")
 _words("READ", "search", "details", "which", "what", "whats", "available", "availability")
@@ -94,6 +95,7 @@ _words("REPORT", "breakdown", "insights", "trends", "metrics", "kpis", "dashboar
 _words("REPORT", "recap", "usage")
 _words("ESCALATE", "escalate", "escalation", "escalating", "transfer")
 _words("HUMAN", "human", "manager", "supervisor", "boss", "person", "someone", "somebody")
+_words("HUMAN", "owner")
 _words("TALK", "talk", "speak", "connect", "chat")
 _words("NOTIFY", "notify", "notification", "alert", "inform", "announce", "broadcast")
 _words("NOTIFY", "headsup", "letknow")
@@ -104,6 +106,7 @@ _words("APPROVAL", "approval", "approve", "signoff", "authorisation", "authoriza
 _words("APPROVAL", "authorise", "authorize", "approvals")
 _words("SEND", "send", "message", "write", "contact", "forward", "shoot", "msg", "reply")
 _words("CUSTOMER", "customer", "client", "guest", "caller")
+_words("ASK", "ask", "request", "seek", "get", "need")
 _RESOURCE_NOUNS = _words_of(
     "resource room table desk court vehicle car van truck chair bay studio machine "
     "equipment space bed boat bike field lane pitch locker projector asset station booth "
@@ -170,7 +173,8 @@ _BYPASS_PATTERNS = [
     r"developer\s+mode|god\s+mode|unrestricted|dan)\b",
     r"\b(?:act|behave)\s+as\s+(?:an?\s+|the\s+)?(?:admin|administrator|root|superuser|approver)\b",
     r"\b(?:grant|give)\s+(?:me|myself|us)\s+(?:\w+\s+){0,2}(?:permissions?|access|rights|"
-    r"privileges|admin|role)\b",
+    r"privileges|admin|role)\b(?:\s+to\s+[^.!?]*)?",
+    r"\bi\s+(?:hereby\s+)?(?:authori[sz]e|permit|allow|order)\s+you\b",
     r"\b(?:pretend|assume|imagine)\b[^.!?]{0,20}?\b(?:i\s+am|i'm|you\s+are|you're)\b[^.!?]{0,15}"
     r"\b(?:admin|administrator|approver|manager|owner|coordinator|root|authori[sz]ed)\b",
     r"\b(?:no\s+need\s+(?:for|to\s+(?:ask|wait|get))|don'?t\s+(?:ask|wait\s+for|need|bother\s+"
@@ -273,7 +277,7 @@ _TITLE_END_RE = re.compile(r"\b(?:mr|mrs|ms|dr|st|no|approx|e\.g|i\.e)\.\s+$", r
 
 _VERB_CONCEPTS = _words_of(
     "EMAIL SMS WA CALL BOOK CANCEL CREATE READ UPDATE DELETE REPORT ESCALATE TALK NOTIFY "
-    "TELL APPROVAL SEND"
+    "TELL APPROVAL SEND ASK"
 )
 
 
@@ -358,8 +362,6 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
         return "human.escalate", 90
     if has("HUMAN") and _has_word(tokens, "human") and not has("SEND", "EMAIL", "SMS"):
         return "human.escalate", 80
-    if has("CANCEL") or (has("DELETE") and has("BOOKING")):
-        return "booking.cancel", 88
     if (
         has("AUDIENCE")
         and not emails
@@ -367,11 +369,17 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
         and (has("NOTIFY", "TELL", "SEND") or has("EMAIL", "SMS", "WA"))
     ):
         return "notification.send", 88
+    if has("CANCELLED") and has("REPORT"):
+        return "analysis.report", 85  # "a report on cancellations"
+    if has("CANCEL") or (has("DELETE", "CANCELLED") and has("BOOKING")):
+        return "booking.cancel", 88
     if has("NOTIFY") and not emails and not phones and not has("EMAIL", "SMS", "WA", "CALL"):
         if has("CUSTOMER") or _has_word(tokens, *_PRONOUNS):
             return None, 0  # "let the customer know": by which channel?
         return "notification.send", 75
 
+    if _has_word(tokens, "howmany") and not has("SEND"):
+        return "analysis.report", 85  # "how much did we spend on SMS" asks, it does not send
     channel_at = pos("EMAIL", "SMS", "WA", "CALL")
     verb_at = pos("BOOK", "CREATE", "UPDATE", "DELETE", "REPORT")
     if channel_at is not None:
@@ -394,6 +402,8 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
         return "analysis.report", 82
     if has("DELETE"):
         return "resource.delete", 85
+    if has("UPDATE") and _ATTRIBUTE_CHANGE_RE.search(text):
+        return "resource.update", 75
     if has("UPDATE") and (has("RESOURCE") or _looks_named(text) or _has_word(tokens, "rename")):
         return "resource.update", 85
     if has("CREATE") and (
@@ -420,6 +430,13 @@ _NAMED_RE = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:\s+(?:[A-Z][a-z]*|\d+
 _RESOURCE_REF_RE = re.compile(
     r"\b(?i:" + "|".join(sorted(_RESOURCE_NOUNS)) + r")s?\s+(?:#?[A-Za-z]?\d+[A-Za-z]?\b|[A-Z]\b)"
     r"|\b[A-Z]{1,4}-\d+\b"
+)
+
+
+_ATTRIBUTE_CHANGE_RE = re.compile(
+    r"\b(?:change|set|update|increase|decrease|reduce|raise|lower|adjust|bump)\s+(?:the\s+)?"
+    r"[a-z][a-z ]{0,25}?\s+to\s+\S",
+    re.IGNORECASE,
 )
 
 
@@ -477,7 +494,7 @@ def _quotes_in(text: str, ctx: _Context) -> list[tuple[int, str]]:
 
 _CONTENT_RE = re.compile(
     r"\b(?:saying|that\s+says|to\s+say|and\s+say|with\s+the\s+(?:message|text)|message:|"
-    r"text:|body:|telling\s+(?:him|her|them)(?:\s+that)?|letting\s+(?:him|her|them)\s+know"
+    r"text:|body:|tell(?:ing)?\s+(?:him|her|them)(?:\s+that)?|letting\s+(?:him|her|them)\s+know"
     r"(?:\s+that)?|reminding\s+(?:him|her|them)(?:\s+that)?|that)\s+(?P<c>.+)$"
     r"|:\s*(?P<c2>.+)$",
     re.IGNORECASE | re.DOTALL,
@@ -494,7 +511,13 @@ def _content(text: str, ctx: _Context) -> str | None:
     """What the message should say: a quote, or the words after "saying", "that", ":"."""
     m = _CONTENT_RE.search(text)
     if m:
-        return _clean(m.group("c") or m.group("c2"), ctx)
+        content = m.group("c") or m.group("c2")
+        # "…: text +1555 that rates go up": the words after the colon are themselves an
+        # instruction; its own content is what to say.
+        inner = _CONTENT_RE.search(content)
+        if inner and _starts_with_action(_tokenise(content[: inner.start()] or "x")):
+            content = inner.group("c") or inner.group("c2")
+        return _clean(content, ctx)
     quotes = _quotes_in(text, ctx)
     if quotes:
         return quotes[-1][1]
@@ -588,6 +611,30 @@ def _names_a_recipient(phrase: str) -> bool:
     return any(t.concept in concepts for t in _tokenise(phrase))
 
 
+_OBJECT_ZONE_RE = re.compile(
+    r"\b(?:e-?mail|mail|send|forward)\b(?P<z>[^,.;:!?]*?)(?=\s+(?:to|for|saying|that|and|with|"
+    r"about|regarding)\b|[,.;:!?]|$)",
+    re.IGNORECASE,
+)
+
+
+def _object_phrase(text: str, ctx: _Context) -> str | None:
+    """The thing being sent, "email john@x.com the invoice" → "the invoice": the first
+    noun phrase after the verb that is not the recipient ("the client")."""
+    m = _OBJECT_ZONE_RE.search(text)
+    if not m:
+        return None
+    for raw in re.split(r"(?=\b(?:the|a|an|our|this|his|her|their|my)\s)", m.group("z")):
+        chunk = raw.strip()
+        if (
+            re.match(r"(?:the|a|an|our|this|his|her|their|my)\s+\w", chunk, re.IGNORECASE)
+            and "QUOTE" not in chunk
+            and not _names_a_recipient(chunk)
+        ):
+            return _clean(chunk, ctx)
+    return None
+
+
 def _extract_email(seg: _Segment, ctx: _Context) -> _Extracted:
     text = seg.text
     to, _ = _email_recipient(text, seg.tokens, ctx)
@@ -598,25 +645,14 @@ def _extract_email(seg: _Segment, ctx: _Context) -> _Extracted:
         before = rest[max(0, at - 25) : at].lower()
         if re.search(r"(?:subject|titled|title|heading|headline)(?: line)?:?\s*$", before):
             subject = quote
-    m = _CONTENT_RE.search(rest)
-    if m:
-        body = _clean(m.group("c") or m.group("c2"), ctx)
+    if _CONTENT_RE.search(rest):
+        body = _content(rest, ctx)
         if subject and body and f'"{subject}"' in body:
             body = _clean(body.replace(f'"{subject}"', ""), ctx)
     else:
         bodies = [q for _, q in _quotes_in(rest, ctx) if q != subject]
         body = bodies[-1] if bodies else None
-    topic = _topic(rest, ctx)
-    if topic is None:
-        # "email john@x.com the invoice": a noun phrase after the recipient is the topic.
-        m2 = re.search(
-            r"\b(?:email|mail|send|forward)\b\s+(?:\S+\s+)?(?P<t>(?:the|a|an|our|this|his|her|"
-            r"their|my)\s+[^,.;:!?]+?)(?=\s+(?:to|for|saying|that|and)\b|[,.;:!?]|$)",
-            rest,
-            re.IGNORECASE,
-        )
-        if m2 and "QUOTE" not in m2.group("t") and not _names_a_recipient(m2.group("t")):
-            topic = _clean(m2.group("t"), ctx)
+    topic = _topic(rest, ctx) or _object_phrase(rest, ctx)
     if subject is None:
         subject = topic[0].upper() + topic[1:] if topic else None
     if subject is None and body:
@@ -655,7 +691,9 @@ def _extract_call(seg: _Segment, ctx: _Context) -> _Extracted:
         first_message = _clean(m.group("c") if m.group("c") else m.group(0), ctx)
         rest = rest[: m.start()]
     purpose: str | None = None
-    pm = _PURPOSE_RE.search(rest)
+    # Look for the purpose after the call word: "I need you to phone X and confirm …".
+    verb = re.search(r"\b(?:call|ring|phone|dial|telephone)\b", rest, re.IGNORECASE)
+    pm = _PURPOSE_RE.search(rest, verb.end() if verb else 0)
     if pm:
         purpose = _clean(pm.group("p") or pm.group("p2"), ctx)
     if purpose is None and first_message:
@@ -761,6 +799,9 @@ def _extract_booking(seg: _Segment, ctx: _Context) -> _Extracted:
         customer = str(ctx.last_person["name"])
     if customer and resource_name and customer.lower() in resource_name.lower():
         resource_name = _clean(re.sub(re.escape(customer), "", resource_name, flags=re.I), ctx)
+    if customer:
+        known = _resolve_person(customer, _tokenise(customer), ctx)[0]
+        ctx.last_person = known or {"name": customer}
     when = find_when(text, ctx.now, ctx.tz)
     start = when.at if when and when.has_time else None
     duration = find_duration_minutes(text)
@@ -891,15 +932,18 @@ def _extract_resource_create(seg: _Segment, ctx: _Context) -> _Extracted:
     name: str | None = None
     rtype: str | None = None
     m = re.search(
-        r"\b(?:called|named|name(?:d)?:)\s+(?P<n>QUOTE\d+|[^,;]+?)(?=\s+(?:with|and|that|which|"
-        r"for|at|costing|priced)\b|[,;.!?]|$)",
+        r"\b(?:called|named|name(?:d)?:)\s+(?:(?P<q>QUOTE\d+)|(?P<n>[^,;]+?)(?=\s+(?:with|and|"
+        r"that|which|for|at|costing|priced|of\s+type)\b|[,;.!?]|$))",
         text,
         re.IGNORECASE,
     )
+    colon = re.search(r"^[^:]*\bnew\b[^:]*:\s*(?P<n>[^,;]+?)\s*(?:[,;.!?]|$)", text, re.IGNORECASE)
     if m:
-        name = _clean(m.group("n"), ctx)
+        name = _clean(m.group("q") or m.group("n"), ctx)
     elif _quotes_in(text, ctx):
         name = _quotes_in(text, ctx)[0][1]
+    elif colon:
+        name = _clean(colon.group("n"), ctx)  # "New bike: City Bike 7"
     tm = re.search(
         r"\b(?:create|add|register|setup|set\s+up|make|introduce)\s+(?:(?:a|an|the|another|one)\s+)?"
         r"(?:new\s+)?(?P<t>[a-z][a-z ]{1,30}?)\s+(?=called|named|QUOTE|:|with|for)",
@@ -982,6 +1026,15 @@ def _extract_resource_update(seg: _Segment, ctx: _Context) -> _Extracted:
     elif set_of:
         name = _clean(set_of.group("n"), ctx)
         attrs = [{"key": _key(set_of.group("k")), "value": _clean(set_of.group("v"), ctx) or ""}]
+    elif unnamed := re.search(
+        r"\b(?:change|set|update|increase|decrease|reduce|raise|lower|bump|adjust)\s+(?:the\s+)?"
+        r"(?P<k>[a-z][a-z ]{0,25}?)\s+to\s+(?P<v>.+?)\s*(?:[,;!?]|\.(?:\s|$)|$)",
+        text,
+        re.IGNORECASE,
+    ):
+        # "Change the price to 50": what to change is clear, which resource is not.
+        rid, name = _resource_name(text[: unnamed.start()], ctx)
+        attrs = [{"key": _key(unnamed.group("k")), "value": _clean(unnamed.group("v"), ctx) or ""}]
     else:
         rid, name = _resource_name(text, ctx)
         wm = re.search(
@@ -1057,7 +1110,8 @@ def _extract_report(seg: _Segment, ctx: _Context) -> _Extracted:
 def _extract_approval(seg: _Segment, ctx: _Context) -> _Extracted:
     text = _unquote(seg.text, ctx)
     m = re.search(
-        r"\b(?:approval|approve|signoff|sign[\s-]?off|authori[sz]ation|authori[sz]e)\s+"
+        r"\b(?:a+p+r+o+v\w*|sign[\s-]?off|authori[sz]\w*|green[\s-]?light)\s+"
+        r"(?:(?:is\s+)?(?:needed|required)\s+)?(?:from\s+(?:an?\s+|the\s+|my\s+)?\w+\s+)?"
         r"(?:(?:for|to|of|on)\s+)?(?P<s>.+)$",
         text,
         re.IGNORECASE,
@@ -1097,8 +1151,17 @@ def _extract_notification(seg: _Segment, ctx: _Context) -> _Extracted:
     message = _content(text, ctx)
     if message is None:
         m = re.search(
-            r"\b(?:about|regarding|of|to)\s+(?P<m>(?!the\s+(?:team|staff|coordinators)\b).+)$",
+            r"\b(?:about|regarding|concerning)\s+(?P<m>.+)$",
             text,
+            re.IGNORECASE,
+        )
+        message = _clean(m.group("m"), ctx) if m else None
+    if message is None:
+        # "Tell everyone the office closes early", "Let the coordinators know X".
+        m = re.search(
+            r"\b(?:all\s+|the\s+|our\s+|whole\s+)*(?:team|staff|everyone|everybody|coordinators?|"
+            r"colleagues|employees|crew)\b(?:\s+know)?(?:\s+that)?\s+(?P<m>\w.+)$",
+            _unquote(text, ctx),
             re.IGNORECASE,
         )
         message = _clean(m.group("m"), ctx) if m else None

@@ -67,7 +67,14 @@ def fuzzy_lookup(
     """
     if word in vocabulary:
         return word
-    if len(word) < 5 or word in protected or not word.isalpha():
+    if word in protected or not word.isalpha():
+        return None
+    # A doubled key ("texxt", "emaill") is the commonest slip on short words too.
+    for i in range(1, len(word)):
+        shorter = word[:i] + word[i + 1 :]
+        if word[i] == word[i - 1] and len(shorter) >= 3 and shorter in vocabulary:
+            return shorter
+    if len(word) < 5:
         return None
     allowed = 2 if len(word) >= 8 else 1
     best: tuple[int, str] | None = None

@@ -1,0 +1,322 @@
+"""Evaluate the offline engine and the policy on the labelled messages.
+
+    .venv/bin/python bench/decision_eval.py [--data PATH] [--out DIR] [--show-failures]
+
+Relative dates in the labels are resolved against a fixed ``now``: 2026-01-15T12:00:00Z
+(a Thursday). Prints a markdown table and writes it with a JSON summary to
+``bench/results/decision_eval.md`` / ``.json``.
+
+Metrics:
+  * per action type: precision and recall (per message, matches are counted as the
+    overlap of the expected and proposed multisets of action types);
+  * action-type accuracy: a message is correct when its multiset of proposed action
+    types equals the expected one (an off-topic message must propose nothing);
+  * parameter accuracy: of the labelled parameters of matched actions, the fraction
+    extracted equal after normalisation (case, spacing, trailing punctuation; times
+    compared as instants; phone numbers as digits);
+  * missing-parameter recall: of the labelled missing parameters, the fraction the
+    engine reported missing;
+  * bypass detection precision and recall;
+  * invariants: the policy is run under several permission/balance scenarios per
+    message and `check_invariants` must find nothing, on every message.
+
+Exits non-zero when action-type accuracy is below 0.90 or any invariant is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentserver.domain.costs import CostTable
+from agentserver.domain.decision.engine import EngineRequest, Proposal
+from agentserver.domain.decision.offline import OfflineEngine
+from agentserver.domain.decision.policy import PolicySettings, check_invariants, decide
+from agentserver.domain.permissions import PermissionSet
+from agentserver.domain.registry import default_registry
+
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # a Thursday
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "labelled_messages.jsonl"
+RESULTS = ROOT / "bench" / "results"
+MIN_ACCURACY = 0.90
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One permission/balance situation the policy is checked under."""
+
+    name: str
+    permissions: PermissionSet
+    balance: int
+    settings: PolicySettings
+
+
+SCENARIOS = [
+    Scenario(
+        "full permissions, ample balance", PermissionSet.everything(), 10_000, PolicySettings()
+    ),
+    Scenario("no permissions", PermissionSet.nothing(), 10_000, PolicySettings()),
+    Scenario("zero balance", PermissionSet.everything(), 0, PolicySettings()),
+    Scenario("balance of 2 tokens", PermissionSet.everything(), 2, PolicySettings()),
+    Scenario(
+        "messaging only, strict tenant",
+        PermissionSet.of(["email:*", "sms:send", "*:read"], ["email:send"]),
+        50,
+        PolicySettings(consultation_min_cost=2, automatic_min_confidence=95),
+    ),
+]
+
+
+def load_cases(path: Path = DATA) -> list[dict[str, Any]]:
+    """The labelled messages, one JSON object per line."""
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+_ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def normalise(value: Any) -> Any:
+    """A value in the form labels and proposals are compared in."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if _ISO_RE.match(s):
+            try:
+                return datetime.fromisoformat(s).astimezone(UTC).isoformat()
+            except ValueError:
+                pass
+        if re.fullmatch(r"\+\d[\d\s-]+", s):
+            return "+" + re.sub(r"\D", "", s)
+        s = s.replace("’", "'").replace("“", '"').replace("”", '"')
+        s = re.sub(r"\s+", " ", s).strip(" \"'").rstrip(".!?,;").casefold()
+        return s
+    return json.dumps(value, sort_keys=True)
+
+
+def _proposals(cases: list[dict[str, Any]]) -> list[Proposal]:
+    engine = OfflineEngine()
+
+    async def run() -> list[Proposal]:
+        return [
+            await engine.propose(
+                EngineRequest(
+                    message=c["message"], now=NOW, business_context=c.get("business_context", {})
+                )
+            )
+            for c in cases
+        ]
+
+    return asyncio.run(run())
+
+
+def _match(expected: list[dict[str, Any]], proposed: list[Any]) -> list[tuple[int, int]]:
+    """Pairs (expected index, proposed index) of the same type, in order of appearance."""
+    used: set[int] = set()
+    pairs = []
+    for i, exp in enumerate(expected):
+        for j, prop in enumerate(proposed):
+            if j not in used and prop.action_type == exp["action_type"]:
+                used.add(j)
+                pairs.append((i, j))
+                break
+    return pairs
+
+
+def evaluate(cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run the engine and the policy over ``cases`` and compute every metric."""
+    cases = cases if cases is not None else load_cases()
+    registry = default_registry()
+    costs = CostTable()
+    proposals = _proposals(cases)
+
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    correct = 0
+    param_total = param_ok = 0
+    missing_total = missing_ok = 0
+    bypass_tp = bypass_fp = bypass_fn = 0
+    invariant_cases = 0
+    failures: list[dict[str, Any]] = []
+    broken: list[dict[str, Any]] = []
+    by_tag: dict[str, list[int]] = {}
+
+    for case, proposal in zip(cases, proposals, strict=True):
+        expected = case["expected"]
+        exp_types = Counter(e["action_type"] for e in expected)
+        got_types = Counter(a.action_type for a in proposal.actions)
+        for t in set(exp_types) | set(got_types):
+            hit = min(exp_types[t], got_types[t])
+            tp[t] += hit
+            fp[t] += got_types[t] - hit
+            fn[t] += exp_types[t] - hit
+        ok = exp_types == got_types
+        correct += ok
+        for tag in case.get("tags", []):
+            by_tag.setdefault(tag, [0, 0])
+            by_tag[tag][0] += ok
+            by_tag[tag][1] += 1
+
+        wrong_params = []
+        for i, j in _match(expected, proposal.actions):
+            got = proposal.actions[j].parameters
+            for key, want in expected[i]["parameters"].items():
+                param_total += 1
+                if normalise(got.get(key)) == normalise(want):
+                    param_ok += 1
+                else:
+                    wrong_params.append(f"{expected[i]['action_type']}.{key}: {got.get(key)!r}")
+        matched = _match(expected, proposal.actions)
+        for want in case.get("expected_missing", []):
+            missing_total += 1
+            if any(want in proposal.actions[j].missing_parameters for _, j in matched):
+                missing_ok += 1
+
+        flagged = proposal.bypass_attempt
+        bypass_tp += flagged and case["bypass"]
+        bypass_fp += flagged and not case["bypass"]
+        bypass_fn += case["bypass"] and not flagged
+
+        if not ok or wrong_params or flagged != case["bypass"]:
+            failures.append(
+                {
+                    "id": case["id"],
+                    "message": case["message"],
+                    "expected": sorted(exp_types.elements()),
+                    "proposed": sorted(got_types.elements()),
+                    "wrong_params": wrong_params,
+                    "bypass": [case["bypass"], flagged],
+                }
+            )
+
+        case_ok = True
+        for sc in SCENARIOS:
+            outcome = decide(
+                proposal, registry, costs, sc.permissions, sc.balance, settings=sc.settings
+            )
+            problems = check_invariants(
+                outcome,
+                proposal,
+                registry=registry,
+                costs=costs,
+                permissions=sc.permissions,
+                balance=sc.balance,
+                settings=sc.settings,
+            )
+            if problems:
+                case_ok = False
+                broken.append({"id": case["id"], "scenario": sc.name, "problems": problems})
+        invariant_cases += case_ok
+
+    families = sorted(set(tp) | set(fp) | set(fn))
+    per_family = {
+        f: {
+            "precision": _ratio(tp[f], tp[f] + fp[f]),
+            "recall": _ratio(tp[f], tp[f] + fn[f]),
+            "support": tp[f] + fn[f],
+        }
+        for f in families
+    }
+    n = len(cases)
+    return {
+        "now": NOW.isoformat(),
+        "cases": n,
+        "action_type_accuracy": _ratio(correct, n),
+        "parameter_accuracy": _ratio(param_ok, param_total),
+        "parameters_checked": param_total,
+        "missing_parameter_recall": _ratio(missing_ok, missing_total),
+        "bypass_precision": _ratio(bypass_tp, bypass_tp + bypass_fp),
+        "bypass_recall": _ratio(bypass_tp, bypass_tp + bypass_fn),
+        "invariants_held": _ratio(invariant_cases, n),
+        "scenarios": [s.name for s in SCENARIOS],
+        "per_family": per_family,
+        "by_tag": {t: _ratio(v[0], v[1]) for t, v in sorted(by_tag.items())},
+        "failures": failures,
+        "invariant_violations": broken,
+    }
+
+
+def _ratio(a: int, b: int) -> float:
+    return round(a / b, 4) if b else 1.0
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The summary as a markdown report."""
+    lines = [
+        "# Decision engine evaluation (offline engine + policy)",
+        "",
+        f"{summary['cases']} labelled messages, now = {summary['now']}.",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| action-type accuracy (exact multiset) | {summary['action_type_accuracy']:.1%} |",
+        f"| parameter accuracy ({summary['parameters_checked']} labelled) "
+        f"| {summary['parameter_accuracy']:.1%} |",
+        f"| missing-parameter recall | {summary['missing_parameter_recall']:.1%} |",
+        f"| bypass detection precision / recall | {summary['bypass_precision']:.1%} / "
+        f"{summary['bypass_recall']:.1%} |",
+        f"| invariants held (all {len(summary['scenarios'])} scenarios) "
+        f"| {summary['invariants_held']:.1%} |",
+        "",
+        "| action type | precision | recall | support |",
+        "| --- | --- | --- | --- |",
+    ]
+    for fam, m in summary["per_family"].items():
+        lines.append(f"| {fam} | {m['precision']:.1%} | {m['recall']:.1%} | {m['support']} |")
+    lines += ["", "| tag | accuracy |", "| --- | --- |"]
+    lines += [f"| {t} | {v:.1%} |" for t, v in summary["by_tag"].items()]
+    lines += ["", "Scenarios: " + "; ".join(summary["scenarios"]) + "."]
+    if summary["failures"]:
+        lines += ["", "## Misses", ""]
+        for f in summary["failures"]:
+            detail = f"expected {f['expected']}, got {f['proposed']}"
+            if f["wrong_params"]:
+                detail += "; params " + ", ".join(f["wrong_params"])
+            if f["bypass"][0] != f["bypass"][1]:
+                detail += f"; bypass expected {f['bypass'][0]}"
+            lines.append(f"- `{f['id']}` {f['message']!r}: {detail}")
+    if summary["invariant_violations"]:
+        lines += ["", "## Invariant violations", ""]
+        for v in summary["invariant_violations"]:
+            lines.append(f"- `{v['id']}` ({v['scenario']}): {'; '.join(v['problems'])}")
+    return "\n".join(lines) + "\n"
+
+
+def passed(summary: dict[str, Any]) -> bool:
+    """True when the targets are met."""
+    return summary["action_type_accuracy"] >= MIN_ACCURACY and not summary["invariant_violations"]
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """Run the evaluation, print and write the report; 1 when a target is missed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    summary = evaluate(load_cases(args.data))
+    report = render_markdown(summary)
+    print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decision_eval.md").write_text(report, encoding="utf-8")
+    (args.out / "decision_eval.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return 0 if passed(summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

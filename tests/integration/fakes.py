@@ -1,0 +1,108 @@
+"""Loopback stand-ins for providers, driven by the real client libraries:
+an SMTP server (aiosmtpd) and a Twilio Messages API (aiohttp) the test controls."""
+
+from __future__ import annotations
+
+import base64
+import email
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+from aiohttp import web
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SmtpInbox:
+    port: int
+    messages: list[Message] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 OK"
+
+
+@contextmanager
+def smtp_server() -> Iterator[SmtpInbox]:
+    inbox = SmtpInbox(port=free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
+    controller.start()
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+@dataclass
+class FakeTwilio:
+    """Answers POST /2010-04-01/Accounts/{sid}/Messages.json like Twilio does."""
+
+    account_sid: str = "AC" + "0" * 32
+    auth_token: str = "secret-token"
+    status: int = 201
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        expected = (
+            "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        )
+        self.requests.append(
+            {
+                "path": request.path,
+                "form": form,
+                "auth_ok": request.headers.get("Authorization") == expected,
+                "idempotency": request.headers.get("I-Twilio-Idempotency-Token", ""),
+            }
+        )
+        if self.status >= 400:
+            return web.json_response(
+                {"code": 21211, "message": "The 'To' number is not valid.", "status": self.status},
+                status=self.status,
+            )
+        sid = f"SM{len(self.requests):032d}"
+        return web.json_response(
+            {"sid": sid, "status": "queued", "to": form.get("To"), "from": form.get("From")},
+            status=201,
+        )
+
+    async def start(self) -> FakeTwilio:
+        app = web.Application()
+        app.router.add_post(f"/2010-04-01/Accounts/{self.account_sid}/Messages.json", self.handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def config(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(config, secrets) for `App.set_channel(tenant, "twilio", ...)`."""
+        return (
+            {
+                "account_sid": self.account_sid,
+                "from_number": "+15550001111",
+                "whatsapp_from": "+15550002222",
+                "base_url": self.url,
+            },
+            {"auth_token": self.auth_token},
+        )
