@@ -54,29 +54,56 @@ def tmp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("agentserver")
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    import asyncpg
+class PgDatabases:
+    """Creates throwaway PostgreSQL databases and drops them at the end of the session."""
 
-    name = f"agentserver_test_{uuid.uuid4().hex[:10]}"
+    def __init__(self) -> None:
+        self.names: list[str] = []
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
+    @staticmethod
+    def _admin(sql: str) -> None:
+        import asyncpg
 
-    def run(sql: str) -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(PG_ADMIN_DSN)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
         # Fixtures may be resolved inside the session's running loop: use a thread.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, admin(sql)).result()
+            pool.submit(asyncio.run, run()).result()
 
-    run(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    def create(self) -> str:
+        name = f"agentserver_test_{uuid.uuid4().hex[:10]}"
+        self._admin(f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+    def drop_all(self) -> None:
+        for name in self.names:
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[PgDatabases]:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    dbs = PgDatabases()
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_databases: PgDatabases) -> str:
+    """The session's shared PostgreSQL database."""
+    return pg_databases.create()
+
+
+@pytest.fixture
+def fresh_pg_url(pg_databases: PgDatabases) -> str:
+    """A PostgreSQL database of this test's own."""
+    return pg_databases.create()
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,8 @@ def test_second_server_on_same_port_refuses(served, tmp_path: Path) -> None:  # 
     assert "cannot listen" in result.stderr
 
 
-async def test_two_replicas_share_one_postgres_wallet(pg_url: str, tmp_path: Path) -> None:
+async def test_two_replicas_share_one_postgres_wallet(fresh_pg_url: str, tmp_path: Path) -> None:
+    pg_url = fresh_pg_url
     settings = Settings(database_url=pg_url, auto_migrate=True)
     app = await build_app(settings)
     await prepare_database(app)

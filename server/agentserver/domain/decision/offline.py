@@ -169,12 +169,15 @@ _BYPASS_PATTERNS = [
     r"\b(?:bypass|circumvent)\b",
     r"\boverride\b[^.!?]{0,20}?\b(?:polic(?:y|ies)|rules?|limits?|permissions?|settings?|"
     r"level|decision)\b",
-    r"\byou\s+are\s+(?:now\s+)?(?:an?\s+|the\s+|in\s+)?(?:admin|administrator|root|superuser|"
+    r"\byou(?:\s+are|'re|’re)\s+(?:now\s+)?(?:an?\s+|the\s+|in\s+)?(?:admin|administrator|root|superuser|"
     r"developer\s+mode|god\s+mode|unrestricted|dan)\b",
     r"\b(?:act|behave)\s+as\s+(?:an?\s+|the\s+)?(?:admin|administrator|root|superuser|approver)\b",
     r"\b(?:grant|give)\s+(?:me|myself|us)\s+(?:\w+\s+){0,2}(?:permissions?|access|rights|"
     r"privileges|admin|role)\b(?:\s+to\s+[^.!?]*)?",
     r"\bi\s+(?:hereby\s+)?(?:authori[sz]e|permit|allow|order)\s+you\b",
+    # The agent cannot approve anything; telling it to is asking it to skip the approver.
+    r"(?:^|[.!?,;]\s*|\band\s+|\bjust\s+|\bplease\s+|\bnow\s+)(?:approve|authori[sz]e)\s+"
+    r"(?:it|this|that|my|our|the\s+request)\b",
     r"\b(?:pretend|assume|imagine)\b[^.!?]{0,20}?\b(?:i\s+am|i'm|you\s+are|you're)\b[^.!?]{0,15}"
     r"\b(?:admin|administrator|approver|manager|owner|coordinator|root|authori[sz]ed)\b",
     r"\b(?:no\s+need\s+(?:for|to\s+(?:ask|wait|get))|don'?t\s+(?:ask|wait\s+for|need|bother\s+"
@@ -933,7 +936,7 @@ def _extract_resource_create(seg: _Segment, ctx: _Context) -> _Extracted:
     rtype: str | None = None
     m = re.search(
         r"\b(?:called|named|name(?:d)?:)\s+(?:(?P<q>QUOTE\d+)|(?P<n>[^,;]+?)(?=\s+(?:with|and|"
-        r"that|which|for|at|costing|priced|of\s+type)\b|[,;.!?]|$))",
+        r"that|which|for|at|to|in|into|costing|priced|of\s+type)\b|[,;.!?]|$))",
         text,
         re.IGNORECASE,
     )
