@@ -101,16 +101,24 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU seconds of every `postgres` process of this machine (the local server
-    the bench uses; zero when there is none or /proc hides it)."""
-    total = 0.0
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of each `postgres` process of this machine (the local server the
+    bench uses; empty when there is none or /proc hides it)."""
+    out: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() == "postgres":
-                    total += proc_cpu_seconds(int(entry.name))
-    return total
+                    out[int(entry.name)] = proc_cpu_seconds(int(entry.name))
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two snapshots; processes born in between count in full,
+    processes gone in between are lost (short-lived ones are rare here)."""
+    return sum(
+        cpu - before.get(pid, 0.0) for pid, cpu in after.items() if cpu >= before.get(pid, 0.0)
+    )
 
 
 def self_cpu_seconds() -> float:
@@ -456,7 +464,7 @@ async def load(
 
     server_cpu0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
     self_cpu0 = self_cpu_seconds()
-    pg_cpu0 = postgres_cpu_seconds()
+    pg_cpu0 = postgres_cpu()
     t0 = time.monotonic()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.monotonic() - t0
@@ -472,7 +480,7 @@ async def load(
     if server_pid:
         cell.server_cpu_pct = round(100 * (proc_cpu_seconds(server_pid) - server_cpu0) / elapsed)
     cell.client_cpu_pct = round(100 * (self_cpu_seconds() - self_cpu0) / elapsed)
-    cell.postgres_cpu_pct = round(100 * (postgres_cpu_seconds() - pg_cpu0) / elapsed)
+    cell.postgres_cpu_pct = round(100 * cpu_delta(pg_cpu0, postgres_cpu()) / elapsed)
     return cell
 
 

@@ -547,14 +547,17 @@ class Registry:
             key=lambda e: [str(p) for p in e.absolute_path],
         ):
             path = ".".join(str(p) for p in error.absolute_path)
-            if error.validator == "required":
-                continue  # reported above, with the field name rather than the root
-            if path in missing or (not path and error.validator != "additionalProperties"):
-                continue  # a missing parameter's type error repeats "is required"
-            if error.validator == "additionalProperties":
-                extra = sorted(set(instance) - set(d.properties))
-                violations.extend(FieldViolation(x, "is not a parameter of " + name) for x in extra)
+            if not path:
+                # Root level: missing parameters are reported above by name; unknown
+                # ones one by one rather than as a single schema message.
+                if error.validator == "additionalProperties":
+                    extra = sorted(set(instance) - set(d.properties))
+                    violations.extend(
+                        FieldViolation(x, f"is not a parameter of {name}") for x in extra
+                    )
                 continue
+            if path in missing:
+                continue  # a missing parameter's type error repeats "is required"
             violations.append(FieldViolation(path, error.message))
         return violations
 
