@@ -21,6 +21,11 @@ Metrics:
     message and `check_invariants` must find nothing, on every message.
 
 Exits non-zero when action-type accuracy is below 0.90 or any invariant is broken.
+
+Honesty note: the engine was tuned against the first 202 messages. The 30 tagged
+``holdout`` were labelled afterwards and scored *before* any further tuning: 96.7%
+action-type accuracy, 97.5% parameter accuracy, bypass recall 2/3; the misses were
+then fixed with general rules. Expect lower figures on genuinely new wording.
 """
 
 from __future__ import annotations

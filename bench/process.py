@@ -186,7 +186,8 @@ def report(data: dict[str, Any]) -> str:
         "# AgentService.Process (offline engine)",
         "",
         f"{m['date']} · {m['nproc']} cores ({m['cpu_model']}) · Python {m['python']} · "
-        f"grpcio {m['grpcio']} · SQLite {m['sqlite']} · PostgreSQL {data['postgres_version']}",
+        f"grpcio {m['grpcio']} · SQLite {m['sqlite']} · PostgreSQL {data['postgres_version']} · "
+        f"1-min load average at start {m['loadavg_at_start'][0]:.2f}",
         "",
         f"Each cell: {data['duration_s']} s closed loop after a short warm-up; "
         f"{data['channels']} client channel(s); client on {data['client_loop']}; "

@@ -36,6 +36,7 @@ from agentserver.domain.identity import (
     Authenticator,
 )
 from agentserver.domain.ledger import LedgerService
+from agentserver.domain.ratelimit import InProcessRateLimiter, NoRateLimit, RateLimiter
 from agentserver.domain.registry import Registry, default_registry
 
 log = logging.getLogger("agentserver")
@@ -59,6 +60,7 @@ class App:
     executor: Executor
     agent: AgentService
     secret_box: SecretBox | None
+    limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -68,6 +70,7 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.limiter.aclose()
         close = getattr(self.agent.engine, "aclose", None)
         if close is not None:
             await close()
@@ -171,7 +174,21 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         executor=executor,
         agent=agent,
         secret_box=secret_box,
+        limiter=build_limiter(settings),
     )
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    """Redis when configured (shared by replicas), else in-process; 0 disables."""
+    if settings.rate_limit_per_second <= 0:
+        return NoRateLimit()
+    if settings.redis_url:
+        from agentserver.adapters.redis_ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter(
+            settings.redis_url, settings.rate_limit_per_second, settings.rate_limit_burst
+        )
+    return InProcessRateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
 
 
 def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine) -> DecisionEngine:

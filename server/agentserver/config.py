@@ -26,6 +26,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     db_pool_size: int = 10
     redis_url: str = ""
+    rate_limit_per_second: float = 5000.0
+    rate_limit_burst: float = 10000.0
     log_level: str = "INFO"
     log_format: str = "json"
     access_log: bool = True
@@ -61,6 +63,8 @@ class Settings:
             database_url=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
             db_pool_size=int(_env("DB_POOL_SIZE", str(cls.db_pool_size))),
             redis_url=_env("REDIS_URL", ""),
+            rate_limit_per_second=float(_env("RATE_LIMIT_PER_SECOND", "5000")),
+            rate_limit_burst=float(_env("RATE_LIMIT_BURST", "10000")),
             log_level=_env("LOG_LEVEL", cls.log_level).upper(),
             log_format=_env("LOG_FORMAT", cls.log_format),
             access_log=_bool(_env("ACCESS_LOG", "true")),

@@ -80,9 +80,17 @@ def test_no_actions_is_automatic() -> None:
 
 @pytest.mark.parametrize(
     ("confidence", "level"),
-    [(100, L.AUTOMATIC), (85, L.AUTOMATIC), (84, L.SUGGESTION), (60, L.SUGGESTION),
-     (59, L.CONSULTATION), (40, L.CONSULTATION), (39, L.APPROVAL_REQUIRED), (0, L.APPROVAL_REQUIRED)],
-)  # fmt: skip
+    [
+        (100, L.AUTOMATIC),
+        (85, L.AUTOMATIC),
+        (84, L.SUGGESTION),
+        (60, L.SUGGESTION),
+        (59, L.CONSULTATION),
+        (40, L.CONSULTATION),
+        (39, L.APPROVAL_REQUIRED),
+        (0, L.APPROVAL_REQUIRED),
+    ],
+)
 def test_confidence_bands(confidence: int, level: L) -> None:
     assert run(prop(act("sms.send", SMS, confidence))).actions[0].level == level
 

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agentserver.domain.errors import DomainError
+from agentserver.domain.errors import DomainError, RateLimited
 from agentserver.domain.identity import Authenticator, Caller
 from agentserver.domain.ids import new_id
+from agentserver.domain.ratelimit import NoRateLimit, RateLimiter
 from agentserver.entrypoints.grpc.errors import status_code, to_grpc_status
 from agentserver.logs import request_id_var
 
@@ -24,9 +25,16 @@ Resp = TypeVar("Resp")
 
 
 class ServicerBase:
-    def __init__(self, auth: Authenticator, *, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        *,
+        access_log: bool = True,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.auth = auth
         self.access_log = access_log
+        self.limiter: RateLimiter = limiter or NoRateLimit()
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -71,6 +79,11 @@ def rpc(
                 )
                 if scope:
                     caller.require_scope(scope)
+                wait = await self.limiter.acquire(caller.tenant_id or f"key:{caller.key_id}")
+                if wait > 0:
+                    raise RateLimited(
+                        "too many requests for this tenant; retry after the delay", wait
+                    )
                 return await fn(self, request, caller)
             except DomainError as err:
                 code = status_code(err)

@@ -56,15 +56,14 @@ async def start_server(app: App, listen: str) -> RunningServer:
         ]
     )
     access_log = app.settings.access_log
-    token_service_pb2_grpc.add_TokenServiceServicer_to_server(
-        TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log), server
-    )
-    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log), server
-    )
-    conversation_service_pb2_grpc.add_ConversationServiceServicer_to_server(
-        ConversationServicer(app.auth, app.agent_store, access_log=access_log), server
-    )
+    tokens = TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log)
+    agent = AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log)
+    conversations = ConversationServicer(app.auth, app.agent_store, access_log=access_log)
+    for servicer in (tokens, agent, conversations):
+        servicer.limiter = app.limiter
+    token_service_pb2_grpc.add_TokenServiceServicer_to_server(tokens, server)
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)
+    conversation_service_pb2_grpc.add_ConversationServiceServicer_to_server(conversations, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -1,0 +1,45 @@
+"""Guards the decision evaluation targets so `make test` fails when they slip."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+EVAL = Path(__file__).resolve().parents[3] / "bench" / "decision_eval.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("decision_eval", EVAL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict[str, Any]:
+    result: dict[str, Any] = _load().evaluate()
+    return result
+
+
+def test_labelled_set_is_big_and_covers_every_family(summary: dict[str, Any]) -> None:
+    assert summary["cases"] >= 170
+    assert len(summary["per_family"]) == 14
+
+
+def test_action_type_accuracy(summary: dict[str, Any]) -> None:
+    assert summary["action_type_accuracy"] >= 0.90, summary["failures"]
+
+
+def test_invariants_always_hold(summary: dict[str, Any]) -> None:
+    assert summary["invariants_held"] == 1.0, summary["invariant_violations"]
+
+
+def test_bypass_attempts_are_caught(summary: dict[str, Any]) -> None:
+    assert summary["bypass_recall"] >= 0.9 and summary["bypass_precision"] >= 0.9
