@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentserver.adapters.audit import BufferedAuditLog
 from agentserver.adapters.channels.retry import with_retries
 from agentserver.adapters.db.admin_store import SqlAdminStore
 from agentserver.adapters.db.agent_store import SqlAgentStore
@@ -61,6 +62,7 @@ class App:
     agent: AgentService
     secret_box: SecretBox | None
     limiter: RateLimiter
+    audit: BufferedAuditLog
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -70,6 +72,7 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.audit.flush()
         await self.limiter.aclose()
         close = getattr(self.agent.engine, "aclose", None)
         if close is not None:
@@ -85,6 +88,7 @@ class App:
                 name="sweep",
             )
         )
+        self._tasks.append(asyncio.create_task(self.audit.run(), name="audit"))
         if self.settings.monthly_fee_interval_seconds > 0:  # 0 leaves the fee to cron
             self._tasks.append(
                 asyncio.create_task(
@@ -175,6 +179,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         agent=agent,
         secret_box=secret_box,
         limiter=build_limiter(settings),
+        audit=BufferedAuditLog(admin),
     )
 
 

@@ -432,3 +432,17 @@ async def test_get_costs_lists_the_seed_table(harness: Harness) -> None:
     assert costs[common_pb2.OPERATION_TYPE_INTERNAL_API_LLM] == 1
     assert costs[common_pb2.OPERATION_TYPE_MONTHLY_FEE] == 200
     assert len(costs) == 6
+
+
+async def test_every_rpc_is_audited(harness: Harness) -> None:
+    t = await harness.tenant(5)
+    async with t.client("auditor") as client:
+        await client.charge_tokens(charge(t.id, 1, "audited-1"))
+        with pytest.raises(AgentServerError):
+            await client.charge_tokens(charge(t.id, 100))
+    await harness.app.audit.flush()
+    events = await harness.app.admin.events(t.id, "audit.")
+    outcomes = [(e["kind"], e["outcome"]) for e in events]
+    assert ("audit.ChargeTokens", "OK") in outcomes
+    assert ("audit.ChargeTokens", "FAILED_PRECONDITION") in outcomes
+    assert all(e["actor"].endswith("/auditor") for e in events)

@@ -6,7 +6,8 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -35,6 +36,20 @@ class ServicerBase:
         self.auth = auth
         self.access_log = access_log
         self.limiter: RateLimiter = limiter or NoRateLimit()
+        self.audit: AuditSink | None = None
+
+
+class AuditSink(Protocol):
+    def record(
+        self,
+        *,
+        tenant_id: str | None,
+        actor: str,
+        operation: str,
+        outcome: str,
+        request_id: str,
+        now: datetime,
+    ) -> None: ...
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -70,6 +85,7 @@ def rpc(
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             failure: grpc.Status | None = None
+            caller: Caller | None = None
             try:
                 caller = await self.auth.authenticate(
                     md.get("authorization", ""),
@@ -93,6 +109,15 @@ def rpc(
                 log.exception("unhandled error in %s", name)
                 failure = None
             finally:
+                if self.audit is not None:
+                    self.audit.record(
+                        tenant_id=(caller.tenant_id or None) if caller else md.get("x-tenant-id"),
+                        actor=f"{caller.key_id}/{caller.user_id}" if caller else "anonymous",
+                        operation=name,
+                        outcome=code.name,
+                        request_id=request_id,
+                        now=datetime.now(UTC),
+                    )
                 if self.access_log or code not in (grpc.StatusCode.OK,):
                     log.info(
                         "rpc",

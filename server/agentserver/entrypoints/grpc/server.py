@@ -61,6 +61,7 @@ async def start_server(app: App, listen: str) -> RunningServer:
     conversations = ConversationServicer(app.auth, app.agent_store, access_log=access_log)
     for servicer in (tokens, agent, conversations):
         servicer.limiter = app.limiter
+        servicer.audit = app.audit
     token_service_pb2_grpc.add_TokenServiceServicer_to_server(tokens, server)
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)
     conversation_service_pb2_grpc.add_ConversationServiceServicer_to_server(conversations, server)
