@@ -95,7 +95,15 @@ def describe(resp: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
     full = MessageToDict(resp)
-    return {k: full[k] for k in list(full)[:8]}
+    return {
+        "response": full.get("response", ""),
+        "decisionLevel": full.get("decisionLevel", ""),
+        "engine": full.get("engine", ""),
+        "actions": [
+            {k: a.get(k) for k in ("actionType", "decisionLevel", "state", "tokenCost")}
+            for a in full.get("actions", [])
+        ],
+    }
 
 
 async def bench_backend(

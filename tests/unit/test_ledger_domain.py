@@ -1,0 +1,62 @@
+"""Unit tests of the ledger's pure parts: fitting debits, coalescing, page tokens."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentserver.domain.errors import DomainError, InsufficientTokens, InvalidArgument
+from agentserver.domain.ledger import Coalescer, fit_debits, request_hash
+from agentserver.domain.paging import decode_token, encode_token, page_request
+
+
+def test_fit_debits_in_arrival_order() -> None:
+    assert fit_debits(5, [2, 2, 2, 1]) == [3, 1, None, 0]
+    assert fit_debits(0, [1]) == [None]
+    assert fit_debits(10, []) == []
+
+
+def test_request_hash_tells_content_apart() -> None:
+    assert request_hash("charge", 1, "sms") == request_hash("charge", 1, "sms")
+    assert request_hash("charge", 1, "sms") != request_hash("charge", 2, "sms")
+
+
+async def test_coalescer_batches_concurrent_submissions_and_keeps_order() -> None:
+    batches: list[list[int]] = []
+
+    async def run(key: str, items: list[int]) -> list[int | DomainError]:
+        batches.append(items)
+        await asyncio.sleep(0.01)
+        return [i * 10 if i % 5 else InsufficientTokens("w", i, 0) for i in items]
+
+    c: Coalescer[str, int, int] = Coalescer(run)
+    results = await asyncio.gather(
+        *(c.submit("k", i) for i in range(1, 21)), return_exceptions=True
+    )
+    assert results[0] == 10 and results[3] == 40
+    assert isinstance(results[4], InsufficientTokens)
+    assert len(batches) < 20  # concurrent submissions shared transactions
+    assert [i for b in batches for i in b] == list(range(1, 21))
+
+
+async def test_coalescer_delivers_a_batch_failure_to_every_waiter() -> None:
+    async def run(key: str, items: list[int]) -> list[int | DomainError]:
+        raise RuntimeError("database down")
+
+    c: Coalescer[str, int, int] = Coalescer(run)
+    results = await asyncio.gather(*(c.submit("k", i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert await asyncio.gather(c.submit("k", 1), return_exceptions=True)  # still usable
+
+
+def test_page_tokens_round_trip_and_reject_foreign_ones() -> None:
+    token = encode_token("usage", {"id": "ent_1"})
+    assert decode_token(token, "usage") == {"id": "ent_1"}
+    with pytest.raises(InvalidArgument):
+        decode_token(token, "sessions")
+    with pytest.raises(InvalidArgument):
+        decode_token("!!!", "usage")
+    with pytest.raises(InvalidArgument):
+        page_request(-1, "", default=10, maximum=100, kind="usage")
+    assert page_request(0, "", default=10, maximum=100, kind="usage").size == 10
