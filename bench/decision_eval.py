@@ -17,10 +17,20 @@ Metrics:
   * missing-parameter recall: of the labelled missing parameters, the fraction the
     engine reported missing;
   * bypass detection precision and recall;
+  * level accuracy: the response's decision level under the first scenario (every
+    permission, ample balance, default tenant policy) equals the labelled
+    ``expected_level``, overall and per tag; the mismatches are listed so a reader can
+    judge whether the label or the engine/policy is at fault;
   * invariants: the policy is run under several permission/balance scenarios per
     message and `check_invariants` must find nothing, on every message.
 
-Exits non-zero when action-type accuracy is below 0.90 or any invariant is broken.
+Exits non-zero when action-type accuracy is below 0.90, level accuracy below 0.85
+or any invariant is broken.
+
+``expected_level`` was labelled by hand from the message and the documented rules
+(registry default, confidence band, cost band, destructive, missing/invalid
+parameter, bypass), not copied from the engine's output; a typo'd action word, an
+unstated channel or a vague request was judged below the automatic confidence band.
 
 Honesty note: the engine was tuned against the first 202 messages. The 30 tagged
 ``holdout`` were labelled afterwards and scored *before* any further tuning: 96.7%
@@ -54,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "labelled_messages.jsonl"
 RESULTS = ROOT / "bench" / "results"
 MIN_ACCURACY = 0.90
+MIN_LEVEL_ACCURACY = 0.85
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class Scenario:
     settings: PolicySettings
 
 
+# Level accuracy is measured under the first scenario (`LEVEL_SCENARIO`).
 SCENARIOS = [
     Scenario(
         "full permissions, ample balance", PermissionSet.everything(), 10_000, PolicySettings()
@@ -80,6 +92,7 @@ SCENARIOS = [
         PolicySettings(consultation_min_cost=2, automatic_min_confidence=95),
     ),
 ]
+LEVEL_SCENARIO = SCENARIOS[0]
 
 
 def load_cases(path: Path = DATA) -> list[dict[str, Any]]:
@@ -159,6 +172,9 @@ def evaluate(cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     failures: list[dict[str, Any]] = []
     broken: list[dict[str, Any]] = []
     by_tag: dict[str, list[int]] = {}
+    level_ok = 0
+    level_by_tag: dict[str, list[int]] = {}
+    level_misses: list[dict[str, Any]] = []
 
     for case, proposal in zip(cases, proposals, strict=True):
         expected = case["expected"]
@@ -213,6 +229,27 @@ def evaluate(cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             outcome = decide(
                 proposal, registry, costs, sc.permissions, sc.balance, settings=sc.settings
             )
+            if sc is LEVEL_SCENARIO:
+                got_level = outcome.level.label
+                level_hit = got_level == case["expected_level"]
+                level_ok += level_hit
+                for tag in case.get("tags", []):
+                    level_by_tag.setdefault(tag, [0, 0])
+                    level_by_tag[tag][0] += level_hit
+                    level_by_tag[tag][1] += 1
+                if not level_hit:
+                    level_misses.append(
+                        {
+                            "id": case["id"],
+                            "message": case["message"],
+                            "expected": case["expected_level"],
+                            "got": got_level,
+                            "actions": [
+                                f"{a.action_type}={a.level.label} (confidence {a.confidence})"
+                                for a in outcome.actions
+                            ],
+                        }
+                    )
             problems = check_invariants(
                 outcome,
                 proposal,
@@ -246,11 +283,15 @@ def evaluate(cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         "missing_parameter_recall": _ratio(missing_ok, missing_total),
         "bypass_precision": _ratio(bypass_tp, bypass_tp + bypass_fp),
         "bypass_recall": _ratio(bypass_tp, bypass_tp + bypass_fn),
+        "level_accuracy": _ratio(level_ok, n),
+        "level_scenario": LEVEL_SCENARIO.name,
         "invariants_held": _ratio(invariant_cases, n),
         "scenarios": [s.name for s in SCENARIOS],
         "per_family": per_family,
         "by_tag": {t: _ratio(v[0], v[1]) for t, v in sorted(by_tag.items())},
+        "level_by_tag": {t: _ratio(v[0], v[1]) for t, v in sorted(level_by_tag.items())},
         "failures": failures,
+        "level_mismatches": level_misses,
         "invariant_violations": broken,
     }
 
@@ -274,6 +315,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"| missing-parameter recall | {summary['missing_parameter_recall']:.1%} |",
         f"| bypass detection precision / recall | {summary['bypass_precision']:.1%} / "
         f"{summary['bypass_recall']:.1%} |",
+        f"| level accuracy ({summary['level_scenario']}) | {summary['level_accuracy']:.1%} |",
         f"| invariants held (all {len(summary['scenarios'])} scenarios) "
         f"| {summary['invariants_held']:.1%} |",
         "",
@@ -282,8 +324,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
     ]
     for fam, m in summary["per_family"].items():
         lines.append(f"| {fam} | {m['precision']:.1%} | {m['recall']:.1%} | {m['support']} |")
-    lines += ["", "| tag | accuracy |", "| --- | --- |"]
-    lines += [f"| {t} | {v:.1%} |" for t, v in summary["by_tag"].items()]
+    lines += ["", "| tag | action-type accuracy | level accuracy |", "| --- | --- | --- |"]
+    lines += [
+        f"| {t} | {v:.1%} | {summary['level_by_tag'].get(t, 1.0):.1%} |"
+        for t, v in summary["by_tag"].items()
+    ]
     lines += ["", "Scenarios: " + "; ".join(summary["scenarios"]) + "."]
     if summary["failures"]:
         lines += ["", "## Misses", ""]
@@ -294,6 +339,23 @@ def render_markdown(summary: dict[str, Any]) -> str:
             if f["bypass"][0] != f["bypass"][1]:
                 detail += f"; bypass expected {f['bypass'][0]}"
             lines.append(f"- `{f['id']}` {f['message']!r}: {detail}")
+    if summary["level_mismatches"]:
+        lines += [
+            "",
+            "## Level mismatches",
+            "",
+            f'Response level under "{summary["level_scenario"]}" (default policy) vs the '
+            "labelled `expected_level`.",
+            "",
+            "| id | message | expected | got | actions |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for m in summary["level_mismatches"]:
+            msg = m["message"].replace("|", "\\|")
+            lines.append(
+                f"| `{m['id']}` | {msg} | {m['expected']} | {m['got']} "
+                f"| {'; '.join(m['actions'])} |"
+            )
     if summary["invariant_violations"]:
         lines += ["", "## Invariant violations", ""]
         for v in summary["invariant_violations"]:
@@ -303,7 +365,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 def passed(summary: dict[str, Any]) -> bool:
     """True when the targets are met."""
-    return summary["action_type_accuracy"] >= MIN_ACCURACY and not summary["invariant_violations"]
+    return (
+        summary["action_type_accuracy"] >= MIN_ACCURACY
+        and summary["level_accuracy"] >= MIN_LEVEL_ACCURACY
+        and not summary["invariant_violations"]
+    )
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from agentserver.adapters.db.migrate import pending_revisions, upgrade
 from agentserver.adapters.runner import ActionRunner
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
-from agentserver.domain.agent import AgentService
+from agentserver.domain.agent import AgentService, CachedPolicySource
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.costs import CostTable
 from agentserver.domain.decision.engine import DecisionEngine
@@ -154,7 +154,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
     offline = OfflineEngine(default_country_code=settings.default_country_code)
     agent = AgentService(
         store=agent_store,
-        policy=admin,
+        policy=CachedPolicySource(admin, ttl=settings.policy_cache_seconds),
         ledger=ledger,
         executor=executor,
         registry=registry,

@@ -24,7 +24,7 @@ def _bool(value: str) -> bool:
 class Settings:
     listen: str = "127.0.0.1:50051"
     database_url: str = DEFAULT_DATABASE_URL
-    db_pool_size: int = 10
+    db_pool_size: int = 20
     redis_url: str = ""
     rate_limit_per_second: float = 5000.0
     rate_limit_burst: float = 10000.0
@@ -44,6 +44,7 @@ class Settings:
     llm_model: str = ""
     llm_timeout_seconds: float = 20.0
     action_ttl_seconds: float = 24 * 3600.0
+    policy_cache_seconds: float = 5.0
     default_country_code: str = "+1"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,4 +83,5 @@ class Settings:
             llm_timeout_seconds=float(_env("LLM_TIMEOUT_SECONDS", "20")),
             action_ttl_seconds=float(_env("ACTION_TTL_SECONDS", str(24 * 3600))),
             default_country_code=_env("DEFAULT_COUNTRY_CODE", "+1"),
+            policy_cache_seconds=float(_env("POLICY_CACHE_SECONDS", "5")),
         )

@@ -8,6 +8,7 @@ tenant's rules (narrowed by what the caller asserts), levels from the policy.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -76,6 +77,37 @@ class PolicySource(Protocol):
     async def rules(self, tenant_id: str) -> list[tuple[str, str, str, str]]: ...
 
     async def tenant_policy(self, tenant_id: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class CachedPolicySource:
+    """A tenant's rules and policy, kept for `ttl` seconds: Process reads them on every
+    call, operators change them rarely. A change reaches every replica within `ttl`."""
+
+    source: PolicySource
+    ttl: float = 5.0
+    _rules: dict[str, tuple[float, list[tuple[str, str, str, str]]]] = field(default_factory=dict)
+    _policies: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+
+    async def rules(self, tenant_id: str) -> list[tuple[str, str, str, str]]:
+        hit = self._rules.get(tenant_id)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        rules = await self.source.rules(tenant_id)
+        self._rules[tenant_id] = (time.monotonic() + self.ttl, rules)
+        return rules
+
+    async def tenant_policy(self, tenant_id: str) -> dict[str, Any]:
+        hit = self._policies.get(tenant_id)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        policy = await self.source.tenant_policy(tenant_id)
+        self._policies[tenant_id] = (time.monotonic() + self.ttl, policy)
+        return policy
+
+    def forget(self, tenant_id: str) -> None:
+        self._rules.pop(tenant_id, None)
+        self._policies.pop(tenant_id, None)
 
 
 class AgentStore(ConversationStore, Protocol):
@@ -266,9 +298,7 @@ class AgentService:
         finished = []
         for action in actions:
             ran = (
-                await self.executor.execute(action)
-                if action.state is ActionState.APPROVED
-                else action
+                await self.executor.run(action) if action.state is ActionState.EXECUTING else action
             )
             finished.append(ran)
         parts = [proposal.reasoning, outcome.reasoning]
@@ -345,15 +375,23 @@ class AgentService:
         )
         if not decision.executable:
             return action
-        if decision.level is DecisionLevel.AUTOMATIC:
-            return _replace(action, state=ActionState.APPROVED, decided_by="policy:automatic")
-        # Waiting actions hold their tokens, so an approval never finds them spent.
+        # Automatic actions hold their tokens from the start and are stored already
+        # executing (one write fewer); waiting ones hold them so an approval never
+        # finds them spent.
         try:
             reservation_id = await self.executor.reserve(action)
         except InsufficientTokens as err:
             blocked = BlockedReason("INSUFFICIENT_TOKENS", err.message, "tokens")
             return _replace(
                 action, executable=False, blocked=[*action.blocked, _blocked_dict(blocked)]
+            )
+        if decision.level is DecisionLevel.AUTOMATIC:
+            return _replace(
+                action,
+                state=ActionState.EXECUTING,
+                decided_by="policy:automatic",
+                reservation_id=reservation_id,
+                attempts=1,
             )
         return _replace(
             action,

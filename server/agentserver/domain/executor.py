@@ -5,11 +5,12 @@
     -> record the result -> capture on success | release on failure
 
 Crash rule: an action found `executing` for longer than the lease (no live
-executor) is never sent again. If its provider id was recorded, the side effect
-happened: the tokens are captured and it succeeds. If not, the outcome is
-unknown: it fails with "interrupted", the tokens are released, and a person can
-propose it again. A duplicate send is worse than a missed one for every channel
-we have.
+executor) is never sent again. If its tokens were captured, or its provider id
+was recorded, the side effect happened: it succeeds (capturing if needed). If
+not, the outcome is unknown: it fails with "interrupted", the tokens are
+released, and a person can propose it again. A duplicate send is worse than a
+missed one for every channel we have. (A crash between the provider accepting
+and the capture therefore under-charges, never double-sends.)
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class Executor:
         )
         if running is None:  # someone else is running (or ran) it
             return await self.actions.get(action.tenant_id, action.id)
+        return await self.run(running)
+
+    async def run(self, running: Action) -> Action:
+        """Carry out an action this caller moved to EXECUTING (tokens already held)."""
         try:
             result = await self.retry(lambda: self.runner.run(running))
         except (ChannelError, DomainError) as err:
@@ -136,21 +141,22 @@ class Executor:
         except Exception as err:  # a bug in a handler must still settle the tokens
             log.exception("action %s crashed in its runner", running.id)
             return await self._fail(running, PermanentChannelError(f"internal error: {err}"))
-        recorded = await self.actions.update(
-            running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
-        )
-        if result.pending:
-            return recorded  # finishes later, through poll_pending
-        return await self._succeed(recorded)
+        if result.pending:  # finishes later, through poll_pending
+            return await self.actions.update(
+                running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
+            )
+        return await self._succeed(running, _result_dict(result))
 
-    async def _succeed(self, action: Action) -> Action:
+    async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
         await self.capture(action)
+        changes = {} if result is None else {"result": result}
         done = await self.actions.transition(
             action.tenant_id,
             action.id,
             frozenset({ActionState.EXECUTING}),
             ActionState.SUCCEEDED,
             self.clock.now(),
+            **changes,
         )
         return done or await self.actions.get(action.tenant_id, action.id)
 
@@ -194,6 +200,12 @@ class Executor:
         """Settle an action left executing by a crashed executor (see the module rule)."""
         if action.result.get("pending"):
             return await self.poll_pending(action)
+        if (
+            action.reservation_id
+            and await self.ledger.reservation_state(action.tenant_id, action.reservation_id)
+            == "captured"
+        ):
+            return await self._succeed(action)  # it was sent and charged; only the row lagged
         if action.result.get("provider_id"):
             return await self._succeed(action)
         return await self._fail(

@@ -398,6 +398,9 @@ class LedgerService:
         validate_request_id(request_id)
         return await self.store.release(tenant_id, reservation_id, request_id, self.clock.now())
 
+    async def reservation_state(self, tenant_id: str, reservation_id: str) -> str:
+        return (await self.store.get_reservation(tenant_id, reservation_id)).state.value
+
     async def add_tokens(
         self, tenant_id: str, location_id: str, amount: int, request_id: str, description: str
     ) -> tuple[Entry, Balance]:

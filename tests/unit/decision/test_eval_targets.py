@@ -43,3 +43,16 @@ def test_invariants_always_hold(summary: dict[str, Any]) -> None:
 
 def test_bypass_attempts_are_caught(summary: dict[str, Any]) -> None:
     assert summary["bypass_recall"] >= 0.9 and summary["bypass_precision"] >= 0.9
+
+
+def test_every_message_has_an_expected_level() -> None:
+    levels = {"automatic", "suggestion", "consultation", "approval_required"}
+    cases = _load().load_cases()
+    assert all(c.get("expected_level") in levels for c in cases)
+    assert all(c["expected_level"] == "automatic" for c in cases if not c["expected"])
+
+
+def test_level_accuracy(summary: dict[str, Any]) -> None:
+    # Response level under full permissions, ample balance and the default policy,
+    # against hand labels; the mismatches are listed in bench/results/decision_eval.md.
+    assert summary["level_accuracy"] >= 0.85, summary["level_mismatches"]

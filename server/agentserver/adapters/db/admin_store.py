@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db import models
+from agentserver.adapters.db.engine import reader
 from agentserver.domain.errors import Conflict, InvalidArgument, NotFound
 from agentserver.domain.identity import KeyRecord, generate_key, hash_key
 from agentserver.domain.ids import new_id
@@ -29,6 +30,7 @@ EFFECTS = ("allow", "deny")
 class SqlAdminStore:
     def __init__(self, engine: AsyncEngine, *, low_balance_threshold: int = 50) -> None:
         self._engine = engine
+        self._read = reader(engine)
         self._low_balance_threshold = low_balance_threshold
 
     # -- tenants -------------------------------------------------------------
@@ -60,17 +62,17 @@ class SqlAdminStore:
             raise Conflict(f"tenant {tenant_id!r} already exists") from None
 
     async def tenant_exists(self, tenant_id: str) -> bool:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             return (
                 await conn.execute(select(T.c.id).where(T.c.id == tenant_id))
             ).first() is not None
 
     async def count_tenants(self) -> int:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(T))).scalar_one())
 
     async def tenant_policy(self, tenant_id: str) -> dict[str, Any]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             row = (await conn.execute(select(T.c.policy).where(T.c.id == tenant_id))).first()
         if row is None:
             raise NotFound(f"tenant {tenant_id!r} not found")
@@ -111,14 +113,14 @@ class SqlAdminStore:
                 raise NotFound(f"API key {key_id!r} not found")
 
     async def list_keys(self, tenant_id: str | None) -> list[dict[str, Any]]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             query = select(K.c.id, K.c.tenant_id, K.c.scopes, K.c.description, K.c.revoked_at)
             if tenant_id is not None:
                 query = query.where(K.c.tenant_id == tenant_id)
             return [dict(r._mapping) for r in await conn.execute(query.order_by(K.c.created_at))]
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             row = (await conn.execute(select(K).where(K.c.key_hash == key_hash))).first()
         if row is None:
             return None
@@ -177,7 +179,7 @@ class SqlAdminStore:
 
     async def rules(self, tenant_id: str) -> list[tuple[str, str, str, str]]:
         """(scope, subject_id, effect, permission) of every rule of the tenant."""
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = await conn.execute(
                 select(PR.c.scope, PR.c.subject_id, PR.c.effect, PR.c.permission)
                 .where(PR.c.tenant_id == tenant_id)
@@ -214,7 +216,7 @@ class SqlAdminStore:
     async def channel(
         self, tenant_id: str, channel: str
     ) -> tuple[dict[str, Any], str | None] | None:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             row = (
                 await conn.execute(
                     select(CS.c.config, CS.c.secret).where(
@@ -225,7 +227,7 @@ class SqlAdminStore:
         return None if row is None else (dict(row.config or {}), row.secret)
 
     async def any_channel_secrets(self) -> bool:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             row = (
                 await conn.execute(select(CS.c.tenant_id).where(CS.c.secret.is_not(None)))
             ).first()
@@ -239,7 +241,7 @@ class SqlAdminStore:
                 await conn.execute(insert(EV), list(events))
 
     async def events(self, tenant_id: str | None, kind_prefix: str = "") -> list[dict[str, Any]]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             query = select(EV)
             if tenant_id is not None:
                 query = query.where(EV.c.tenant_id == tenant_id)

@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db import models
+from agentserver.adapters.db.engine import reader
 from agentserver.domain.actions import Action, ActionFilter, ActionState
 from agentserver.domain.conversations import Message, Role, Session
 from agentserver.domain.decision.levels import DecisionLevel
@@ -113,11 +114,12 @@ class SqlAgentStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._read = reader(engine)
 
     # -- conversations -------------------------------------------------------
 
     async def get_session(self, tenant_id: str, session_id: str) -> Session:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             row = (
                 await conn.execute(
                     select(S).where(S.c.tenant_id == tenant_id, S.c.id == session_id)
@@ -139,7 +141,7 @@ class SqlAgentStore:
                 | ((S.c.updated_at == after_time) & (S.c.id < after_id))
             )
         query = query.order_by(S.c.updated_at.desc(), S.c.id.desc()).limit(page.size + 1)
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = (await conn.execute(query)).all()
         sessions = [_session(r) for r in rows[: page.size]]
         token = ""
@@ -158,14 +160,14 @@ class SqlAgentStore:
         if page.after:
             query = query.where(M.c.id < str(page.after["id"]))
         query = query.order_by(M.c.id.desc()).limit(page.size + 1)
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = (await conn.execute(query)).all()
         messages = [_message(r) for r in rows[: page.size]]
         token = encode_token("messages", {"id": messages[-1].id}) if len(rows) > page.size else ""
         return messages, token
 
     async def recent_messages(self, tenant_id: str, session_id: str, limit: int) -> list[Message]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = (
                 await conn.execute(
                     select(M)
@@ -195,14 +197,14 @@ class SqlAgentStore:
                         user_id=session.user_id,
                         location_id=session.location_id,
                         title=session.title,
-                        message_count=0,
+                        message_count=len(messages),
                         created_at=now,
                         updated_at=now,
                     )
                 )
             if actions:
                 await conn.execute(insert(A), [action_values(a) for a in actions])
-            await self._append(conn, tenant_id, session.id, messages, now)
+            await self._append(conn, tenant_id, session.id, messages, now, count=not new_session)
 
     async def append_messages(
         self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
@@ -211,7 +213,14 @@ class SqlAgentStore:
             await self._append(conn, tenant_id, session_id, messages, now)
 
     async def _append(
-        self, conn: Any, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
+        self,
+        conn: Any,
+        tenant_id: str,
+        session_id: str,
+        messages: Sequence[Message],
+        now: datetime,
+        *,
+        count: bool = True,
     ) -> None:
         if not messages:
             return
@@ -231,16 +240,17 @@ class SqlAgentStore:
                 for m in messages
             ],
         )
-        await conn.execute(
-            update(S)
-            .where(S.c.tenant_id == tenant_id, S.c.id == session_id)
-            .values(message_count=S.c.message_count + len(messages), updated_at=now)
-        )
+        if count:
+            await conn.execute(
+                update(S)
+                .where(S.c.tenant_id == tenant_id, S.c.id == session_id)
+                .values(message_count=S.c.message_count + len(messages), updated_at=now)
+            )
 
     # -- actions -------------------------------------------------------------
 
     async def get(self, tenant_id: str, action_id: str) -> Action:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             row = (
                 await conn.execute(select(A).where(A.c.tenant_id == tenant_id, A.c.id == action_id))
             ).first()
@@ -259,7 +269,7 @@ class SqlAgentStore:
         if page.after:
             query = query.where(A.c.id < str(page.after["id"]))
         query = query.order_by(A.c.id.desc()).limit(page.size + 1)
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = (await conn.execute(query)).all()
         actions = [_action(r) for r in rows[: page.size]]
         token = encode_token("actions", {"id": actions[-1].id}) if len(rows) > page.size else ""
@@ -275,31 +285,31 @@ class SqlAgentStore:
         **changes: Any,
     ) -> Action | None:
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(A)
-                .where(
-                    A.c.tenant_id == tenant_id,
-                    A.c.id == action_id,
-                    A.c.state.in_(sorted(s.value for s in from_states)),
-                )
-                .values(state=to_state.value, updated_at=now, version=A.c.version + 1, **changes)
-            )
-            if result.rowcount != 1:
-                return None
             row = (
-                await conn.execute(select(A).where(A.c.tenant_id == tenant_id, A.c.id == action_id))
-            ).one()
-        return _action(row)
+                await conn.execute(
+                    update(A)
+                    .where(
+                        A.c.tenant_id == tenant_id,
+                        A.c.id == action_id,
+                        A.c.state.in_(sorted(s.value for s in from_states)),
+                    )
+                    .values(
+                        state=to_state.value, updated_at=now, version=A.c.version + 1, **changes
+                    )
+                    .returning(*A.c)
+                )
+            ).first()
+        return None if row is None else _action(row)
 
     async def update(self, tenant_id: str, action_id: str, now: datetime, **changes: Any) -> Action:
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(A)
-                .where(A.c.tenant_id == tenant_id, A.c.id == action_id)
-                .values(updated_at=now, version=A.c.version + 1, **changes)
-            )
             row = (
-                await conn.execute(select(A).where(A.c.tenant_id == tenant_id, A.c.id == action_id))
+                await conn.execute(
+                    update(A)
+                    .where(A.c.tenant_id == tenant_id, A.c.id == action_id)
+                    .values(updated_at=now, version=A.c.version + 1, **changes)
+                    .returning(*A.c)
+                )
             ).one()
         return _action(row)
 
@@ -312,7 +322,7 @@ class SqlAgentStore:
                 ActionState.AWAITING_APPROVER,
             )
         ]
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = await conn.execute(
                 select(A.c.tenant_id, A.c.id)
                 .where(A.c.state.in_(waiting), A.c.expires_at <= now)
@@ -321,7 +331,7 @@ class SqlAgentStore:
             return [(r.tenant_id, r.id) for r in rows]
 
     async def stale_executing(self, before: datetime, limit: int) -> list[tuple[str, str]]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = await conn.execute(
                 select(A.c.tenant_id, A.c.id)
                 .where(A.c.state == ActionState.EXECUTING.value, A.c.updated_at < before)
@@ -330,7 +340,7 @@ class SqlAgentStore:
             return [(r.tenant_id, r.id) for r in rows]
 
     async def count_messages(self, tenant_id: str, session_id: str) -> int:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             return int(
                 (
                     await conn.execute(

@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentserver.adapters.db import models
+from agentserver.adapters.db.engine import reader
 from agentserver.domain.channels import PermanentChannelError
 from agentserver.domain.ids import new_id
 
@@ -38,6 +39,7 @@ def _resource(row: Any) -> dict[str, Any]:
 class SqlBusinessStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._read = reader(engine)
 
     async def _find(
         self,
@@ -104,7 +106,7 @@ class SqlBusinessStore:
             query = query.where(func.lower(R.c.name) == name.lower())
         if resource_type:
             query = query.where(func.lower(R.c.resource_type) == resource_type.lower())
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = (await conn.execute(query.order_by(R.c.name).limit(50))).all()
         return [_resource(r) for r in rows]
 
@@ -234,7 +236,7 @@ class SqlBusinessStore:
 
     async def summary(self, tenant_id: str, since: datetime, until: datetime) -> dict[str, Any]:
         """Usage by operation type, bookings and resources in a period."""
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             usage = await conn.execute(
                 select(E.c.operation_type, func.sum(E.c.used_delta))
                 .where(E.c.tenant_id == tenant_id, E.c.created_at >= since, E.c.created_at < until)

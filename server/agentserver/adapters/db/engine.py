@@ -13,7 +13,7 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> AsyncEngine:
     """An async engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
     if is_sqlite(url):
         _ensure_sqlite_dir(url)
@@ -25,12 +25,22 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
     return create_async_engine(
         url,
         echo=echo,
+        # A fixed pool: overflow connections would be opened and closed under load,
+        # each paying a connect (and TLS attempt) and a cold statement cache.
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        # asyncpg prepares statements per connection; keep its cache warm.
+        max_overflow=0,
+        # No pre-ping round trip per checkout; stale connections are recycled instead.
+        pool_recycle=1800,
         connect_args={"statement_cache_size": 512},
     )
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool for reads that need no transaction: PostgreSQL in autocommit (no
+    BEGIN/ROLLBACK round trips), SQLite with a deferred BEGIN (no write lock)."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(agentserver_read=True)
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -53,6 +63,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Take the write lock at BEGIN: a deferred transaction that reads and then
-        # writes can fail with SQLITE_BUSY when another writer got there first.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock at BEGIN: a deferred transaction that reads and
+        # then writes can fail with SQLITE_BUSY when another writer got there first.
+        # Reads (see `reader`) begin deferred and never block writers (WAL).
+        if conn.get_execution_options().get("agentserver_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

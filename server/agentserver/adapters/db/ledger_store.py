@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentserver.adapters.db import models
+from agentserver.adapters.db.engine import reader
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import (
     Conflict,
@@ -116,6 +117,7 @@ def _wallet_subject(tenant_id: str, location_id: str) -> str:
 class SqlLedgerStore:
     def __init__(self, engine: AsyncEngine, *, low_balance_threshold: int = 50) -> None:
         self._engine = engine
+        self._read = reader(engine)
         self._low_balance_threshold = low_balance_threshold
 
     # -- helpers -------------------------------------------------------------
@@ -637,11 +639,11 @@ class SqlLedgerStore:
         return ended
 
     async def get_reservation(self, tenant_id: str, reservation_id: str) -> Reservation:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             return to_reservation(await self._reservation_row(conn, tenant_id, reservation_id))
 
     async def expired_reservations(self, now: datetime, limit: int) -> list[tuple[str, str]]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             rows = await conn.execute(
                 select(RS.c.tenant_id, RS.c.id)
                 .where(RS.c.state == ReservationState.PENDING.value, RS.c.expires_at <= now)
@@ -653,13 +655,13 @@ class SqlLedgerStore:
     # -- reads ---------------------------------------------------------------
 
     async def balance(self, tenant_id: str, location_id: str) -> Balance:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             return to_balance(await self._spending_wallet(conn, tenant_id, location_id, lock=False))
 
     async def list_entries(
         self, tenant_id: str, location_id: str, page: PageRequest
     ) -> tuple[list[Entry], str]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             wallet = await self._spending_wallet(conn, tenant_id, location_id, lock=False)
             query = select(E).where(E.c.tenant_id == tenant_id, E.c.wallet_id == wallet.id)
             if page.after:
@@ -670,7 +672,7 @@ class SqlLedgerStore:
         return entries, token
 
     async def tenant_ids(self) -> list[str]:
-        async with self._engine.connect() as conn:
+        async with self._read.connect() as conn:
             return list((await conn.execute(select(T.c.id).order_by(T.c.id))).scalars())
 
     # -- monthly fee ---------------------------------------------------------
