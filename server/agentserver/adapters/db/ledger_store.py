@@ -9,6 +9,7 @@ overdraft is impossible even if the code above it were wrong.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -565,78 +566,136 @@ class SqlLedgerStore:
         kind: EntryKind,
         amount: int | None,
     ) -> tuple[Reservation, Entry]:
-        expired_instead = False
-        async with self._engine.begin() as conn:
-            existing = await self._entries_by_request(conn, tenant_id, [request_id])
+        """End a pending reservation exactly once.
+
+        Fast path, one transaction: claim the reservation with a conditional UPDATE
+        (pending, not expired, big enough), move the wallet's columns, append the
+        entry. Locks are always taken reservation first, then wallet, so ends never
+        deadlock each other. When nothing was claimed, a read explains why: a replay
+        of the same request, a reused key, an unknown, ended or expired reservation.
+        """
+        state = {
+            EntryKind.CAPTURE: ReservationState.CAPTURED,
+            EntryKind.RELEASE: ReservationState.RELEASED,
+            EntryKind.EXPIRE: ReservationState.EXPIRED,
+        }[kind]
+        for _ in range(_RETRIES):
+            try:
+                async with self._engine.begin() as conn:
+                    claimed = await self._claim(
+                        conn,
+                        tenant_id,
+                        reservation_id,
+                        request_id,
+                        req_hash,
+                        now,
+                        kind,
+                        state,
+                        amount,
+                    )
+                    if claimed is not None:
+                        return claimed
+            except IntegrityError:
+                pass  # the request_id was used before: explained below
+            async with self._read.connect() as conn:
+                existing = await self._entries_by_request(conn, tenant_id, [request_id])
+                res = await self._reservation_row(conn, tenant_id, reservation_id)
             if request_id in existing:
                 first = existing[request_id]
-                if first.request_hash != req_hash:
+                if first.request_hash != req_hash or first.reservation_id != reservation_id:
                     raise _conflict(request_id)
-                res = await self._reservation_row(conn, tenant_id, reservation_id)
                 return to_reservation(res), to_entry(first)
-            res = await self._reservation_row(conn, tenant_id, reservation_id)
-            wallet = await self._lock_wallet(conn, res.wallet_id)
-            res = await self._reservation_row(conn, tenant_id, reservation_id, lock=True)
             if res.state != ReservationState.PENDING.value:
                 raise FailedPrecondition(
                     f"reservation {reservation_id} has already ended ({res.state})",
                     reason="RESERVATION_ENDED",
                 )
+            if kind is EntryKind.CAPTURE and amount is not None and amount > res.amount:
+                raise InvalidArgument.field(
+                    "amount", f"must be at most the reserved {res.amount} tokens"
+                )
             if kind is not EntryKind.EXPIRE and res.expires_at <= now:
                 # Past its expiry but not swept yet: it expires now, and the request fails.
-                kind, request_id, expired_instead = EntryKind.EXPIRE, f"expire:{res.id}", True
-                req_hash = request_hash("release", reservation_id)
-            spent = 0
-            if kind is EntryKind.CAPTURE:
-                spent = res.amount if amount is None else amount
-                if spent > res.amount:
-                    raise InvalidArgument.field(
-                        "amount", f"must be at most the reserved {res.amount} tokens"
+                with contextlib.suppress(FailedPrecondition):
+                    await self._end_reservation(
+                        tenant_id,
+                        reservation_id,
+                        f"expire:{reservation_id}",
+                        request_hash("release", reservation_id),
+                        now,
+                        EntryKind.EXPIRE,
+                        None,
                     )
-            state = {
-                EntryKind.CAPTURE: ReservationState.CAPTURED,
-                EntryKind.RELEASE: ReservationState.RELEASED,
-                EntryKind.EXPIRE: ReservationState.EXPIRED,
-            }[kind]
-            used = wallet.used_tokens + spent
-            reserved = wallet.reserved_tokens - res.amount
+                raise FailedPrecondition(
+                    f"reservation {reservation_id} has expired", reason="RESERVATION_ENDED"
+                )
+            # Still pending and claimable: it changed between the claim and the read.
+        raise RuntimeError(f"reservation {reservation_id} kept changing")
+
+    async def _claim(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        reservation_id: str,
+        request_id: str,
+        req_hash: str,
+        now: datetime,
+        kind: EntryKind,
+        state: ReservationState,
+        amount: int | None,
+    ) -> tuple[Reservation, Entry] | None:
+        claim = update(RS).where(
+            RS.c.tenant_id == tenant_id,
+            RS.c.id == reservation_id,
+            RS.c.state == ReservationState.PENDING.value,
+        )
+        if kind is not EntryKind.EXPIRE:
+            claim = claim.where(RS.c.expires_at > now)
+        spent: Any = 0
+        if kind is EntryKind.CAPTURE:
+            spent = RS.c.amount if amount is None else amount
+            if amount is not None:
+                claim = claim.where(RS.c.amount >= amount)
+        res = (
+            await conn.execute(
+                claim.values(state=state.value, captured_amount=spent, ended_at=now).returning(
+                    *RS.c
+                )
+            )
+        ).first()
+        if res is None:
+            return None
+        wallet = (
             await conn.execute(
                 update(W)
-                .where(W.c.id == wallet.id)
-                .values(used_tokens=used, reserved_tokens=reserved, updated_at=now)
+                .where(W.c.id == res.wallet_id)
+                .values(
+                    used_tokens=W.c.used_tokens + res.captured_amount,
+                    reserved_tokens=W.c.reserved_tokens - res.amount,
+                    updated_at=now,
+                )
+                .returning(*W.c)
             )
-            await conn.execute(
-                update(RS)
-                .where(RS.c.id == res.id, RS.c.state == ReservationState.PENDING.value)
-                .values(state=state.value, captured_amount=spent, ended_at=now)
-            )
-            values = self._entry_values(
-                wallet,
-                location_id=res.location_id,
-                operation_type=res.operation_type,
-                kind=kind,
-                tokens=spent if kind is EntryKind.CAPTURE else res.amount,
-                request_id=request_id,
-                req_hash=req_hash,
-                now=now,
-                total_after=wallet.total_tokens,
-                used_after=used,
-                reserved_after=reserved,
-                used_delta=spent,
-                reserved_delta=-res.amount,
-                reservation_id=res.id,
-                description=res.description,
-            )
-            await conn.execute(insert(E).values(**values))
-            ended = (
-                to_reservation(await self._reservation_row(conn, tenant_id, reservation_id)),
-                to_entry(_Obj(values)),
-            )
-        if expired_instead:
-            raise FailedPrecondition(
-                f"reservation {reservation_id} has expired", reason="RESERVATION_ENDED"
-            )
-        return ended
+        ).one()
+        values = self._entry_values(
+            wallet,
+            location_id=res.location_id,
+            operation_type=res.operation_type,
+            kind=kind,
+            tokens=res.captured_amount if kind is EntryKind.CAPTURE else res.amount,
+            request_id=request_id,
+            req_hash=req_hash,
+            now=now,
+            total_after=wallet.total_tokens,
+            used_after=wallet.used_tokens,
+            reserved_after=wallet.reserved_tokens,
+            used_delta=res.captured_amount,
+            reserved_delta=-res.amount,
+            reservation_id=res.id,
+            description=res.description,
+        )
+        await conn.execute(insert(E).values(**values))
+        return to_reservation(res), to_entry(_Obj(values))
 
     async def get_reservation(self, tenant_id: str, reservation_id: str) -> Reservation:
         async with self._read.connect() as conn:
