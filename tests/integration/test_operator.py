@@ -29,11 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_block(heading: str) -> list[str]:
-    """The shell lines of the first ```sh block after `heading` in the README."""
+    """The shell lines of every ```sh block in the README section under `heading`."""
     text = (ROOT / "README.md").read_text()
-    section = text.split(heading, 1)[1]
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
-    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in section.split("```sh\n")[1:]]
+    return [
+        line
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 @pytest.fixture
@@ -61,6 +66,9 @@ def test_readme_grpcurl_examples_work_as_written(served) -> None:  # type: ignor
     out = result.stdout
     for service in ("AgentService", "ConversationService", "TokenService"):
         assert f"agentserver.v1.{service}" in out
+    assert '"state": "ACTION_STATE_SUCCEEDED"' in out  # the Process example ran its email
+    assert '"state": "ACTION_STATE_AWAITING_USER"' in out  # and the booking waits
+    assert '"total_tokens": "1500"' in out  # AddTokens with the platform key
     match = re.search(r"^\{\n  \"costs\".*?^\}$", out, re.S | re.M)
     assert match, out
     costs = json.loads(match.group(0))["costs"]
