@@ -446,3 +446,69 @@ async def test_every_rpc_is_audited(harness: Harness) -> None:
     assert ("audit.ChargeTokens", "OK") in outcomes
     assert ("audit.ChargeTokens", "FAILED_PRECONDITION") in outcomes
     assert all(e["actor"].endswith("/auditor") for e in events)
+
+
+async def test_concurrent_ends_of_many_reservations(harness: Harness) -> None:
+    t = await harness.tenant(400)
+    async with t.client() as client:
+        reservations = [
+            (
+                await client.reserve_tokens(
+                    pb.ReserveTokensRequest(
+                        tenant_id=t.id, operation_type=SMS, amount=10, request_id=rid()
+                    )
+                )
+            ).reservation
+            for _ in range(20)
+        ]
+        assert await available(client, t.id) == 200
+        calls = []
+        for i, res in enumerate(reservations):
+            if i % 2:
+                calls.append(
+                    client.release_reservation(
+                        pb.ReleaseReservationRequest(
+                            tenant_id=t.id, reservation_id=res.id, request_id=rid()
+                        )
+                    )
+                )
+            else:
+                calls.append(
+                    client.capture_reservation(
+                        pb.CaptureReservationRequest(
+                            tenant_id=t.id, reservation_id=res.id, amount=i % 7, request_id=rid()
+                        )
+                    )
+                )
+        results = await asyncio.gather(*calls)
+        spent = sum(i % 7 for i in range(0, 20, 2))
+        assert await available(client, t.id) == 400 - spent
+        # each entry's snapshot is a state the wallet really passed through
+        afters = sorted(r.entry.available_after for r in results)
+        assert afters[-1] == 400 - spent
+        assert len(set(afters)) == len(afters) or spent == 0
+        # a key reused for another reservation in the same burst: one wins, one conflicts
+        a, b = [
+            (
+                await client.reserve_tokens(
+                    pb.ReserveTokensRequest(
+                        tenant_id=t.id, operation_type=SMS, amount=1, request_id=rid()
+                    )
+                )
+            ).reservation
+            for _ in range(2)
+        ]
+        outcome = await asyncio.gather(
+            *(
+                client.capture_reservation(
+                    pb.CaptureReservationRequest(
+                        tenant_id=t.id, reservation_id=r.id, request_id="shared-key"
+                    )
+                )
+                for r in (a, b)
+            ),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcome if isinstance(o, AgentServerError)]
+        assert len(errors) == 1 and errors[0].code is StatusCode.ALREADY_EXISTS
+    await ledger_invariant(harness, t.id)

@@ -151,6 +151,16 @@ class DebitResult:
 
 
 @dataclass(frozen=True)
+class EndRequest:
+    """Capture (amount None = all) or release of one reservation."""
+
+    reservation_id: str
+    request_id: str
+    capture: bool
+    amount: int | None = None
+
+
+@dataclass(frozen=True)
 class MonthlyFeeResult:
     tenant_id: str
     month: str
@@ -266,6 +276,12 @@ class LedgerStore(Protocol):
         expired: bool = False,
     ) -> tuple[Reservation, Entry]: ...
 
+    async def end_reservations(
+        self, tenant_id: str, requests: Sequence[EndRequest], now: datetime
+    ) -> list[tuple[Reservation, Entry] | DomainError]:
+        """Capture or release several reservations of a tenant in one transaction."""
+        ...
+
     async def balance(self, tenant_id: str, location_id: str) -> Balance: ...
 
     async def list_entries(
@@ -353,9 +369,17 @@ class LedgerService:
     clock: Clock
     costs: CostTable
     _coalescer: Coalescer[tuple[str, str], Debit, DebitResult] = field(init=False)
+    _ends: Coalescer[str, EndRequest, tuple[Reservation, Entry]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._coalescer = Coalescer(self._apply)
+        # Captures and releases are coalesced per tenant the same way as debits.
+        self._ends = Coalescer(self._end)
+
+    async def _end(
+        self, tenant_id: str, requests: list[EndRequest]
+    ) -> list[tuple[Reservation, Entry] | DomainError]:
+        return await self.store.end_reservations(tenant_id, requests, self.clock.now())
 
     async def _apply(
         self, key: tuple[str, str], debits: list[Debit]
@@ -385,8 +409,8 @@ class LedgerService:
         if amount is not None:
             validate_amount(amount, allow_zero=True)
         validate_request_id(request_id)
-        return await self.store.capture(
-            tenant_id, reservation_id, amount, request_id, self.clock.now()
+        return await self._ends.submit(
+            tenant_id, EndRequest(reservation_id, request_id, capture=True, amount=amount)
         )
 
     async def release(
@@ -396,7 +420,9 @@ class LedgerService:
         if not reservation_id:
             raise InvalidArgument.field("reservation_id", "is required")
         validate_request_id(request_id)
-        return await self.store.release(tenant_id, reservation_id, request_id, self.clock.now())
+        return await self._ends.submit(
+            tenant_id, EndRequest(reservation_id, request_id, capture=False)
+        )
 
     async def reservation_state(self, tenant_id: str, reservation_id: str) -> str:
         return (await self.store.get_reservation(tenant_id, reservation_id)).state.value

@@ -35,6 +35,7 @@ from agentserver.domain.ledger import (
     Balance,
     Debit,
     DebitResult,
+    EndRequest,
     Entry,
     EntryKind,
     MonthlyFeeResult,
@@ -556,6 +557,93 @@ class SqlLedgerStore:
             tenant_id, reservation_id, request_id, req_hash, now, kind, None
         )
 
+    async def end_reservations(
+        self, tenant_id: str, requests: Sequence[EndRequest], now: datetime
+    ) -> list[tuple[Reservation, Entry] | DomainError]:
+        """Claim every reservation that can be claimed in one transaction (claims in
+        reservation-id order, then one UPDATE per wallet, then one INSERT), so
+        concurrent batches lock rows in the same order. Whatever was not claimed, or
+        the whole batch if a request_id was reused, goes through `_end_reservation`,
+        which explains it (replay, conflict, ended, expired, not found)."""
+        results: list[tuple[Reservation, Entry] | DomainError | None] = [None] * len(requests)
+        if len(requests) > 1:
+            try:
+                async with self._engine.begin() as conn:
+                    await self._end_batch(conn, tenant_id, requests, now, results)
+            except IntegrityError:
+                results = [None] * len(requests)
+        for i, req in enumerate(requests):
+            if results[i] is None:
+                try:
+                    results[i] = await self._end_one(tenant_id, req, now)
+                except DomainError as err:
+                    results[i] = err
+        return [r for r in results if r is not None]
+
+    async def _end_one(
+        self, tenant_id: str, req: EndRequest, now: datetime
+    ) -> tuple[Reservation, Entry]:
+        if req.capture:
+            return await self.capture(
+                tenant_id, req.reservation_id, req.amount, req.request_id, now
+            )
+        return await self.release(tenant_id, req.reservation_id, req.request_id, now)
+
+    async def _end_batch(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        requests: Sequence[EndRequest],
+        now: datetime,
+        results: list[tuple[Reservation, Entry] | DomainError | None],
+    ) -> None:
+        claimed: list[tuple[int, Row[Any], str]] = []
+        seen: set[str] = set()
+        for i in sorted(range(len(requests)), key=lambda i: requests[i].reservation_id):
+            req = requests[i]
+            if req.reservation_id in seen:
+                continue  # a second end of the same reservation: explained alone
+            seen.add(req.reservation_id)
+            kind = EntryKind.CAPTURE if req.capture else EntryKind.RELEASE
+            res = await self._claim_row(conn, tenant_id, req.reservation_id, now, kind, req.amount)
+            if res is not None:
+                claimed.append((i, res, self._end_hash(req)))
+        if not claimed:
+            return
+        totals: dict[str, list[int]] = {}
+        for _, res, _ in claimed:
+            t = totals.setdefault(res.wallet_id, [0, 0])
+            t[0] += res.captured_amount
+            t[1] += res.amount
+        running: dict[str, list[int]] = {}
+        wallets: dict[str, Row[Any]] = {}
+        for wallet_id in sorted(totals):
+            used_add, reserved_sub = totals[wallet_id]
+            wallet = await self._move_wallet(conn, wallet_id, used_add, reserved_sub, now)
+            wallets[wallet_id] = wallet
+            running[wallet_id] = [
+                wallet.used_tokens - used_add,
+                wallet.reserved_tokens + reserved_sub,
+            ]
+        entries = []
+        for i, res, req_hash in sorted(claimed, key=lambda c: c[0]):
+            wallet = wallets[res.wallet_id]
+            state = running[res.wallet_id]
+            state[0] += res.captured_amount
+            state[1] -= res.amount
+            values = self._end_entry(
+                wallet, res, requests[i].request_id, req_hash, now, state[0], state[1]
+            )
+            entries.append(values)
+            results[i] = (to_reservation(res), to_entry(_Obj(values)))
+        await conn.execute(insert(E), entries)
+
+    @staticmethod
+    def _end_hash(req: EndRequest) -> str:
+        if req.capture:
+            return request_hash("capture", req.reservation_id, req.amount)
+        return request_hash("release", req.reservation_id)
+
     async def _end_reservation(
         self,
         tenant_id: str,
@@ -574,11 +662,6 @@ class SqlLedgerStore:
         deadlock each other. When nothing was claimed, a read explains why: a replay
         of the same request, a reused key, an unknown, ended or expired reservation.
         """
-        state = {
-            EntryKind.CAPTURE: ReservationState.CAPTURED,
-            EntryKind.RELEASE: ReservationState.RELEASED,
-            EntryKind.EXPIRE: ReservationState.EXPIRED,
-        }[kind]
         for _ in range(_RETRIES):
             try:
                 async with self._engine.begin() as conn:
@@ -590,7 +673,6 @@ class SqlLedgerStore:
                         req_hash,
                         now,
                         kind,
-                        state,
                         amount,
                     )
                     if claimed is not None:
@@ -632,18 +714,21 @@ class SqlLedgerStore:
             # Still pending and claimable: it changed between the claim and the read.
         raise RuntimeError(f"reservation {reservation_id} kept changing")
 
-    async def _claim(
+    async def _claim_row(
         self,
         conn: AsyncConnection,
         tenant_id: str,
         reservation_id: str,
-        request_id: str,
-        req_hash: str,
         now: datetime,
         kind: EntryKind,
-        state: ReservationState,
         amount: int | None,
-    ) -> tuple[Reservation, Entry] | None:
+    ) -> Row[Any] | None:
+        """End a pending reservation by a conditional UPDATE; None if it cannot be."""
+        state = {
+            EntryKind.CAPTURE: ReservationState.CAPTURED,
+            EntryKind.RELEASE: ReservationState.RELEASED,
+            EntryKind.EXPIRE: ReservationState.EXPIRED,
+        }[kind]
         claim = update(RS).where(
             RS.c.tenant_id == tenant_id,
             RS.c.id == reservation_id,
@@ -656,28 +741,46 @@ class SqlLedgerStore:
             spent = RS.c.amount if amount is None else amount
             if amount is not None:
                 claim = claim.where(RS.c.amount >= amount)
-        res = (
+        return (
             await conn.execute(
                 claim.values(state=state.value, captured_amount=spent, ended_at=now).returning(
                     *RS.c
                 )
             )
         ).first()
-        if res is None:
-            return None
-        wallet = (
+
+    async def _move_wallet(
+        self, conn: AsyncConnection, wallet_id: str, used_add: int, reserved_sub: int, now: datetime
+    ) -> Row[Any]:
+        return (
             await conn.execute(
                 update(W)
-                .where(W.c.id == res.wallet_id)
+                .where(W.c.id == wallet_id)
                 .values(
-                    used_tokens=W.c.used_tokens + res.captured_amount,
-                    reserved_tokens=W.c.reserved_tokens - res.amount,
+                    used_tokens=W.c.used_tokens + used_add,
+                    reserved_tokens=W.c.reserved_tokens - reserved_sub,
                     updated_at=now,
                 )
                 .returning(*W.c)
             )
         ).one()
-        values = self._entry_values(
+
+    def _end_entry(
+        self,
+        wallet: Row[Any],
+        res: Row[Any],
+        request_id: str,
+        req_hash: str,
+        now: datetime,
+        used_after: int,
+        reserved_after: int,
+    ) -> dict[str, Any]:
+        kind = {
+            ReservationState.CAPTURED.value: EntryKind.CAPTURE,
+            ReservationState.RELEASED.value: EntryKind.RELEASE,
+            ReservationState.EXPIRED.value: EntryKind.EXPIRE,
+        }[res.state]
+        return self._entry_values(
             wallet,
             location_id=res.location_id,
             operation_type=res.operation_type,
@@ -687,12 +790,31 @@ class SqlLedgerStore:
             req_hash=req_hash,
             now=now,
             total_after=wallet.total_tokens,
-            used_after=wallet.used_tokens,
-            reserved_after=wallet.reserved_tokens,
+            used_after=used_after,
+            reserved_after=reserved_after,
             used_delta=res.captured_amount,
             reserved_delta=-res.amount,
             reservation_id=res.id,
             description=res.description,
+        )
+
+    async def _claim(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        reservation_id: str,
+        request_id: str,
+        req_hash: str,
+        now: datetime,
+        kind: EntryKind,
+        amount: int | None,
+    ) -> tuple[Reservation, Entry] | None:
+        res = await self._claim_row(conn, tenant_id, reservation_id, now, kind, amount)
+        if res is None:
+            return None
+        wallet = await self._move_wallet(conn, res.wallet_id, res.captured_amount, res.amount, now)
+        values = self._end_entry(
+            wallet, res, request_id, req_hash, now, wallet.used_tokens, wallet.reserved_tokens
         )
         await conn.execute(insert(E).values(**values))
         return to_reservation(res), to_entry(_Obj(values))
