@@ -7,6 +7,7 @@ given ``now`` so tests and the evaluation can pin time.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
@@ -50,6 +51,7 @@ def edit_distance(a: str, b: str, limit: int = 3) -> int:
     return prev[-1]
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and the same words recur in every message
 def fuzzy_lookup(
     word: str,
     vocabulary: frozenset[str],
