@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from agentserver.adapters.channels.dryrun import DryRunCallChannel, DryRunChannel
@@ -273,8 +274,6 @@ class ActionRunner:
         return self._internal(deleted["id"], deleted)
 
     async def _booking_create(self, action: Action) -> ChannelResult:
-        from datetime import timedelta
-
         p = action.parameters
         start = _when(p["start"], "start")
         if p.get("end"):
@@ -352,8 +351,6 @@ def message_kind(action: Action) -> str:
 
 
 def _child(action: Action, action_id: str, **parameters: Any) -> Action:
-    from dataclasses import replace
-
     kind = "email.send" if "@" in str(parameters["to"]) else "sms.send"
     return replace(action, id=action_id, action_type=kind, parameters=parameters)
 

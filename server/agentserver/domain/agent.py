@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from agentserver.domain.actions import (
     Action,
     ActionFilter,
     ActionState,
+    ActionStore,
 )
 from agentserver.domain.clock import Clock
 from agentserver.domain.conversations import (
@@ -105,12 +106,10 @@ class CachedPolicySource:
         self._policies[tenant_id] = (time.monotonic() + self.ttl, policy)
         return policy
 
-    def forget(self, tenant_id: str) -> None:
-        self._rules.pop(tenant_id, None)
-        self._policies.pop(tenant_id, None)
 
+class AgentStore(ConversationStore, ActionStore, Protocol):
+    """Conversations and actions together, so an exchange is stored in one transaction."""
 
-class AgentStore(ConversationStore, Protocol):
     async def record_exchange(
         self,
         tenant_id: str,
@@ -124,26 +123,6 @@ class AgentStore(ConversationStore, Protocol):
     async def append_messages(
         self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
     ) -> None: ...
-
-    async def get(self, tenant_id: str, action_id: str) -> Action: ...
-
-    async def find(
-        self, tenant_id: str, flt: ActionFilter, page: PageRequest
-    ) -> tuple[list[Action], str]: ...
-
-    async def transition(
-        self,
-        tenant_id: str,
-        action_id: str,
-        from_states: frozenset[ActionState],
-        to_state: ActionState,
-        now: datetime,
-        **changes: Any,
-    ) -> Action | None: ...
-
-    async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
-
-    async def stale_executing(self, before: datetime, limit: int) -> list[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -454,7 +433,7 @@ class AgentService:
                 f"an approval needs {APPROVER_PERMISSION}", reason="NOT_ALLOWED_TO_DECIDE"
             )
 
-    async def _waiting(self, caller: Caller, action_id: str, request_id: str) -> Action | Action:
+    async def _waiting(self, caller: Caller, action_id: str, request_id: str) -> Action:
         if not action_id:
             raise InvalidArgument.field("action_id", "is required")
         validate_request_id(request_id)
@@ -598,8 +577,6 @@ class AgentService:
 
 
 def _replace(action: Action, **changes: Any) -> Action:
-    from dataclasses import replace
-
     return replace(action, **changes)
 
 
@@ -608,8 +585,6 @@ def _blocked_dict(b: BlockedReason) -> dict[str, str]:
 
 
 def _with_engine(proposal: Proposal, engine: str) -> Proposal:
-    from dataclasses import replace
-
     return replace(proposal, engine=engine)
 
 
