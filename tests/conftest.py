@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -127,6 +127,7 @@ class Harness:
     clock: FakeClock
     backend: str
     url: str
+    created: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -139,6 +140,7 @@ class Harness:
         tenant_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
         now = self.clock.now()
         await self.app.admin.create_tenant(tenant_id, tenant_id, now)
+        self.created.append(tenant_id)
         for rule in rules:
             await self.app.admin.set_rule(tenant_id, "business", "", "allow", rule)
         _, key = await self.app.admin.create_key(tenant_id, TENANT_DEFAULT_SCOPES, "test", now)
@@ -194,6 +196,19 @@ async def harness(request: pytest.FixtureRequest, tmp_root: Path) -> AsyncIterat
     yield h
     await h.server.stop(0)
     await h.app.close()
+
+
+@pytest.fixture(autouse=True)
+async def _ledger_invariant_after_each_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """The ledger invariant holds after every test that used the shared servers."""
+    if "harness" not in request.fixturenames:
+        yield
+        return
+    h: Harness = request.getfixturevalue("harness")
+    before = len(h.created)
+    yield
+    for tenant_id in h.created[before:]:
+        await ledger_invariant(h, tenant_id)
 
 
 async def ledger_invariant(h: Harness | AsyncEngine, tenant_id: str) -> None:

@@ -30,9 +30,9 @@ class AgentServiceStub:
     each whether it runs now or waits for a person, and lets people decide the
     waiting ones.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when the caller's metadata names another tenant. Rpcs whose behaviour has not
-    landed yet return UNIMPLEMENTED.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when the caller's metadata names another tenant or the key lacks the `agent`
+    scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     def __init__(self, channel):
@@ -78,9 +78,9 @@ class AgentServiceServicer:
     each whether it runs now or waits for a person, and lets people decide the
     waiting ones.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when the caller's metadata names another tenant. Rpcs whose behaviour has not
-    landed yet return UNIMPLEMENTED.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when the caller's metadata names another tenant or the key lacks the `agent`
+    scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     def Process(self, request, context):
@@ -128,7 +128,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListActionDefinitions(self, request, context):
-        """Lists the action registry: every action type the service can propose.
+        """Lists the action registry: every action type the service can propose,
+        optionally one category. Returns UNAUTHENTICATED without a valid API key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,9 +181,9 @@ class AgentService:
     each whether it runs now or waits for a person, and lets people decide the
     waiting ones.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when the caller's metadata names another tenant. Rpcs whose behaviour has not
-    landed yet return UNIMPLEMENTED.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when the caller's metadata names another tenant or the key lacks the `agent`
+    scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     @staticmethod

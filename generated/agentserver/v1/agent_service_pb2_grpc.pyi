@@ -31,9 +31,9 @@ class AgentServiceStub:
     each whether it runs now or waits for a person, and lets people decide the
     waiting ones.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when the caller's metadata names another tenant. Rpcs whose behaviour has not
-    landed yet return UNIMPLEMENTED.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when the caller's metadata names another tenant or the key lacks the `agent`
+    scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     @_typing.overload
@@ -64,7 +64,9 @@ class AgentServiceStub:
     Returns NOT_FOUND, PERMISSION_DENIED or FAILED_PRECONDITION as ApproveAction.
     """
     ListActionDefinitions: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ListActionDefinitionsRequest, _agent_service_pb2.ListActionDefinitionsResponse]
-    """Lists the action registry: every action type the service can propose."""
+    """Lists the action registry: every action type the service can propose,
+    optionally one category. Returns UNAUTHENTICATED without a valid API key.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -72,9 +74,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     each whether it runs now or waits for a person, and lets people decide the
     waiting ones.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when the caller's metadata names another tenant. Rpcs whose behaviour has not
-    landed yet return UNIMPLEMENTED.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when the caller's metadata names another tenant or the key lacks the `agent`
+    scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -102,16 +104,18 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Returns NOT_FOUND, PERMISSION_DENIED or FAILED_PRECONDITION as ApproveAction.
     """
     ListActionDefinitions: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ListActionDefinitionsRequest, _agent_service_pb2.ListActionDefinitionsResponse]  # type: ignore[assignment]
-    """Lists the action registry: every action type the service can propose."""
+    """Lists the action registry: every action type the service can propose,
+    optionally one category. Returns UNAUTHENTICATED without a valid API key.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentService turns a business user's message into proposed actions, decides for
     each whether it runs now or waits for a person, and lets people decide the
     waiting ones.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when the caller's metadata names another tenant. Rpcs whose behaviour has not
-    landed yet return UNIMPLEMENTED.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when the caller's metadata names another tenant or the key lacks the `agent`
+    scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     @_abc_1.abstractmethod
@@ -173,6 +177,8 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.ListActionDefinitionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.ListActionDefinitionsResponse, _abc.Awaitable[_agent_service_pb2.ListActionDefinitionsResponse]]:
-        """Lists the action registry: every action type the service can propose."""
+        """Lists the action registry: every action type the service can propose,
+        optionally one category. Returns UNAUTHENTICATED without a valid API key.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,8 +29,9 @@ class ConversationServiceStub:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when a tenant id in the request or metadata is not the caller's tenant.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when a tenant id in the request or metadata is not the caller's tenant, and
+    RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     def __init__(self, channel):
@@ -60,8 +61,9 @@ class ConversationServiceServicer:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when a tenant id in the request or metadata is not the caller's tenant.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when a tenant id in the request or metadata is not the caller's tenant, and
+    RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     def ListUserSessions(self, request, context):
@@ -118,8 +120,9 @@ class ConversationService:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when a tenant id in the request or metadata is not the caller's tenant.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when a tenant id in the request or metadata is not the caller's tenant, and
+    RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     @staticmethod

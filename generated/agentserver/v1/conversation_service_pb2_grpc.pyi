@@ -30,8 +30,9 @@ class ConversationServiceStub:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when a tenant id in the request or metadata is not the caller's tenant.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when a tenant id in the request or metadata is not the caller's tenant, and
+    RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     @_typing.overload
@@ -55,8 +56,9 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when a tenant id in the request or metadata is not the caller's tenant.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when a tenant id in the request or metadata is not the caller's tenant, and
+    RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -76,8 +78,9 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when a tenant id in the request or metadata is not the caller's tenant.
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when a tenant id in the request or metadata is not the caller's tenant, and
+    RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
     """
 
     @_abc_1.abstractmethod

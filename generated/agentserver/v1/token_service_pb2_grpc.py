@@ -36,8 +36,10 @@ class TokenServiceStub:
     result and changes nothing; reusing a `request_id` with different content is
     rejected with ALREADY_EXISTS.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when `tenant_id` is not the caller's tenant (platform keys may name any tenant).
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
+    or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
+    the tenant's rate limit.
     """
 
     def __init__(self, channel):
@@ -99,8 +101,10 @@ class TokenServiceServicer:
     result and changes nothing; reusing a `request_id` with different content is
     rejected with ALREADY_EXISTS.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when `tenant_id` is not the caller's tenant (platform keys may name any tenant).
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
+    or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
+    the tenant's rate limit.
     """
 
     def GetBalance(self, request, context):
@@ -136,6 +140,8 @@ class TokenServiceServicer:
 
     def GetCosts(self, request, context):
         """Returns the token cost of every operation type and the monthly fee.
+        Returns UNAUTHENTICATED without a valid API key, RESOURCE_EXHAUSTED (with
+        RetryInfo) over the tenant's rate limit; never fails otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,8 +248,10 @@ class TokenService:
     result and changes nothing; reusing a `request_id` with different content is
     rejected with ALREADY_EXISTS.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when `tenant_id` is not the caller's tenant (platform keys may name any tenant).
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
+    or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
+    the tenant's rate limit.
     """
 
     @staticmethod

@@ -37,8 +37,10 @@ class TokenServiceStub:
     result and changes nothing; reusing a `request_id` with different content is
     rejected with ALREADY_EXISTS.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when `tenant_id` is not the caller's tenant (platform keys may name any tenant).
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
+    or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
+    the tenant's rate limit.
     """
 
     @_typing.overload
@@ -65,7 +67,10 @@ class TokenServiceStub:
     tenant.
     """
     GetCosts: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.GetCostsRequest, _token_service_pb2.GetCostsResponse]
-    """Returns the token cost of every operation type and the monthly fee."""
+    """Returns the token cost of every operation type and the monthly fee.
+    Returns UNAUTHENTICATED without a valid API key, RESOURCE_EXHAUSTED (with
+    RetryInfo) over the tenant's rate limit; never fails otherwise.
+    """
     ChargeTokens: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.ChargeTokensRequest, _token_service_pb2.ChargeTokensResponse]
     """Debits tokens at once in one atomic conditional write.
     Returns FAILED_PRECONDITION with a QuotaFailure detail if the available
@@ -102,8 +107,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     result and changes nothing; reusing a `request_id` with different content is
     rejected with ALREADY_EXISTS.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when `tenant_id` is not the caller's tenant (platform keys may name any tenant).
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
+    or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
+    the tenant's rate limit.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -127,7 +134,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     tenant.
     """
     GetCosts: _aio.UnaryUnaryMultiCallable[_token_service_pb2.GetCostsRequest, _token_service_pb2.GetCostsResponse]  # type: ignore[assignment]
-    """Returns the token cost of every operation type and the monthly fee."""
+    """Returns the token cost of every operation type and the monthly fee.
+    Returns UNAUTHENTICATED without a valid API key, RESOURCE_EXHAUSTED (with
+    RetryInfo) over the tenant's rate limit; never fails otherwise.
+    """
     ChargeTokens: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ChargeTokensRequest, _token_service_pb2.ChargeTokensResponse]  # type: ignore[assignment]
     """Debits tokens at once in one atomic conditional write.
     Returns FAILED_PRECONDITION with a QuotaFailure detail if the available
@@ -163,8 +173,10 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     result and changes nothing; reusing a `request_id` with different content is
     rejected with ALREADY_EXISTS.
 
-    All rpcs return UNAUTHENTICATED without a valid API key and PERMISSION_DENIED
-    when `tenant_id` is not the caller's tenant (platform keys may name any tenant).
+    All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
+    when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
+    or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
+    the tenant's rate limit.
     """
 
     @_abc_1.abstractmethod
@@ -210,7 +222,10 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_service_pb2.GetCostsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_token_service_pb2.GetCostsResponse, _abc.Awaitable[_token_service_pb2.GetCostsResponse]]:
-        """Returns the token cost of every operation type and the monthly fee."""
+        """Returns the token cost of every operation type and the monthly fee.
+        Returns UNAUTHENTICATED without a valid API key, RESOURCE_EXHAUSTED (with
+        RetryInfo) over the tenant's rate limit; never fails otherwise.
+        """
 
     @_abc_1.abstractmethod
     def ChargeTokens(

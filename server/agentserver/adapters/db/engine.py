@@ -17,8 +17,12 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Async
     """An async engine for `url`; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
     if is_sqlite(url):
         _ensure_sqlite_dir(url)
+        # One connection: SQLite has one writer anyway, and queueing for the pool in
+        # asyncio is fair and immediate, where waiting in SQLite's busy handler
+        # sleeps in growing steps (seconds of tail latency under load). Other
+        # processes on the same file still wait through the busy timeout.
         engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0
+            url, echo=echo, connect_args={"timeout": 30}, pool_size=1, max_overflow=0
         )
         _configure_sqlite(engine)
         return engine
