@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,7 +21,7 @@ from agentserver.adapters.db.business_store import SqlBusinessStore
 from agentserver.adapters.db.engine import create_engine
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.migrate import pending_revisions, upgrade
-from agentserver.adapters.runner import ActionRunner
+from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
 from agentserver.domain.agent import AgentService, CachedPolicySource
@@ -39,6 +39,9 @@ from agentserver.domain.identity import (
 from agentserver.domain.ledger import LedgerService
 from agentserver.domain.ratelimit import InProcessRateLimiter, NoRateLimit, RateLimiter
 from agentserver.domain.registry import Registry, default_registry
+
+if TYPE_CHECKING:
+    from agentserver.adapters.llm import LlmSettings
 
 log = logging.getLogger("agentserver")
 
@@ -74,9 +77,10 @@ class App:
         self._tasks.clear()
         await self.audit.flush()
         await self.limiter.aclose()
-        close = getattr(self.agent.engine, "aclose", None)
-        if close is not None:
-            await close()
+        for closable in (self.agent.engine, self.runner.report_writer):
+            close = getattr(closable, "aclose", None)
+            if close is not None:
+                await close()
         await self.engine.dispose()
 
     def start_background(self) -> None:
@@ -142,7 +146,9 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
     registry = default_registry()
     secret_box = SecretBox.from_optional_env_value(settings.secret_keys)
     agent_store = SqlAgentStore(engine)
-    runner = ActionRunner(admin, SqlBusinessStore(engine), clock, secret_box)
+    runner = ActionRunner(
+        admin, SqlBusinessStore(engine), clock, secret_box, report_writer=build_writer(settings)
+    )
     executor = Executor(
         actions=agent_store,
         ledger=ledger,
@@ -196,20 +202,39 @@ def build_limiter(settings: Settings) -> RateLimiter:
     return InProcessRateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
 
 
+def llm_settings(settings: Settings) -> LlmSettings | None:
+    if not (settings.llm_base_url or settings.llm_model):
+        return None
+    from agentserver.adapters.llm import LlmSettings
+
+    return LlmSettings(
+        base_url=settings.llm_base_url or None,
+        api_key=settings.llm_api_key,
+        model=settings.llm_model or "gpt-4o-mini",
+        timeout_seconds=settings.llm_timeout_seconds,
+    )
+
+
+def build_writer(settings: Settings) -> ReportWriter | None:
+    """Reports are phrased by the LLM when one is configured."""
+    llm = llm_settings(settings)
+    if llm is None:
+        return None
+    from agentserver.adapters.llm.report_writer import OpenAIReportWriter
+
+    return OpenAIReportWriter(llm)
+
+
 def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine) -> DecisionEngine:
     """The LLM engine when an endpoint or model is configured, else the offline one."""
-    if not (settings.llm_base_url or settings.llm_model):
+    llm = llm_settings(settings)
+    if llm is None:
         return offline
-    from agentserver.adapters.llm import LlmSettings, OpenAIEngine, ToolSpec
+    from agentserver.adapters.llm import OpenAIEngine, ToolSpec
 
     tools = [ToolSpec(d.name, d.description, d.parameters_schema) for d in registry.all()]
     return OpenAIEngine(
-        LlmSettings(
-            base_url=settings.llm_base_url or None,
-            api_key=settings.llm_api_key,
-            model=settings.llm_model or "gpt-4o-mini",
-            timeout_seconds=settings.llm_timeout_seconds,
-        ),
+        llm,
         tools,
         offline,
         validate=lambda name, params: [

@@ -113,12 +113,20 @@ class FakeOpenAI:
     """A Chat Completions endpoint that answers every request with the same tool calls."""
 
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # The answer to requests without tools (report writing).
+    text: str = "All quiet this month."
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(await request.json())
+        body = await request.json()
+        self.requests.append(body)
+        message: dict[str, Any] = {"role": "assistant", "content": None}
+        if body.get("tools"):
+            message["tool_calls"] = self.tool_calls
+        else:
+            message["content"] = self.text
         return web.json_response(
             {
                 "id": "chatcmpl-test",
@@ -128,12 +136,8 @@ class FakeOpenAI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": None,
-                            "tool_calls": self.tool_calls,
-                        },
-                        "finish_reason": "tool_calls",
+                        "message": message,
+                        "finish_reason": "tool_calls" if body.get("tools") else "stop",
                     }
                 ],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},

@@ -95,6 +95,63 @@ async def test_llm_engine_decides_and_is_charged_then_falls_back(tmp_path: Path)
         await llm.stop()
 
 
+async def test_reports_are_phrased_by_the_llm_from_computed_figures(tmp_path: Path) -> None:
+    llm = await FakeOpenAI(
+        tool_calls=[
+            tool_call(
+                "analysis_report",
+                {
+                    "parameters": {"topic": "usage", "period": "this_month"},
+                    "confidence": 95,
+                    "missing_parameters": [],
+                    "reasoning": "asked for a usage report",
+                },
+            ),
+            tool_call(
+                "respond",
+                {
+                    "reply": "Here it is.",
+                    "confidence": 95,
+                    "reasoning": "clear",
+                    "bypass_attempt": False,
+                },
+                1,
+            ),
+        ],
+        text="You used 1 token this month, on one LLM decision.",
+    ).start()
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'report.db'}",
+        access_log=False,
+        llm_base_url=llm.url,
+        llm_model="test-model",
+    )
+    app = await build_app(settings, clock=FakeClock())
+    await prepare_database(app)
+    server = await start_server(app, "127.0.0.1:0")
+    harness = Harness(
+        app=app, server=server, clock=app.clock, backend="sqlite", url=settings.database_url
+    )  # type: ignore[arg-type]
+    try:
+        t = await harness.tenant(10)
+        async with t.client("rose") as client:
+            resp = await client.process(apb.ProcessRequest(message="usage report for this month"))
+            (action,) = resp.actions
+            assert action.action_type == "analysis.report"
+            assert action.state == apb.ACTION_STATE_SUCCEEDED, action.result.error
+            detail = action.result.detail
+            assert detail["written_by"] == "llm:test-model"
+            assert detail["text"] == "You used 1 token this month, on one LLM decision."
+            assert detail["summary"]["tokens_used"] == {"internal_api_llm": 1}
+            writer_request = llm.requests[-1]
+            assert "tools" not in writer_request
+            assert '"internal_api_llm": 1' in writer_request["messages"][-1]["content"]
+    finally:
+        await server.stop(0)
+        await app.close()
+        await llm.stop()
+
+
 async def test_phone_call_finishes_asynchronously(harness: Harness) -> None:
     t = await harness.tenant(20)
     async with t.client("paul") as client:

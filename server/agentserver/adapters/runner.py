@@ -32,8 +32,12 @@ from agentserver.domain.executor import PendingStatus
 CHANNEL_KINDS = ("smtp", "twilio", "elevenlabs", "coordinators")
 
 
-class _Closable(Protocol):
-    async def aclose(self) -> None: ...
+class ReportWriter(Protocol):
+    """Phrases a report from computed figures (the LLM, when one is configured)."""
+
+    model: str
+
+    async def write(self, topic: str, summary: dict[str, Any]) -> str: ...
 
 
 def _attributes(pairs: Any) -> dict[str, str]:
@@ -61,11 +65,13 @@ class ActionRunner:
         business: SqlBusinessStore,
         clock: Clock,
         secret_box: SecretBox | None,
+        report_writer: ReportWriter | None = None,
     ) -> None:
         self.admin = admin
         self.business = business
         self.clock = clock
         self.secret_box = secret_box
+        self.report_writer = report_writer
         # What the zero-config server "sends": visible through GetAction's result.
         self.dry_run: dict[str, DryRunChannel] = {
             "email": DryRunChannel("email"),
@@ -305,8 +311,18 @@ class ActionRunner:
         since, until = period_bounds(p.get("period"), self.clock.now())
         summary = await self.business.summary(action.tenant_id, since, until)
         topic = str(p.get("topic") or "general")
-        text = _report_text(topic, summary)
-        return self._internal("", {"topic": topic, "summary": summary, "text": text})
+        text, writer = _report_text(topic, summary), "offline"
+        if self.report_writer is not None:
+            try:
+                text, writer = (
+                    await self.report_writer.write(topic, summary),
+                    f"llm:{self.report_writer.model}",
+                )
+            except Exception as err:  # the figures stand; only the phrasing degrades
+                writer = f"offline (llm failed: {err})"[:200]
+        return self._internal(
+            "", {"topic": topic, "summary": summary, "text": text, "written_by": writer}
+        )
 
     # -- people --------------------------------------------------------------
 
