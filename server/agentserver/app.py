@@ -119,6 +119,7 @@ class App:
                 )
             secret = self.secret_box.encrypt(json.dumps(secrets))
         await self.admin.set_channel(tenant_id, kind, config, secret, self.clock.now())
+        self.runner.forget(tenant_id)
 
     async def _sweep(self) -> None:
         await self.agent.sweep()

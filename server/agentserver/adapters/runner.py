@@ -10,6 +10,7 @@ Tenant channel settings live in `channel_settings`: `smtp`, `twilio`,
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -72,6 +73,8 @@ class ActionRunner:
         self.clock = clock
         self.secret_box = secret_box
         self.report_writer = report_writer
+        self.settings_ttl = 5.0
+        self._settings: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         # What the zero-config server "sends": visible through GetAction's result.
         self.dry_run: dict[str, DryRunChannel] = {
             "email": DryRunChannel("email"),
@@ -114,7 +117,21 @@ class ActionRunner:
     # -- settings ------------------------------------------------------------
 
     async def settings(self, tenant_id: str, kind: str) -> dict[str, Any] | None:
-        """A tenant's non-secret config merged with its decrypted secrets."""
+        """A tenant's non-secret config merged with its decrypted secrets (kept for
+        `settings_ttl` seconds: a change reaches every replica within that time)."""
+        hit = self._settings.get((tenant_id, kind))
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        merged = await self._load_settings(tenant_id, kind)
+        self._settings[(tenant_id, kind)] = (time.monotonic() + self.settings_ttl, merged)
+        return merged
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop cached settings of a tenant (after this process changed them)."""
+        for key in [k for k in self._settings if k[0] == tenant_id]:
+            del self._settings[key]
+
+    async def _load_settings(self, tenant_id: str, kind: str) -> dict[str, Any] | None:
         stored = await self.admin.channel(tenant_id, kind)
         if stored is None:
             return None

@@ -115,6 +115,7 @@ class SqlAgentStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._read = reader(engine)
+        self._single = None if engine.dialect.name == "sqlite" else reader(engine)
 
     # -- conversations -------------------------------------------------------
 
@@ -284,33 +285,36 @@ class SqlAgentStore:
         now: datetime,
         **changes: Any,
     ) -> Action | None:
-        async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    update(A)
-                    .where(
-                        A.c.tenant_id == tenant_id,
-                        A.c.id == action_id,
-                        A.c.state.in_(sorted(s.value for s in from_states)),
-                    )
-                    .values(
-                        state=to_state.value, updated_at=now, version=A.c.version + 1, **changes
-                    )
-                    .returning(*A.c)
-                )
-            ).first()
+        row = await self._write_one(
+            update(A)
+            .where(
+                A.c.tenant_id == tenant_id,
+                A.c.id == action_id,
+                A.c.state.in_(sorted(s.value for s in from_states)),
+            )
+            .values(state=to_state.value, updated_at=now, version=A.c.version + 1, **changes)
+            .returning(*A.c)
+        )
         return None if row is None else _action(row)
 
+    async def _write_one(self, statement: Any) -> Any:
+        """One self-contained write with RETURNING: no BEGIN/COMMIT round trips on
+        PostgreSQL (autocommit; a single statement is atomic by itself)."""
+        if self._single is None:
+            async with self._engine.begin() as conn:
+                return (await conn.execute(statement)).first()
+        async with self._single.connect() as conn:
+            return (await conn.execute(statement)).first()
+
     async def update(self, tenant_id: str, action_id: str, now: datetime, **changes: Any) -> Action:
-        async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    update(A)
-                    .where(A.c.tenant_id == tenant_id, A.c.id == action_id)
-                    .values(updated_at=now, version=A.c.version + 1, **changes)
-                    .returning(*A.c)
-                )
-            ).one()
+        row = await self._write_one(
+            update(A)
+            .where(A.c.tenant_id == tenant_id, A.c.id == action_id)
+            .values(updated_at=now, version=A.c.version + 1, **changes)
+            .returning(*A.c)
+        )
+        if row is None:
+            raise NotFound(f"action {action_id!r} not found")
         return _action(row)
 
     async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]:
