@@ -25,6 +25,7 @@ from agentserver.domain.actions import (
 from agentserver.domain.clock import Clock
 from agentserver.domain.conversations import (
     ConversationStore,
+    Exchange,
     Message,
     Role,
     Session,
@@ -56,7 +57,7 @@ from agentserver.domain.errors import (
 from agentserver.domain.executor import Executor
 from agentserver.domain.identity import Caller
 from agentserver.domain.ids import new_id
-from agentserver.domain.ledger import Debit, LedgerService, validate_request_id
+from agentserver.domain.ledger import Coalescer, Debit, LedgerService, validate_request_id
 from agentserver.domain.paging import PageRequest
 from agentserver.domain.permissions import (
     APPROVER_PERMISSION,
@@ -110,15 +111,10 @@ class CachedPolicySource:
 class AgentStore(ConversationStore, ActionStore, Protocol):
     """Conversations and actions together, so an exchange is stored in one transaction."""
 
-    async def record_exchange(
-        self,
-        tenant_id: str,
-        session: Session,
-        new_session: bool,
-        messages: Sequence[Message],
-        actions: Sequence[Action],
-        now: datetime,
-    ) -> None: ...
+    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
+        """Store each exchange (session if new, messages, actions) atomically; one
+        result per exchange, None when stored."""
+        ...
 
     async def append_messages(
         self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
@@ -171,6 +167,11 @@ class AgentService:
     engine: DecisionEngine
     offline: DecisionEngine
     action_ttl: timedelta = timedelta(hours=24)
+    _exchanges: Coalescer[str, Exchange, None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Concurrent Process calls share one transaction for what they store.
+        self._exchanges = Coalescer(lambda _key, batch: self.store.record_exchanges(batch))
 
     # -- permissions ---------------------------------------------------------
 
@@ -267,8 +268,9 @@ class AgentService:
             action_ids=[a.id for a in actions],
         )
         try:
-            await self.store.record_exchange(
-                tenant, session, new_session, [user_message, assistant], actions, now
+            await self._exchanges.submit(
+                "all",
+                Exchange(tenant, session, new_session, [user_message, assistant], actions, now),
             )
         except BaseException:
             for action in actions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from agentserver.domain.errors import InvalidArgument
 from agentserver.domain.paging import PageRequest
@@ -40,6 +40,18 @@ class Message:
     created_at: datetime
     decision_level: int = 0
     action_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What one Process call stores: its session (if new), messages and actions."""
+
+    tenant_id: str
+    session: Session
+    new_session: bool
+    messages: list[Message]
+    actions: list[Any]
+    now: datetime
 
 
 class ConversationStore(Protocol):

@@ -312,11 +312,13 @@ class Coalescer(Generic[K, I, R]):
     The first submitter for a key starts a drain task; everything submitted
     while a batch is in flight forms the next batch. At concurrency 1 this adds
     no delay; under load, batches grow by themselves. `run` returns one result
-    (or DomainError) per item, in order.
+    (or the exception for that item) per item, in order.
     """
 
     def __init__(
-        self, run: Callable[[K, list[I]], Awaitable[list[R | DomainError]]], max_batch: int = 256
+        self,
+        run: Callable[[K, list[I]], Awaitable[Sequence[R | Exception]]],
+        max_batch: int = 256,
     ) -> None:
         self._run = run
         self._max_batch = max_batch
@@ -348,7 +350,7 @@ class Coalescer(Generic[K, I, R]):
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
-                    if isinstance(result, DomainError):
+                    if isinstance(result, Exception):
                         future.set_exception(result)
                     else:
                         future.set_result(result)

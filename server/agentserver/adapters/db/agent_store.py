@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
 from agentserver.domain.actions import Action, ActionFilter, ActionState
-from agentserver.domain.conversations import Message, Role, Session
+from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import NotFound
 from agentserver.domain.paging import PageRequest, encode_token
@@ -109,6 +109,19 @@ def action_values(action: Action) -> dict[str, Any]:
     }
 
 
+def _message_values(tenant_id: str, session_id: str, m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "tenant_id": tenant_id,
+        "session_id": session_id,
+        "role": m.role.value,
+        "content": m.content,
+        "decision_level": m.decision_level,
+        "action_ids": m.action_ids,
+        "created_at": m.created_at,
+    }
+
+
 class SqlAgentStore:
     """ConversationStore and ActionStore in one, so an exchange is one transaction."""
 
@@ -179,6 +192,63 @@ class SqlAgentStore:
             ).all()
         return [_message(r) for r in reversed(rows)]
 
+    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
+        """Store many exchanges in one transaction (concurrent Process calls share
+        it); if that fails, each is stored alone so one bad row fails only its own."""
+        if len(exchanges) > 1:
+            try:
+                async with self._engine.begin() as conn:
+                    await self._insert_exchanges(conn, exchanges)
+                return [None] * len(exchanges)
+            except Exception:
+                pass
+        results: list[Exception | None] = []
+        for ex in exchanges:
+            try:
+                await self.record_exchange(
+                    ex.tenant_id, ex.session, ex.new_session, ex.messages, ex.actions, ex.now
+                )
+                results.append(None)
+            except Exception as err:
+                results.append(err)
+        return results
+
+    async def _insert_exchanges(self, conn: Any, exchanges: Sequence[Exchange]) -> None:
+        sessions = [
+            {
+                "id": ex.session.id,
+                "tenant_id": ex.tenant_id,
+                "user_id": ex.session.user_id,
+                "location_id": ex.session.location_id,
+                "title": ex.session.title,
+                "message_count": len(ex.messages),
+                "created_at": ex.now,
+                "updated_at": ex.now,
+            }
+            for ex in exchanges
+            if ex.new_session
+        ]
+        if sessions:
+            await conn.execute(insert(S), sessions)
+        actions = [action_values(a) for ex in exchanges for a in ex.actions]
+        if actions:
+            await conn.execute(insert(A), actions)
+        await conn.execute(
+            insert(M),
+            [
+                _message_values(ex.tenant_id, ex.session.id, m)
+                for ex in exchanges
+                for m in ex.messages
+            ],
+        )
+        for ex in exchanges:
+            if not ex.new_session:
+                await conn.execute(
+                    update(S)
+                    .where(S.c.tenant_id == ex.tenant_id, S.c.id == ex.session.id)
+                    .values(message_count=S.c.message_count + len(ex.messages), updated_at=ex.now)
+                )
+
     async def record_exchange(
         self,
         tenant_id: str,
@@ -225,22 +295,7 @@ class SqlAgentStore:
     ) -> None:
         if not messages:
             return
-        await conn.execute(
-            insert(M),
-            [
-                {
-                    "id": m.id,
-                    "tenant_id": tenant_id,
-                    "session_id": session_id,
-                    "role": m.role.value,
-                    "content": m.content,
-                    "decision_level": m.decision_level,
-                    "action_ids": m.action_ids,
-                    "created_at": m.created_at,
-                }
-                for m in messages
-            ],
-        )
+        await conn.execute(insert(M), [_message_values(tenant_id, session_id, m) for m in messages])
         if count:
             await conn.execute(
                 update(S)
