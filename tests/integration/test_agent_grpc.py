@@ -624,3 +624,40 @@ async def test_escalation_reaches_coordinators(harness: Harness) -> None:
             assert action.action_type == "human.escalate"
             assert action.state == S.ACTION_STATE_SUCCEEDED, action.result.error
         assert [m["To"] for m in inbox.messages] == ["lead@example.com"]
+
+
+async def test_concurrent_process_calls_share_transactions_safely(harness: Harness) -> None:
+    t = await harness.tenant(100)
+    async with t.client("olga") as client:
+        first = await process(client, "Hello there")
+        calls = [process(client, f"Email n{i}@example.com that hi") for i in range(12)]
+        calls += [
+            process(client, f"Still there? {i}", session_id=first.session_id) for i in range(4)
+        ]
+        results = await asyncio.gather(*calls)
+        assert all(r.actions[0].state == S.ACTION_STATE_SUCCEEDED for r in results[:12])
+        session = (
+            await client.get_session(cpb.GetSessionRequest(session_id=first.session_id))
+        ).session
+        assert session.message_count == 2 + 4 * 2
+        assert await available(client, t.id) == 88
+
+
+async def test_one_bad_exchange_fails_alone(harness: Harness) -> None:
+    from agentserver.domain.conversations import Exchange, Message, Role, Session
+
+    t = await harness.tenant()
+    now = harness.clock.now()
+
+    def exchange(session_id: str, new: bool) -> Exchange:
+        session = Session(session_id, t.id, "u", "", "title", 0, now, now)
+        msg = Message(f"msg_{uuid.uuid4().hex}", session_id, Role.USER, "hi", now)
+        return Exchange(t.id, session, new, [msg], [], now)
+
+    good = exchange(f"ses_{uuid.uuid4().hex[:12]}", True)
+    orphan = exchange("ses_does_not_exist", False)  # its messages point at no session
+    results = await harness.app.agent_store.record_exchanges([good, orphan])
+    assert results[0] is None
+    assert isinstance(results[1], Exception)
+    stored = await harness.app.agent_store.get_session(t.id, good.session.id)
+    assert stored.message_count == 1
