@@ -6,8 +6,7 @@ The README's configuration table lists the same variables; keep them in step.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/agentserver.db"
 
@@ -46,7 +45,6 @@ class Settings:
     action_ttl_seconds: float = 24 * 3600.0
     policy_cache_seconds: float = 5.0
     default_country_code: str = "+1"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

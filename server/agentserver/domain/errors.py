@@ -16,7 +16,7 @@ Hierarchy::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class DomainError(Exception):
@@ -104,10 +104,3 @@ class RateLimited(DomainError):
 
 class Unavailable(DomainError):
     reason = "UNAVAILABLE"
-
-
-@dataclass
-class ErrorMetadata:
-    """Extra key/value facts a client can act on (ErrorInfo metadata)."""
-
-    values: dict[str, str] = field(default_factory=dict)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db import models
@@ -397,15 +397,3 @@ class SqlAgentStore:
                 .limit(limit)
             )
             return [(r.tenant_id, r.id) for r in rows]
-
-    async def count_messages(self, tenant_id: str, session_id: str) -> int:
-        async with self._read.connect() as conn:
-            return int(
-                (
-                    await conn.execute(
-                        select(func.count())
-                        .select_from(M)
-                        .where(M.c.tenant_id == tenant_id, M.c.session_id == session_id)
-                    )
-                ).scalar_one()
-            )
