@@ -168,3 +168,49 @@ def tool_call(name: str, arguments: dict[str, Any], index: int = 0) -> dict[str,
         "type": "function",
         "function": {"name": name, "arguments": json.dumps(arguments)},
     }
+
+
+@dataclass
+class FakeElevenLabs:
+    """Outbound calls and conversation status, answered as ElevenLabs documents."""
+
+    api_key: str = "xi-test-key"
+    status: str = "in-progress"
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def outbound(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append(
+            {"body": body, "key_ok": request.headers.get("xi-api-key") == self.api_key}
+        )
+        return web.json_response(
+            {"success": True, "message": "ok", "conversation_id": "conv_1", "callSid": "CA1"}
+        )
+
+    async def conversation(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "conversation_id": request.match_info["cid"],
+                "status": self.status,
+                "analysis": {"call_successful": "success", "transcript_summary": "confirmed"},
+                "metadata": {"call_duration_secs": 42},
+            }
+        )
+
+    async def start(self) -> FakeElevenLabs:
+        app = web.Application()
+        app.router.add_post("/v1/convai/twilio/outbound-call", self.outbound)
+        app.router.add_get("/v1/convai/conversations/{cid}", self.conversation)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

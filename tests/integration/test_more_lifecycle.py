@@ -286,3 +286,48 @@ async def test_secrets_at_rest_in_the_database(harness: Harness) -> None:
         "account_sid": "AC9",
         "auth_token": "s3cret",
     }
+
+
+async def test_elevenlabs_call_finishes_when_the_provider_says_so(harness: Harness) -> None:
+    from tests.integration.fakes import FakeElevenLabs
+
+    t = await harness.tenant(20)
+    eleven = await FakeElevenLabs().start()
+    try:
+        await harness.app.set_channel(
+            t.id,
+            "elevenlabs",
+            {"agent_id": "agent_1", "phone_number_id": "phone_1", "base_url": eleven.url},
+            {"api_key": eleven.api_key},
+        )
+        async with t.client("pia") as client:
+            (action,) = (
+                await client.process(
+                    apb.ProcessRequest(message="Call +15551234567 to confirm the appointment")
+                )
+            ).actions
+            started = (
+                await client.approve_action(
+                    apb.ApproveActionRequest(action_id=action.id, request_id=rid())
+                )
+            ).action
+            assert started.state == apb.ACTION_STATE_EXECUTING
+            assert started.result.provider_id == "conv_1"
+            (call,) = eleven.calls
+            assert call["key_ok"]
+            assert call["body"]["agent_id"] == "agent_1"
+            assert call["body"]["agent_phone_number_id"] == "phone_1"
+            assert call["body"]["to_number"] == "+15551234567"
+            still = (await client.get_action(apb.GetActionRequest(action_id=action.id))).action
+            assert still.state == apb.ACTION_STATE_EXECUTING
+            balance = (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
+            assert balance.reserved_tokens == 5
+            eleven.status = "done"
+            done = (await client.get_action(apb.GetActionRequest(action_id=action.id))).action
+            assert done.state == apb.ACTION_STATE_SUCCEEDED
+            assert done.result.detail["summary"] == "confirmed"
+            balance = (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
+            assert (balance.reserved_tokens, balance.used_tokens) == (0, 5)
+            assert len(eleven.calls) == 1
+    finally:
+        await eleven.stop()
