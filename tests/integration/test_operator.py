@@ -169,3 +169,26 @@ async def test_two_replicas_share_one_postgres_wallet(fresh_pg_url: str, tmp_pat
     entries, _ = await app.ledger.usage(tenant, "", PageRequest(size=500, after=None))
     assert sum(1 for e in entries if e.kind == "charge") == 150
     await app.close()
+
+
+async def test_database_down_is_unavailable_not_internal(tmp_path: Path) -> None:
+    from agentserver.entrypoints.grpc.server import start_server
+
+    closed = procs.free_port()
+    app = await build_app(
+        Settings(
+            database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{closed}/none", access_log=False
+        )
+    )
+    server = await start_server(app, "127.0.0.1:0")
+    try:
+        async with AgentServerClient(
+            f"127.0.0.1:{server.port}", api_key="ask_x_y", tenant_id="t"
+        ) as client:
+            with pytest.raises(AgentServerError) as exc:
+                await client.get_costs()
+            assert exc.value.code is StatusCode.UNAVAILABLE
+            assert exc.value.is_retryable
+    finally:
+        await server.stop(0)
+        await app.close()

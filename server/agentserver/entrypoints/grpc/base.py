@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import sqlalchemy.exc
 
-from agentserver.domain.errors import DomainError, RateLimited
+from agentserver.domain.errors import DomainError, RateLimited, Unavailable
 from agentserver.domain.identity import Authenticator, Caller
 from agentserver.domain.ids import new_id
 from agentserver.domain.ratelimit import NoRateLimit, RateLimiter
@@ -19,6 +20,14 @@ from agentserver.entrypoints.grpc.errors import status_code, to_grpc_status
 from agentserver.logs import request_id_var
 
 log = logging.getLogger("agentserver.rpc")
+
+# Lower-layer failures that mean "try again later", translated once, here.
+_INFRASTRUCTURE = (
+    OSError,
+    TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
 
 S = TypeVar("S", bound="ServicerBase")
 Req = TypeVar("Req")
@@ -104,6 +113,12 @@ def rpc(
             except DomainError as err:
                 code = status_code(err)
                 failure = to_grpc_status(err)
+            except _INFRASTRUCTURE as err:
+                # The database (or another dependency) is down: say so, retryably.
+                log.warning("dependency unavailable in %s: %s", name, err)
+                unavailable = Unavailable("a dependency is unavailable; retry shortly")
+                code = status_code(unavailable)
+                failure = to_grpc_status(unavailable)
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", name)
