@@ -3,6 +3,7 @@ an SMTP server (aiosmtpd) and a Twilio Messages API (aiohttp) the test controls.
 
 from __future__ import annotations
 
+import abc
 import base64
 import email
 import socket
@@ -45,8 +46,32 @@ def smtp_server() -> Iterator[SmtpInbox]:
         controller.stop()
 
 
+class _Loopback(abc.ABC):
+    """An aiohttp app on 127.0.0.1 (kernel-chosen port) that a test starts and stops."""
+
+    url: str
+    _runner: web.AppRunner | None
+
+    @abc.abstractmethod
+    def routes(self, app: web.Application) -> None:
+        """Declare the provider paths this fake answers."""
+
+    async def _serve(self) -> str:
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
 @dataclass
-class FakeTwilio:
+class FakeTwilio(_Loopback):
     """Answers POST /2010-04-01/Accounts/{sid}/Messages.json like Twilio does."""
 
     account_sid: str = "AC" + "0" * 32
@@ -80,20 +105,12 @@ class FakeTwilio:
             status=201,
         )
 
-    async def start(self) -> FakeTwilio:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post(f"/2010-04-01/Accounts/{self.account_sid}/Messages.json", self.handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def start(self) -> FakeTwilio:
+        self.url = await self._serve()
+        return self
 
     def config(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(config, secrets) for `App.set_channel(tenant, "twilio", ...)`."""
@@ -109,7 +126,7 @@ class FakeTwilio:
 
 
 @dataclass
-class FakeOpenAI:
+class FakeOpenAI(_Loopback):
     """A Chat Completions endpoint that answers every request with the same tool calls."""
 
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -144,20 +161,12 @@ class FakeOpenAI:
             }
         )
 
-    async def start(self) -> FakeOpenAI:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/v1"
-        return self
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def start(self) -> FakeOpenAI:
+        self.url = await self._serve() + "/v1"
+        return self
 
 
 def tool_call(name: str, arguments: dict[str, Any], index: int = 0) -> dict[str, Any]:
@@ -171,7 +180,7 @@ def tool_call(name: str, arguments: dict[str, Any], index: int = 0) -> dict[str,
 
 
 @dataclass
-class FakeElevenLabs:
+class FakeElevenLabs(_Loopback):
     """Outbound calls and conversation status, answered as ElevenLabs documents."""
 
     api_key: str = "xi-test-key"
@@ -199,18 +208,10 @@ class FakeElevenLabs:
             }
         )
 
-    async def start(self) -> FakeElevenLabs:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/convai/twilio/outbound-call", self.outbound)
         app.router.add_get("/v1/convai/conversations/{cid}", self.conversation)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def start(self) -> FakeElevenLabs:
+        self.url = await self._serve()
+        return self

@@ -3,8 +3,10 @@ and recovery of actions a crash left executing."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,30 @@ from tests.integration.fakes import FakeOpenAI, tool_call
 
 def rid() -> str:
     return uuid.uuid4().hex
+
+
+@contextlib.asynccontextmanager
+async def llm_harness(tmp_path: Path, llm: FakeOpenAI) -> AsyncIterator[Harness]:
+    """A server on its own SQLite file whose engine is the LLM at `llm`."""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'llm.db'}",
+        access_log=False,
+        llm_base_url=llm.url,
+        llm_model="test-model",
+        llm_api_key="test-key",
+    )
+    clock = FakeClock()
+    app = await build_app(settings, clock=clock)
+    await prepare_database(app)
+    server = await start_server(app, "127.0.0.1:0")
+    try:
+        yield Harness(
+            app=app, server=server, clock=clock, backend="sqlite", url=settings.database_url
+        )
+    finally:
+        await server.stop(0)
+        await app.close()
+        await llm.stop()
 
 
 async def test_llm_engine_decides_and_is_charged_then_falls_back(tmp_path: Path) -> None:
@@ -56,20 +82,7 @@ async def test_llm_engine_decides_and_is_charged_then_falls_back(tmp_path: Path)
             ),
         ]
     ).start()
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'llm.db'}",
-        access_log=False,
-        llm_base_url=llm.url,
-        llm_model="test-model",
-        llm_api_key="test-key",
-    )
-    app = await build_app(settings, clock=FakeClock())
-    await prepare_database(app)
-    server = await start_server(app, "127.0.0.1:0")
-    harness = Harness(
-        app=app, server=server, clock=app.clock, backend="sqlite", url=settings.database_url
-    )  # type: ignore[arg-type]
-    try:
+    async with llm_harness(tmp_path, llm) as harness:
         t = await harness.tenant(2)
         async with t.client("ivy") as client:
             resp = await client.process(apb.ProcessRequest(message="please email Ann to say hello"))
@@ -88,11 +101,7 @@ async def test_llm_engine_decides_and_is_charged_then_falls_back(tmp_path: Path)
             assert resp.engine.startswith("offline")
             assert "no tokens" in resp.engine
             assert len(llm.requests) == 1
-        await ledger_invariant(app.engine, t.id)
-    finally:
-        await server.stop(0)
-        await app.close()
-        await llm.stop()
+        await ledger_invariant(harness, t.id)
 
 
 async def test_reports_are_phrased_by_the_llm_from_computed_figures(tmp_path: Path) -> None:
@@ -120,19 +129,7 @@ async def test_reports_are_phrased_by_the_llm_from_computed_figures(tmp_path: Pa
         ],
         text="You used 1 token this month, on one LLM decision.",
     ).start()
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'report.db'}",
-        access_log=False,
-        llm_base_url=llm.url,
-        llm_model="test-model",
-    )
-    app = await build_app(settings, clock=FakeClock())
-    await prepare_database(app)
-    server = await start_server(app, "127.0.0.1:0")
-    harness = Harness(
-        app=app, server=server, clock=app.clock, backend="sqlite", url=settings.database_url
-    )  # type: ignore[arg-type]
-    try:
+    async with llm_harness(tmp_path, llm) as harness:
         t = await harness.tenant(10)
         async with t.client("rose") as client:
             resp = await client.process(apb.ProcessRequest(message="usage report for this month"))
@@ -146,10 +143,6 @@ async def test_reports_are_phrased_by_the_llm_from_computed_figures(tmp_path: Pa
             writer_request = llm.requests[-1]
             assert "tools" not in writer_request
             assert '"internal_api_llm": 1' in writer_request["messages"][-1]["content"]
-    finally:
-        await server.stop(0)
-        await app.close()
-        await llm.stop()
 
 
 async def test_phone_call_finishes_asynchronously(harness: Harness) -> None:
