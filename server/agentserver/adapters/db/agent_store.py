@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db import models
@@ -107,6 +108,28 @@ def action_values(action: Action) -> dict[str, Any]:
         "updated_at": action.updated_at,
         "expires_at": action.expires_at,
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _transition_statement(
+    from_states: frozenset[ActionState], to_state: ActionState, changed: tuple[str, ...]
+) -> Any:
+    """A compare-and-set on the action's state, built once per shape (what changes)."""
+    return (
+        update(A)
+        .where(
+            A.c.tenant_id == bindparam("p_tenant"),
+            A.c.id == bindparam("p_action"),
+            A.c.state.in_(sorted(s.value for s in from_states)),
+        )
+        .values(
+            state=to_state.value,
+            updated_at=bindparam("p_now"),
+            version=A.c.version + 1,
+            **{name: bindparam(f"p_{name}") for name in changed},
+        )
+        .returning(*A.c)
+    )
 
 
 def _message_values(tenant_id: str, session_id: str, m: Message) -> dict[str, Any]:
@@ -340,26 +363,21 @@ class SqlAgentStore:
         now: datetime,
         **changes: Any,
     ) -> Action | None:
+        statement = _transition_statement(from_states, to_state, tuple(sorted(changes)))
+        params = {f"p_{k}": v for k, v in changes.items()}
         row = await self._write_one(
-            update(A)
-            .where(
-                A.c.tenant_id == tenant_id,
-                A.c.id == action_id,
-                A.c.state.in_(sorted(s.value for s in from_states)),
-            )
-            .values(state=to_state.value, updated_at=now, version=A.c.version + 1, **changes)
-            .returning(*A.c)
+            statement, {"p_tenant": tenant_id, "p_action": action_id, "p_now": now, **params}
         )
         return None if row is None else _action(row)
 
-    async def _write_one(self, statement: Any) -> Any:
+    async def _write_one(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         """One self-contained write with RETURNING: no BEGIN/COMMIT round trips on
         PostgreSQL (autocommit; a single statement is atomic by itself)."""
         if self._single is None:
             async with self._engine.begin() as conn:
-                return (await conn.execute(statement)).first()
+                return (await conn.execute(statement, params)).first()
         async with self._single.connect() as conn:
-            return (await conn.execute(statement)).first()
+            return (await conn.execute(statement, params)).first()
 
     async def update(self, tenant_id: str, action_id: str, now: datetime, **changes: Any) -> Action:
         row = await self._write_one(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -53,6 +53,81 @@ EV = models.events
 T = models.tenants
 
 _RETRIES = 3
+
+# The hot statements, built once with bind parameters: building a statement per
+# call costs more CPU than executing it (SQLAlchemy caches the compiled form by
+# the statement object).
+_b = bindparam
+
+
+def _spending_query(*, located: bool, lock: bool) -> Any:
+    query = select(W).where(W.c.tenant_id == _b("tenant_id"))
+    if located:
+        query = query.where(W.c.location_id.in_([_b("location_id"), ""]))
+    else:
+        query = query.where(W.c.location_id == "")
+    query = query.order_by(W.c.location_id.desc()).limit(1)
+    return query.with_for_update() if lock else query
+
+
+_SPENDING = {
+    (located, lock): _spending_query(located=located, lock=lock)
+    for located in (False, True)
+    for lock in (False, True)
+}
+_ENTRIES_BY_REQUEST = select(E).where(
+    E.c.tenant_id == _b("tenant_id"), E.c.request_id.in_(_b("request_ids", expanding=True))
+)
+_DEBIT_WALLET = (
+    update(W)
+    .where(
+        W.c.id == _b("wallet_id"),
+        W.c.total_tokens - W.c.used_tokens - W.c.reserved_tokens >= _b("need"),
+    )
+    .values(
+        used_tokens=W.c.used_tokens + _b("used_add"),
+        reserved_tokens=W.c.reserved_tokens + _b("reserved_add"),
+        updated_at=_b("now"),
+    )
+)
+_MOVE_WALLET = (
+    update(W)
+    .where(W.c.id == _b("wallet_id"))
+    .values(
+        used_tokens=W.c.used_tokens + _b("used_add"),
+        reserved_tokens=W.c.reserved_tokens - _b("reserved_sub"),
+        updated_at=_b("now"),
+    )
+    .returning(*W.c)
+)
+_INSERT_ENTRIES = insert(E)
+_INSERT_RESERVATIONS = insert(RS)
+
+
+def _claim_query(state: str, *, expiring: bool, capture: str) -> Any:
+    """End a pending reservation: `capture` is "all", "amount" or "none"."""
+    claim = update(RS).where(
+        RS.c.tenant_id == _b("p_tenant"),
+        RS.c.id == _b("p_reservation"),
+        RS.c.state == ReservationState.PENDING.value,
+    )
+    if not expiring:
+        claim = claim.where(RS.c.expires_at > _b("now"))
+    spent: Any = 0
+    if capture == "all":
+        spent = RS.c.amount
+    elif capture == "amount":
+        spent = _b("capture_amount")
+        claim = claim.where(RS.c.amount >= _b("capture_amount"))
+    return claim.values(state=state, captured_amount=spent, ended_at=_b("now")).returning(*RS.c)
+
+
+_CLAIMS = {
+    (EntryKind.CAPTURE, True): _claim_query("captured", expiring=False, capture="amount"),
+    (EntryKind.CAPTURE, False): _claim_query("captured", expiring=False, capture="all"),
+    (EntryKind.RELEASE, False): _claim_query("released", expiring=False, capture="none"),
+    (EntryKind.EXPIRE, False): _claim_query("expired", expiring=True, capture="none"),
+}
 
 
 def _conflict(request_id: str) -> Conflict:
@@ -128,15 +203,10 @@ class SqlLedgerStore:
         self, conn: AsyncConnection, tenant_id: str, location_id: str, *, lock: bool
     ) -> Row[Any]:
         """The location's own wallet if it has one, else the tenant's."""
-        query = select(W).where(W.c.tenant_id == tenant_id)
+        params = {"tenant_id": tenant_id}
         if location_id:
-            query = query.where(W.c.location_id.in_([location_id, ""]))
-        else:
-            query = query.where(W.c.location_id == "")
-        query = query.order_by(W.c.location_id.desc()).limit(1)
-        if lock:
-            query = query.with_for_update()
-        row = (await conn.execute(query)).first()
+            params["location_id"] = location_id
+        row = (await conn.execute(_SPENDING[bool(location_id), lock], params)).first()
         if row is None:
             raise NotFound(f"tenant {tenant_id!r} has no token wallet")
         return row
@@ -150,7 +220,7 @@ class SqlLedgerStore:
         self, conn: AsyncConnection, tenant_id: str, request_ids: Sequence[str]
     ) -> dict[str, Row[Any]]:
         rows = await conn.execute(
-            select(E).where(E.c.tenant_id == tenant_id, E.c.request_id.in_(list(request_ids)))
+            _ENTRIES_BY_REQUEST, {"tenant_id": tenant_id, "request_ids": list(request_ids)}
         )
         return {row.request_id: row for row in rows}
 
@@ -346,23 +416,20 @@ class SqlLedgerStore:
             used_add = used - wallet.used_tokens
             reserved_add = reserved - wallet.reserved_tokens
             updated = await conn.execute(
-                update(W)
-                .where(
-                    W.c.id == wallet.id,
-                    W.c.total_tokens - W.c.used_tokens - W.c.reserved_tokens
-                    >= used_add + reserved_add,
-                )
-                .values(
-                    used_tokens=W.c.used_tokens + used_add,
-                    reserved_tokens=W.c.reserved_tokens + reserved_add,
-                    updated_at=now,
-                )
+                _DEBIT_WALLET,
+                {
+                    "wallet_id": wallet.id,
+                    "need": used_add + reserved_add,
+                    "used_add": used_add,
+                    "reserved_add": reserved_add,
+                    "now": now,
+                },
             )
             if updated.rowcount != 1:  # impossible under the row lock; never overdraw
                 raise RuntimeError(f"wallet {wallet.id} changed under its lock")
             if reservations:
-                await conn.execute(insert(RS), reservations)
-            await conn.execute(insert(E), entries)
+                await conn.execute(_INSERT_RESERVATIONS, reservations)
+            await conn.execute(_INSERT_ENTRIES, entries)
             await self._low_balance_check(conn, wallet, before, total - used - reserved, now)
 
         # Duplicates inside the batch get the first one's result (or a conflict).
@@ -636,7 +703,7 @@ class SqlLedgerStore:
             )
             entries.append(values)
             results[i] = (to_reservation(res), to_entry(_Obj(values)))
-        await conn.execute(insert(E), entries)
+        await conn.execute(_INSERT_ENTRIES, entries)
 
     @staticmethod
     def _end_hash(req: EndRequest) -> str:
@@ -724,46 +791,21 @@ class SqlLedgerStore:
         amount: int | None,
     ) -> Row[Any] | None:
         """End a pending reservation by a conditional UPDATE; None if it cannot be."""
-        state = {
-            EntryKind.CAPTURE: ReservationState.CAPTURED,
-            EntryKind.RELEASE: ReservationState.RELEASED,
-            EntryKind.EXPIRE: ReservationState.EXPIRED,
-        }[kind]
-        claim = update(RS).where(
-            RS.c.tenant_id == tenant_id,
-            RS.c.id == reservation_id,
-            RS.c.state == ReservationState.PENDING.value,
-        )
-        if kind is not EntryKind.EXPIRE:
-            claim = claim.where(RS.c.expires_at > now)
-        spent: Any = 0
-        if kind is EntryKind.CAPTURE:
-            spent = RS.c.amount if amount is None else amount
-            if amount is not None:
-                claim = claim.where(RS.c.amount >= amount)
-        return (
-            await conn.execute(
-                claim.values(state=state.value, captured_amount=spent, ended_at=now).returning(
-                    *RS.c
-                )
-            )
-        ).first()
+        partial = kind is EntryKind.CAPTURE and amount is not None
+        params: dict[str, Any] = {
+            "p_tenant": tenant_id,
+            "p_reservation": reservation_id,
+            "now": now,
+        }
+        if partial:
+            params["capture_amount"] = amount
+        return (await conn.execute(_CLAIMS[kind, partial], params)).first()
 
     async def _move_wallet(
         self, conn: AsyncConnection, wallet_id: str, used_add: int, reserved_sub: int, now: datetime
     ) -> Row[Any]:
-        return (
-            await conn.execute(
-                update(W)
-                .where(W.c.id == wallet_id)
-                .values(
-                    used_tokens=W.c.used_tokens + used_add,
-                    reserved_tokens=W.c.reserved_tokens - reserved_sub,
-                    updated_at=now,
-                )
-                .returning(*W.c)
-            )
-        ).one()
+        params = {"wallet_id": wallet_id, "used_add": used_add, "reserved_sub": reserved_sub}
+        return (await conn.execute(_MOVE_WALLET, {**params, "now": now})).one()
 
     def _end_entry(
         self,
