@@ -110,6 +110,16 @@ def action_values(action: Action) -> dict[str, Any]:
     }
 
 
+_INSERT_SESSIONS = insert(S)
+_INSERT_ACTIONS = insert(A)
+_INSERT_MESSAGES = insert(M)
+_COUNT_MESSAGES = (
+    update(S)
+    .where(S.c.tenant_id == bindparam("p_tenant"), S.c.id == bindparam("p_session"))
+    .values(message_count=S.c.message_count + bindparam("p_n"), updated_at=bindparam("p_now"))
+)
+
+
 @functools.lru_cache(maxsize=64)
 def _transition_statement(
     from_states: frozenset[ActionState], to_state: ActionState, changed: tuple[str, ...]
@@ -218,13 +228,13 @@ class SqlAgentStore:
     async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
         """Store many exchanges in one transaction (concurrent Process calls share
         it); if that fails, each is stored alone so one bad row fails only its own."""
-        if len(exchanges) > 1:
-            try:
-                async with self._engine.begin() as conn:
-                    await self._insert_exchanges(conn, exchanges)
-                return [None] * len(exchanges)
-            except Exception:
-                pass
+        try:
+            async with self._engine.begin() as conn:
+                await self._insert_exchanges(conn, exchanges)
+            return [None] * len(exchanges)
+        except Exception as err:
+            if len(exchanges) == 1:
+                return [err]
         results: list[Exception | None] = []
         for ex in exchanges:
             try:
@@ -252,25 +262,30 @@ class SqlAgentStore:
             if ex.new_session
         ]
         if sessions:
-            await conn.execute(insert(S), sessions)
+            await conn.execute(_INSERT_SESSIONS, sessions)
         actions = [action_values(a) for ex in exchanges for a in ex.actions]
         if actions:
-            await conn.execute(insert(A), actions)
+            await conn.execute(_INSERT_ACTIONS, actions)
         await conn.execute(
-            insert(M),
+            _INSERT_MESSAGES,
             [
                 _message_values(ex.tenant_id, ex.session.id, m)
                 for ex in exchanges
                 for m in ex.messages
             ],
         )
-        for ex in exchanges:
-            if not ex.new_session:
-                await conn.execute(
-                    update(S)
-                    .where(S.c.tenant_id == ex.tenant_id, S.c.id == ex.session.id)
-                    .values(message_count=S.c.message_count + len(ex.messages), updated_at=ex.now)
-                )
+        counts = [
+            {
+                "p_tenant": ex.tenant_id,
+                "p_session": ex.session.id,
+                "p_n": len(ex.messages),
+                "p_now": ex.now,
+            }
+            for ex in exchanges
+            if not ex.new_session
+        ]
+        if counts:
+            await conn.execute(_COUNT_MESSAGES, counts)
 
     async def record_exchange(
         self,
@@ -282,23 +297,9 @@ class SqlAgentStore:
         now: datetime,
     ) -> None:
         """Store a session (if new), messages and actions in one transaction."""
+        exchange = Exchange(tenant_id, session, new_session, list(messages), list(actions), now)
         async with self._engine.begin() as conn:
-            if new_session:
-                await conn.execute(
-                    insert(S).values(
-                        id=session.id,
-                        tenant_id=tenant_id,
-                        user_id=session.user_id,
-                        location_id=session.location_id,
-                        title=session.title,
-                        message_count=len(messages),
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-            if actions:
-                await conn.execute(insert(A), [action_values(a) for a in actions])
-            await self._append(conn, tenant_id, session.id, messages, now, count=not new_session)
+            await self._insert_exchanges(conn, [exchange])
 
     async def append_messages(
         self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime

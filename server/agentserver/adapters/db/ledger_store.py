@@ -858,7 +858,7 @@ class SqlLedgerStore:
         values = self._end_entry(
             wallet, res, request_id, req_hash, now, wallet.used_tokens, wallet.reserved_tokens
         )
-        await conn.execute(insert(E).values(**values))
+        await conn.execute(_INSERT_ENTRIES, values)
         return to_reservation(res), to_entry(_Obj(values))
 
     async def get_reservation(self, tenant_id: str, reservation_id: str) -> Reservation:
