@@ -60,3 +60,21 @@ def test_page_tokens_round_trip_and_reject_foreign_ones() -> None:
     with pytest.raises(InvalidArgument):
         page_request(-1, "", default=10, maximum=100, kind="usage")
     assert page_request(0, "", default=10, maximum=100, kind="usage").size == 10
+
+
+async def test_a_cancelled_caller_does_not_stop_its_batch() -> None:
+    done: list[int] = []
+
+    async def run(key: str, items: list[int]) -> list[int | DomainError]:
+        await asyncio.sleep(0.02)
+        done.extend(items)
+        return items
+
+    c: Coalescer[str, int, int] = Coalescer(run)
+    waiter = asyncio.ensure_future(c.submit("k", 1))
+    other = asyncio.ensure_future(c.submit("k", 2))
+    await asyncio.sleep(0.005)
+    waiter.cancel()
+    assert await other == 2
+    await asyncio.sleep(0.03)
+    assert sorted(done) == [1, 2]  # the cancelled caller's write still happened

@@ -330,9 +330,10 @@ class Coalescer(Generic[K, I, R]):
         self._pending.setdefault(key, []).append((item, future))
         if key not in self._tasks:
             self._tasks[key] = asyncio.create_task(self._drain(key))
-        # The batch runs to completion even if this caller goes away (deadline):
-        # a write that happened is found again by its request_id.
-        return await asyncio.shield(future)
+        # The batch runs in the drain task, to completion even if this caller goes
+        # away (deadline): a write that happened is found again by its request_id.
+        # A caller's cancellation only cancels its own future, which the drain skips.
+        return await future
 
     async def _drain(self, key: K) -> None:
         try:
