@@ -78,3 +78,11 @@ async def test_a_cancelled_caller_does_not_stop_its_batch() -> None:
     assert await other == 2
     await asyncio.sleep(0.03)
     assert sorted(done) == [1, 2]  # the cancelled caller's write still happened
+
+
+def test_ids_are_unique_and_sort_by_time() -> None:
+    from agentserver.domain.ids import new_id
+
+    ids = [new_id("t") for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert [i[:16] for i in ids] == sorted(i[:16] for i in ids)  # the time part never goes back
