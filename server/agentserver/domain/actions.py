@@ -111,6 +111,17 @@ class ActionStore(Protocol):
         the updated action, or None when another writer got there first."""
         ...
 
+    async def advance(
+        self,
+        action: Action,
+        from_states: frozenset[ActionState],
+        to_state: ActionState,
+        now: datetime,
+        **changes: Any,
+    ) -> Action | None:
+        """`transition` for a caller holding the current row; nothing is read back."""
+        ...
+
     async def update(
         self, tenant_id: str, action_id: str, now: datetime, **changes: Any
     ) -> Action: ...

@@ -150,9 +150,8 @@ class Executor:
     async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
         await self.capture(action)
         changes = {} if result is None else {"result": result}
-        done = await self.actions.transition(
-            action.tenant_id,
-            action.id,
+        done = await self.actions.advance(
+            action,
             frozenset({ActionState.EXECUTING}),
             ActionState.SUCCEEDED,
             self.clock.now(),

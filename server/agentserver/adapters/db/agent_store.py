@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -122,10 +123,14 @@ _COUNT_MESSAGES = (
 
 @functools.lru_cache(maxsize=64)
 def _transition_statement(
-    from_states: frozenset[ActionState], to_state: ActionState, changed: tuple[str, ...]
+    from_states: frozenset[ActionState],
+    to_state: ActionState,
+    changed: tuple[str, ...],
+    *,
+    returning: bool = True,
 ) -> Any:
     """A compare-and-set on the action's state, built once per shape (what changes)."""
-    return (
+    statement = (
         update(A)
         .where(
             A.c.tenant_id == bindparam("p_tenant"),
@@ -138,8 +143,8 @@ def _transition_statement(
             version=A.c.version + 1,
             **{name: bindparam(f"p_{name}") for name in changed},
         )
-        .returning(*A.c)
     )
+    return statement.returning(*A.c) if returning else statement
 
 
 def _message_values(tenant_id: str, session_id: str, m: Message) -> dict[str, Any]:
@@ -370,6 +375,32 @@ class SqlAgentStore:
             statement, {"p_tenant": tenant_id, "p_action": action_id, "p_now": now, **params}
         )
         return None if row is None else _action(row)
+
+    async def advance(
+        self,
+        action: Action,
+        from_states: frozenset[ActionState],
+        to_state: ActionState,
+        now: datetime,
+        **changes: Any,
+    ) -> Action | None:
+        """`transition` for a caller that holds the current row: nothing is read back."""
+        statement = _transition_statement(
+            from_states, to_state, tuple(sorted(changes)), returning=False
+        )
+        params = {f"p_{k}": v for k, v in changes.items()}
+        params.update(p_tenant=action.tenant_id, p_action=action.id, p_now=now)
+        if self._single is None:
+            async with self._engine.begin() as conn:
+                count = (await conn.execute(statement, params)).rowcount
+        else:
+            async with self._single.connect() as conn:
+                count = (await conn.execute(statement, params)).rowcount
+        if count != 1:
+            return None
+        return replace(
+            action, state=to_state, updated_at=now, version=action.version + 1, **changes
+        )
 
     async def _write_one(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         """One self-contained write with RETURNING: no BEGIN/COMMIT round trips on

@@ -129,7 +129,11 @@ def _unfloat(value: Any) -> Any:
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
-    out.update(json.loads(json.dumps(value, default=str)))
+    try:
+        out.update(value)
+    except (TypeError, ValueError):  # not plain JSON values (a datetime, say): stringify
+        out = struct_pb2.Struct()
+        out.update(json.loads(json.dumps(value, default=str)))
     return out
 
 
