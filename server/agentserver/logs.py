@@ -32,6 +32,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
+    # The JSON lines carry none of these; skip collecting them on every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
