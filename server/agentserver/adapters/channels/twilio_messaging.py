@@ -25,6 +25,7 @@ is permanent. The exception text carries Twilio's error code and message.
 
 from __future__ import annotations
 
+import abc
 import base64
 import contextvars
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ class _IdempotentAsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         )
 
 
-class _TwilioMessagingChannel:
+class _TwilioMessagingChannel(abc.ABC):
     """Shared machinery of the SMS and WhatsApp channels."""
 
     _channel_name = ""
@@ -142,8 +143,9 @@ class _TwilioMessagingChannel:
         """The channel kind ("sms" or "whatsapp")."""
         return self._channel_name
 
+    @abc.abstractmethod
     def _addresses(self, message: OutboundMessage) -> tuple[str, str]:
-        raise NotImplementedError
+        """(From, To) as Twilio wants them for this channel."""
 
     def _twilio(self) -> Any:
         # Built on first use, inside the running loop: aiohttp's ClientSession (which
