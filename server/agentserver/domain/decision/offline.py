@@ -1305,7 +1305,12 @@ class OfflineEngine:
                     ambiguous.append(note)
                 continue
             params, missing = _EXTRACTORS[seg.family](seg, ctx)
-            confidence = max(20, min(95, seg.strength) - 15 * len(missing))
+            # Missing parameters lower the confidence, but a clearly worded request
+            # stays in the suggestion band: the policy already blocks it and asks the
+            # requester for what is missing, which is better than a coordinator.
+            confidence = max(20, min(95, seg.strength) - 10 * len(missing))
+            if missing and seg.strength >= 85:
+                confidence = max(confidence, 60)
             reasoning = f"'{_clean(seg.text, ctx)}' reads as {seg.family}"
             if seg.typo:
                 reasoning += " (matched a misspelt keyword)"
