@@ -661,3 +661,18 @@ async def test_one_bad_exchange_fails_alone(harness: Harness) -> None:
     assert isinstance(results[1], Exception)
     stored = await harness.app.agent_store.get_session(t.id, good.session.id)
     assert stored.message_count == 1
+
+
+async def test_balance_covers_the_first_action_only(harness: Harness) -> None:
+    t = await harness.tenant(1)
+    async with t.client("uma") as client:
+        resp = await process(
+            client, "Email a@example.com that we open at 9 and text +15551234567 that we open at 9"
+        )
+        email, sms = resp.actions
+        assert email.state == S.ACTION_STATE_SUCCEEDED
+        assert not sms.executable
+        assert [b.reason for b in sms.blocked_reasons] == ["INSUFFICIENT_TOKENS"]
+        assert sms.decision_level != AUTOMATIC
+        assert "of 1 tokens" in resp.reasoning  # decided again knowing the balance
+        assert await available(client, t.id) == 0

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from agentserver.domain.actions import (
@@ -39,10 +40,11 @@ from agentserver.domain.decision.engine import (
     HistoryMessage,
     Proposal,
 )
-from agentserver.domain.decision.levels import DecisionLevel
+from agentserver.domain.decision.levels import DecisionLevel, strictest
 from agentserver.domain.decision.policy import (
     ActionDecision,
     BlockedReason,
+    PolicyOutcome,
     PolicySettings,
     decide,
 )
@@ -232,10 +234,6 @@ class AgentService:
             tenant, user, location, request.user_permissions or None
         )
         settings = policy_settings(await self.policy.tenant_policy(tenant))
-        try:
-            available = (await self.ledger.balance(tenant, location)).available
-        except NotFound:
-            available = 0
 
         user_message = Message(new_id("msg"), session.id, Role.USER, text, now)
         engine_request = EngineRequest(
@@ -246,17 +244,12 @@ class AgentService:
             tenant_id=tenant,
             location_id=location,
         )
-        proposal, available = await self._propose(
-            engine_request, tenant, location, user_message.id, available
+        proposal = await self._propose(engine_request, tenant, location, user_message.id)
+        outcome, actions = await self._decide_and_hold(
+            proposal, permissions, settings, tenant, session.id, location, user, now
         )
-        outcome = decide(
-            proposal, self.registry, self.costs, permissions, available, settings=settings
-        )
-
-        actions = [
-            await self._new_action(d, tenant, session.id, location, user, now)
-            for d in outcome.actions
-        ]
+        # The strictest of the actions as they are (a refused hold makes one stricter).
+        level = strictest(*(a.level for a in actions))
         reply = _reply(proposal, actions)
         assistant = Message(
             new_id("msg"),
@@ -264,7 +257,7 @@ class AgentService:
             Role.ASSISTANT,
             reply,
             self.clock.now(),
-            decision_level=int(outcome.level),
+            decision_level=int(level),
             action_ids=[a.id for a in actions],
         )
         try:
@@ -287,7 +280,7 @@ class AgentService:
         reasoning = " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
         return ProcessResult(
             reply=_reply(proposal, finished),
-            level=outcome.level,
+            level=level,
             actions=finished,
             reasoning=reasoning,
             confidence=max(0, min(100, proposal.confidence)),
@@ -296,12 +289,12 @@ class AgentService:
         )
 
     async def _propose(
-        self, request: EngineRequest, tenant: str, location: str, message_id: str, available: int
-    ) -> tuple[Proposal, int]:
+        self, request: EngineRequest, tenant: str, location: str, message_id: str
+    ) -> Proposal:
         """Ask the configured engine; an LLM decision is paid first (1 token), and
         with no balance left the offline engine decides instead."""
         if self.engine is self.offline:
-            return await self.offline.propose(request), available
+            return await self.offline.propose(request)
         cost = self.costs.tokens(OperationType.INTERNAL_API_LLM)
         try:
             if cost > 0:
@@ -318,12 +311,73 @@ class AgentService:
         except (InsufficientTokens, NotFound):
             proposal = await self.offline.propose(request)
             note = f"offline ({self.engine.name} skipped: no tokens left for the LLM)"
-            return _with_engine(proposal, note), available
-        return await self.engine.propose(request), available - cost
+            return _with_engine(proposal, note)
+        return await self.engine.propose(request)
+
+    async def _decide_and_hold(
+        self,
+        proposal: Proposal,
+        permissions: PermissionSet,
+        settings: PolicySettings,
+        tenant: str,
+        session_id: str,
+        location: str,
+        user: str,
+        now: datetime,
+    ) -> tuple[PolicyOutcome, list[Action]]:
+        """Decide, then hold each executable action's tokens in order.
+
+        The balance is not read up front: the reservations are the check. When one
+        is refused, the refusal reports what was available, and the policy decides
+        again with the balance this request started from (available + what it
+        already holds), exactly as if it had been read first; the actions already
+        held still fit, since the policy fits them greedily in the same order.
+        """
+        outcome = decide(proposal, self.registry, self.costs, permissions, None, settings=settings)
+        actions: list[Action] = []
+        held = 0
+        redecided = False
+        new = partial(
+            self._new_action,
+            tenant=tenant,
+            session_id=session_id,
+            location=location,
+            user=user,
+            now=now,
+        )
+        try:
+            for i in range(len(outcome.actions)):
+                try:
+                    action = await new(outcome.actions[i])
+                except InsufficientTokens as err:
+                    if not redecided:
+                        redecided = True
+                        balance = err.violation.available + held
+                        outcome = decide(
+                            proposal,
+                            self.registry,
+                            self.costs,
+                            permissions,
+                            balance,
+                            settings=settings,
+                        )
+                    try:
+                        action = await new(outcome.actions[i])
+                    except InsufficientTokens as again:  # spent meanwhile by someone else
+                        action = await new(_refused(outcome.actions[i], again))
+                if action.reservation_id:
+                    held += action.token_cost
+                actions.append(action)
+        except BaseException:
+            for action in actions:
+                await self.executor.release(action)
+            raise
+        return outcome, actions
 
     async def _new_action(
         self,
         decision: ActionDecision,
+        *,
         tenant: str,
         session_id: str,
         location: str,
@@ -361,11 +415,8 @@ class AgentService:
         # finds them spent.
         try:
             reservation_id = await self.executor.reserve(action)
-        except InsufficientTokens as err:
-            blocked = BlockedReason("INSUFFICIENT_TOKENS", err.message, "tokens")
-            return _replace(
-                action, executable=False, blocked=[*action.blocked, _blocked_dict(blocked)]
-            )
+        except NotFound:  # no wallet at all: nothing is available
+            raise InsufficientTokens(f"tenants/{tenant}", decision.token_cost, 0) from None
         if decision.level is DecisionLevel.AUTOMATIC:
             return _replace(
                 action,
@@ -580,6 +631,18 @@ class AgentService:
 
 def _replace(action: Action, **changes: Any) -> Action:
     return replace(action, **changes)
+
+
+def _refused(decision: ActionDecision, err: InsufficientTokens) -> ActionDecision:
+    """A decision the ledger refused after the policy allowed it (a concurrent spend):
+    not executable, and never automatic."""
+    blocked = BlockedReason("INSUFFICIENT_TOKENS", err.message, "balance")
+    return replace(
+        decision,
+        executable=False,
+        blocked=[*decision.blocked, blocked],
+        level=max(decision.level, DecisionLevel.SUGGESTION),
+    )
 
 
 def _blocked_dict(b: BlockedReason) -> dict[str, str]:

@@ -151,11 +151,16 @@ def decide(
     registry: Registry,
     costs: CostTable,
     permissions: PermissionSet,
-    balance: int,
+    balance: int | None,
     *,
     settings: PolicySettings | None = None,
 ) -> PolicyOutcome:
-    """Decide every proposed action (in order) and the response's level."""
+    """Decide every proposed action (in order) and the response's level.
+
+    `balance` None means "not known yet": no action is blocked for tokens here, and
+    the caller must hold the tokens and, when they are refused, decide again with
+    the balance the refusal reports (see `AgentService.process`).
+    """
     settings = settings or PolicySettings()
     decisions: list[ActionDecision] = []
     reserved = 0
@@ -169,7 +174,7 @@ def decide(
             settings=settings,
         )
         if decision.executable and decision.token_cost > 0:
-            if reserved + decision.token_cost <= balance:
+            if balance is None or reserved + decision.token_cost <= balance:
                 reserved += decision.token_cost
             else:
                 decision = _block_for_tokens(decision, reserved, balance)
@@ -180,9 +185,10 @@ def decide(
         why = "Nothing to do: the message asked for no action."
     else:
         runnable = sum(d.executable for d in decisions)
+        of = "" if balance is None else f" of {balance}"
         why = (
-            f"{len(decisions)} action(s), {runnable} executable, needing {reserved} of "
-            f"{balance} tokens; the response is {level.label}, the strictest of its actions."
+            f"{len(decisions)} action(s), {runnable} executable, needing {reserved}{of} "
+            f"tokens; the response is {level.label}, the strictest of its actions."
         )
     if proposal.bypass_attempt:
         why += " The message tried to bypass the rules, so every action needs an approver."
