@@ -231,11 +231,15 @@ class _Segment:
 _TOKEN_RE = re.compile(r"QUOTE\d+|[A-Za-z][A-Za-z'’_-]*|\d+(?:[:.]\d+)?|[@#+]\S+")
 
 
+_PHRASES_RE = [(re.compile(pattern), repl) for pattern, repl in _PHRASES]
+_LET_KNOW_RE = re.compile(r"\blet\s+((?:\w+\s+){0,3}?)know\b")
+
+
 def _fold(text: str) -> str:
     low = text.lower().replace("’", "'")
-    for pattern, repl in _PHRASES:
-        low = re.sub(pattern, repl, low)
-    return re.sub(r"\blet\s+((?:\w+\s+){0,3}?)know\b", r"letknow \1", low)
+    for pattern, repl in _PHRASES_RE:
+        low = pattern.sub(repl, low)
+    return _LET_KNOW_RE.sub(r"letknow \1", low)
 
 
 def _tokenise(text: str) -> list[_Token]:
