@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,12 +44,30 @@ def op_to_pb(op: OperationType) -> common_pb2.OperationType.ValueType:
     return common_pb2.OperationType.Value(f"OPERATION_TYPE_{op.name}")
 
 
+def _enum_name(wrapper: Any, value: int, prefix: str, field: str, hint: str) -> str:
+    """The member name (without `prefix`) of a set proto enum value; INVALID_ARGUMENT
+    for the UNSPECIFIED zero or a number the enum does not have."""
+    name = _names(wrapper).get(value, "")
+    if not name or value == 0:
+        raise InvalidArgument.field(field, hint)
+    return name.removeprefix(prefix)
+
+
+@functools.cache  # the enums are module singletons; build each map once
+def _names(wrapper: Any) -> dict[int, str]:
+    return {int(v): n for n, v in wrapper.items()}
+
+
 def op_from_pb(value: int, field: str = "operation_type") -> OperationType:
-    names = {int(v): n for n, v in common_pb2.OperationType.items()}
-    name = names.get(value, "")
-    if not name or value == common_pb2.OPERATION_TYPE_UNSPECIFIED:
-        raise InvalidArgument.field(field, "is required (an OPERATION_TYPE_* value)")
-    return OperationType[name.removeprefix("OPERATION_TYPE_")]
+    return OperationType[
+        _enum_name(
+            common_pb2.OperationType,
+            value,
+            "OPERATION_TYPE_",
+            field,
+            "is required (an OPERATION_TYPE_* value)",
+        )
+    ]
 
 
 def balance_to_pb(b: Balance) -> token_service_pb2.Balance:
@@ -148,11 +167,15 @@ def state_to_pb(state: ActionState) -> agent_service_pb2.ActionState.ValueType:
 
 
 def state_from_pb(value: int) -> ActionState:
-    names = {int(v): n for n, v in agent_service_pb2.ActionState.items()}
-    name = names.get(value, "")
-    if not name or value == agent_service_pb2.ACTION_STATE_UNSPECIFIED:
-        raise InvalidArgument.field("states", f"{value} is not an action state")
-    return ActionState[name.removeprefix("ACTION_STATE_")]
+    return ActionState[
+        _enum_name(
+            agent_service_pb2.ActionState,
+            value,
+            "ACTION_STATE_",
+            "states",
+            f"{value} is not an action state",
+        )
+    ]
 
 
 def action_to_pb(a: Action) -> agent_service_pb2.Action:
