@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from agentserver.domain.batching import Coalescer
 from agentserver.domain.errors import DomainError, InsufficientTokens, InvalidArgument
-from agentserver.domain.ledger import Coalescer, fit_debits, request_hash
+from agentserver.domain.ledger import fit_debits, request_hash
 from agentserver.domain.paging import decode_token, encode_token, page_request
 
 

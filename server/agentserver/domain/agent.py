@@ -23,6 +23,7 @@ from agentserver.domain.actions import (
     ActionState,
     ActionStore,
 )
+from agentserver.domain.batching import Coalescer
 from agentserver.domain.clock import Clock
 from agentserver.domain.conversations import (
     ConversationStore,
@@ -59,7 +60,7 @@ from agentserver.domain.errors import (
 from agentserver.domain.executor import Executor
 from agentserver.domain.identity import Caller
 from agentserver.domain.ids import new_id
-from agentserver.domain.ledger import Coalescer, Debit, LedgerService, validate_request_id
+from agentserver.domain.ledger import Debit, LedgerService, validate_request_id
 from agentserver.domain.paging import PageRequest
 from agentserver.domain.permissions import (
     APPROVER_PERMISSION,

@@ -22,17 +22,17 @@ Rules (see also the TokenService comments in protos/):
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import enum
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
+from agentserver.domain.batching import Coalescer
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import CostTable, OperationType
 from agentserver.domain.errors import DomainError, FieldViolation, InvalidArgument
@@ -297,68 +297,6 @@ class LedgerStore(Protocol):
     ) -> MonthlyFeeResult: ...
 
     async def tenant_ids(self) -> list[str]: ...
-
-
-# --- coalescing -------------------------------------------------------------
-
-K = TypeVar("K", bound=Hashable)
-I = TypeVar("I")  # noqa: E741
-R = TypeVar("R")
-
-
-class Coalescer(Generic[K, I, R]):
-    """Group concurrent submissions with the same key into one call of `run`.
-
-    The first submitter for a key starts a drain task; everything submitted
-    while a batch is in flight forms the next batch. At concurrency 1 this adds
-    no delay; under load, batches grow by themselves. `run` returns one result
-    (or the exception for that item) per item, in order.
-    """
-
-    def __init__(
-        self,
-        run: Callable[[K, list[I]], Awaitable[Sequence[R | Exception]]],
-        max_batch: int = 256,
-    ) -> None:
-        self._run = run
-        self._max_batch = max_batch
-        self._pending: dict[K, list[tuple[I, asyncio.Future[R]]]] = {}
-        self._tasks: dict[K, asyncio.Task[None]] = {}
-
-    async def submit(self, key: K, item: I) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(key, []).append((item, future))
-        if key not in self._tasks:
-            self._tasks[key] = asyncio.create_task(self._drain(key))
-        # The batch runs in the drain task, to completion even if this caller goes
-        # away (deadline): a write that happened is found again by its request_id.
-        # A caller's cancellation only cancels its own future, which the drain skips.
-        return await future
-
-    async def _drain(self, key: K) -> None:
-        try:
-            while queue := self._pending.pop(key, None):
-                batch, rest = queue[: self._max_batch], queue[self._max_batch :]
-                if rest:
-                    self._pending[key] = rest + self._pending.get(key, [])
-                try:
-                    results = await self._run(key, [item for item, _ in batch])
-                except Exception as exc:  # delivered to every waiter of the batch
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            # No await between the empty pop above and here, so no submission can
-            # slip in unseen.
-            del self._tasks[key]
 
 
 # --- the service ------------------------------------------------------------
