@@ -21,6 +21,9 @@ from agentserver.adapters.db.business_store import SqlBusinessStore
 from agentserver.adapters.db.engine import create_engine
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.migrate import pending_revisions, upgrade
+from agentserver.adapters.db.pg import PgPool
+from agentserver.adapters.db.pg_agent import PgAgentStore
+from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
@@ -66,6 +69,7 @@ class App:
     secret_box: SecretBox | None
     limiter: RateLimiter
     audit: BufferedAuditLog
+    pg_pool: PgPool | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -81,6 +85,8 @@ class App:
             close = getattr(closable, "aclose", None)
             if close is not None:
                 await close()
+        if self.pg_pool is not None:
+            await self.pg_pool.close()
         await self.engine.dispose()
 
     def start_background(self) -> None:
@@ -142,11 +148,20 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     costs = CostTable.parse(settings.costs)
     admin = SqlAdminStore(engine, low_balance_threshold=settings.low_balance_threshold)
-    ledger_store = SqlLedgerStore(engine, low_balance_threshold=settings.low_balance_threshold)
+    threshold = settings.low_balance_threshold
+    pg_pool: PgPool | None = None
+    ledger_store: SqlLedgerStore
+    agent_store: SqlAgentStore
+    if settings.is_sqlite:
+        ledger_store = SqlLedgerStore(engine, low_balance_threshold=threshold)
+        agent_store = SqlAgentStore(engine)
+    else:  # the hot writes as single asyncpg statements (adapters/db/pg.py)
+        pg_pool = PgPool(settings.database_url, max_size=settings.db_pool_size)
+        ledger_store = PgLedgerStore(engine, pg_pool, low_balance_threshold=threshold)
+        agent_store = PgAgentStore(engine, pg_pool)
     ledger = LedgerService(store=ledger_store, clock=clock, costs=costs)
     registry = default_registry()
     secret_box = SecretBox.from_optional_env_value(settings.secret_keys)
-    agent_store = SqlAgentStore(engine)
     runner = ActionRunner(
         admin, SqlBusinessStore(engine), clock, secret_box, report_writer=build_writer(settings)
     )
@@ -187,6 +202,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         secret_box=secret_box,
         limiter=build_limiter(settings),
         audit=BufferedAuditLog(admin),
+        pg_pool=pg_pool,
     )
 
 

@@ -1,0 +1,77 @@
+"""A plain asyncpg pool beside SQLAlchemy's, for the PostgreSQL hot paths.
+
+The Process and ledger hot paths on PostgreSQL write with one hand-written
+statement per batch (data-modifying CTEs over `unnest` arrays): one round trip,
+atomic on its own, no BEGIN/COMMIT. Through SQLAlchemy each statement costs about
+2.5 times the CPU of the same statement on asyncpg directly, and the server's one
+core is what limits Process throughput. Everything else (reads, the rare paths,
+SQLite) stays on SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+# Errors after which a batch is settled item by item on the general path, which
+# explains each item (replay, conflict, ended reservation, ...). Nothing of a
+# failed statement was written: a single statement is atomic.
+RETRY_ALONE: tuple[type[Exception], ...] = (
+    asyncpg.UniqueViolationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """`postgresql+asyncpg://…` (SQLAlchemy) as the libpq URL asyncpg takes."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _keep_session(_conn: Any) -> None:
+    """Returning a connection to the pool costs no round trip. asyncpg's default
+    reset sends `RESET ALL`, `UNLISTEN *`, … each time; nothing here changes session
+    state, and asyncpg itself still rolls back a transaction left open."""
+
+
+class PgPool:
+    """An asyncpg pool opened on first use (building the app does no I/O)."""
+
+    def __init__(self, url: str, *, max_size: int = 10) -> None:
+        self._dsn = asyncpg_dsn(url)
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=1, max_size=self._max_size, reset=_keep_session
+                    )
+        return self._pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        pool = await self._get()
+        async with pool.acquire() as conn:
+            yield conn
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        pool = await self._get()
+        return list(await pool.fetch(query, *args))
+
+    async def execute(self, query: str, *args: Any) -> str:
+        pool = await self._get()
+        return str(await pool.execute(query, *args))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

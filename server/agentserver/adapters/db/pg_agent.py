@@ -1,0 +1,234 @@
+"""The agent's hot writes on PostgreSQL as single asyncpg statements (see pg.py):
+storing the exchanges of concurrent Process calls, and the state changes of
+concurrent callers that hold their action's row (`advance`, coalesced)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentserver.adapters.db import models
+from agentserver.adapters.db.agent_store import SqlAgentStore
+from agentserver.adapters.db.pg import PgPool
+from agentserver.domain.actions import Action, ActionState
+from agentserver.domain.batching import Coalescer
+from agentserver.domain.conversations import Exchange
+
+# One statement for a whole batch: new sessions, actions, messages, and the message
+# counts of continued sessions (summed: one UPDATE may change a row only once).
+# Foreign keys are checked at the end of the statement, so actions and messages may
+# name sessions inserted beside them.
+_EXCHANGES = """
+WITH s AS (
+  INSERT INTO sessions (id, tenant_id, user_id, location_id, title, message_count,
+                        created_at, updated_at)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                       $7::timestamptz[], $7::timestamptz[])
+), a AS (
+  INSERT INTO actions (id, tenant_id, session_id, location_id, action_type, category,
+                       parameters, decision_level, state, executable, blocked, token_cost,
+                       operation_type, confidence, reasoning, requested_by, decided_by,
+                       decision_request_id, rejection_reason, result, reservation_id,
+                       attempts, version, created_at, updated_at, expires_at)
+  SELECT id, tenant_id, session_id, location_id, action_type, category, parameters::json,
+         decision_level, state, executable, blocked::json, token_cost, operation_type,
+         confidence, reasoning, requested_by, decided_by, decision_request_id,
+         rejection_reason, result::json, reservation_id, attempts, version, created_at,
+         updated_at, expires_at
+    FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                $14::text[], $15::int[], $16::text[], $17::bool[], $18::text[], $19::bigint[],
+                $20::text[], $21::int[], $22::text[], $23::text[], $24::text[], $25::text[],
+                $26::text[], $27::text[], $28::text[], $29::int[], $30::int[],
+                $31::timestamptz[], $32::timestamptz[], $33::timestamptz[])
+      AS a(id, tenant_id, session_id, location_id, action_type, category, parameters,
+           decision_level, state, executable, blocked, token_cost, operation_type, confidence,
+           reasoning, requested_by, decided_by, decision_request_id, rejection_reason, result,
+           reservation_id, attempts, version, created_at, updated_at, expires_at)
+), m AS (
+  INSERT INTO messages (id, tenant_id, session_id, role, content, decision_level, action_ids,
+                        created_at)
+  SELECT id, tenant_id, session_id, role, content, decision_level, action_ids::json,
+         created_at
+    FROM unnest($34::text[], $35::text[], $36::text[], $37::text[], $38::text[], $39::int[],
+                $40::text[], $41::timestamptz[])
+      AS m(id, tenant_id, session_id, role, content, decision_level, action_ids, created_at)
+)
+UPDATE sessions AS t
+   SET message_count = t.message_count + u.n, updated_at = u.now
+  FROM (SELECT tenant_id, id, sum(n)::int AS n, max(now) AS now
+          FROM unnest($42::text[], $43::text[], $44::int[], $45::timestamptz[])
+            AS u(tenant_id, id, n, now)
+         GROUP BY tenant_id, id) AS u
+ WHERE t.tenant_id = u.tenant_id AND t.id = u.id
+"""
+
+_JSON_COLUMNS = frozenset(c.name for c in models.actions.c if isinstance(c.type, JSON))
+
+
+def _array_type(column: Any) -> str:
+    """The PostgreSQL array a column's values travel in: JSON as text, and strings
+    as text (an explicit cast to varchar(n) would truncate silently; the column
+    itself refuses an over-long value)."""
+    if isinstance(column.type, JSON):
+        return "text[]"
+    python_type = getattr(column.type, "impl", column.type).python_type  # through UTCDateTime
+    return {str: "text[]", int: "bigint[]", bool: "bool[]", datetime: "timestamptz[]"}[python_type]
+
+
+_ARRAY_TYPES = {c.name: _array_type(c) for c in models.actions.c}
+
+AdvanceKey = tuple[frozenset[ActionState], ActionState, tuple[str, ...]]
+AdvanceItem = tuple[str, str, datetime, list[Any]]
+
+
+@functools.lru_cache(maxsize=64)
+def _advance_statement(changed: tuple[str, ...]) -> str:
+    """A compare-and-set on the state of many actions: $1 allowed states, $2 the new
+    state, then arrays of tenant ids, action ids, times and each changed column."""
+    sets = ["state = $2", "updated_at = u.now", "version = t.version + 1"]
+    arrays = ["$3::text[]", "$4::text[]", "$5::timestamptz[]"]
+    names = ["tenant_id", "id", "now"]
+    for n, name in enumerate(changed):
+        if name not in _ARRAY_TYPES:
+            raise ValueError(f"actions has no column {name!r}")
+        arrays.append(f"${n + 6}::{_ARRAY_TYPES[name]}")
+        names.append(f"c{n}")
+        sets.append(f"{name} = u.c{n}::json" if name in _JSON_COLUMNS else f"{name} = u.c{n}")
+    return (
+        f"UPDATE actions AS t SET {', '.join(sets)} "
+        f"FROM unnest({', '.join(arrays)}) AS u({', '.join(names)}) "
+        "WHERE t.tenant_id = u.tenant_id AND t.id = u.id AND t.state = ANY($1::text[]) "
+        "RETURNING t.id"
+    )
+
+
+class PgAgentStore(SqlAgentStore):
+    """SqlAgentStore with exchanges and `advance` as single asyncpg statements."""
+
+    def __init__(self, engine: AsyncEngine, pool: PgPool) -> None:
+        super().__init__(engine)
+        self._pool = pool
+        self._advances: Coalescer[AdvanceKey, AdvanceItem, bool] = Coalescer(self._advance_batch)
+
+    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
+        try:
+            await self._pool.execute(_EXCHANGES, *_exchange_arrays(exchanges))
+            return [None] * len(exchanges)
+        except Exception as err:
+            if len(exchanges) == 1:
+                return [err]
+        # One bad exchange must fail only itself: store each alone.
+        return [(await self.record_exchanges([ex]))[0] for ex in exchanges]
+
+    async def advance(
+        self,
+        action: Action,
+        from_states: frozenset[ActionState],
+        to_state: ActionState,
+        now: datetime,
+        **changes: Any,
+    ) -> Action | None:
+        """Concurrent advances of the same shape share one statement."""
+        names = tuple(sorted(changes))
+        values = [json.dumps(changes[n]) if n in _JSON_COLUMNS else changes[n] for n in names]
+        key = (from_states, to_state, names)
+        if not await self._advances.submit(key, (action.tenant_id, action.id, now, values)):
+            return None
+        return replace(
+            action, state=to_state, updated_at=now, version=action.version + 1, **changes
+        )
+
+    async def _advance_batch(self, key: AdvanceKey, items: list[AdvanceItem]) -> list[bool]:
+        from_states, to_state, names = key
+        first: list[AdvanceItem] = []
+        again: list[int] = []
+        seen: set[tuple[str, str]] = set()
+        for i, (tenant_id, action_id, _, _) in enumerate(items):
+            if (tenant_id, action_id) in seen:
+                again.append(i)  # a second change of one row in one statement: alone, after
+            else:
+                seen.add((tenant_id, action_id))
+                first.append(items[i])
+        rows = await self._pool.fetch(
+            _advance_statement(names),
+            sorted(s.value for s in from_states),
+            to_state.value,
+            [item[0] for item in first],
+            [item[1] for item in first],
+            [item[2] for item in first],
+            *([item[3][n] for item in first] for n in range(len(names))),
+        )
+        changed = {row["id"] for row in rows}
+        done = [item[1] in changed for item in items]
+        for i in again:
+            done[i] = (await self._advance_batch(key, [items[i]]))[0]
+        return done
+
+
+def _exchange_arrays(exchanges: Sequence[Exchange]) -> list[list[Any]]:
+    """The statement's parameters: one array per column."""
+    new = [ex for ex in exchanges if ex.new_session]
+    sessions: list[list[Any]] = [
+        [ex.session.id for ex in new],
+        [ex.tenant_id for ex in new],
+        [ex.session.user_id for ex in new],
+        [ex.session.location_id for ex in new],
+        [ex.session.title for ex in new],
+        [len(ex.messages) for ex in new],
+        [ex.now for ex in new],
+    ]
+    actions = [a for ex in exchanges for a in ex.actions]
+    action_columns: list[list[Any]] = [
+        [a.id for a in actions],
+        [a.tenant_id for a in actions],
+        [a.session_id for a in actions],
+        [a.location_id for a in actions],
+        [a.action_type for a in actions],
+        [a.category for a in actions],
+        [json.dumps(a.parameters) for a in actions],
+        [int(a.level) for a in actions],
+        [a.state.value for a in actions],
+        [a.executable for a in actions],
+        [json.dumps(a.blocked) for a in actions],
+        [a.token_cost for a in actions],
+        [a.operation_type for a in actions],
+        [a.confidence for a in actions],
+        [a.reasoning for a in actions],
+        [a.requested_by for a in actions],
+        [a.decided_by for a in actions],
+        [a.decision_request_id for a in actions],
+        [a.rejection_reason for a in actions],
+        [json.dumps(a.result) for a in actions],
+        [a.reservation_id for a in actions],
+        [a.attempts for a in actions],
+        [a.version for a in actions],
+        [a.created_at for a in actions],
+        [a.updated_at for a in actions],
+        [a.expires_at for a in actions],
+    ]
+    messages = [(ex, m) for ex in exchanges for m in ex.messages]
+    message_columns: list[list[Any]] = [
+        [m.id for _, m in messages],
+        [ex.tenant_id for ex, _ in messages],
+        [ex.session.id for ex, _ in messages],
+        [m.role.value for _, m in messages],
+        [m.content for _, m in messages],
+        [m.decision_level for _, m in messages],
+        [json.dumps(m.action_ids) for _, m in messages],
+        [m.created_at for _, m in messages],
+    ]
+    continued = [ex for ex in exchanges if not ex.new_session]
+    counts: list[list[Any]] = [
+        [ex.tenant_id for ex in continued],
+        [ex.session.id for ex in continued],
+        [len(ex.messages) for ex in continued],
+        [ex.now for ex in continued],
+    ]
+    return sessions + action_columns + message_columns + counts

@@ -1,0 +1,536 @@
+"""The PostgreSQL single-statement writes against the general path they stand in for.
+
+Every scenario runs the same batch twice on one database: through the general
+SQLAlchemy path (`SqlLedgerStore`, `SqlAgentStore`) for one tenant and through
+the fast path (`PgLedgerStore`, `PgAgentStore`) for another set up identically.
+Results, wallets, entries, reservations and events must match, with tenant names
+and generated ids taken out. Each scenario also checks which path did the work,
+so a fast path that always fell back would fail here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from agentserver.adapters.db.agent_store import SqlAgentStore
+from agentserver.adapters.db.ledger_store import SqlLedgerStore
+from agentserver.adapters.db.pg_agent import PgAgentStore
+from agentserver.adapters.db.pg_ledger import PgLedgerStore
+from agentserver.app import App, build_app, prepare_database
+from agentserver.config import Settings
+from agentserver.domain.actions import Action, ActionState
+from agentserver.domain.clock import FakeClock
+from agentserver.domain.conversations import Exchange, Message, Role, Session
+from agentserver.domain.costs import OperationType
+from agentserver.domain.decision.levels import DecisionLevel
+from agentserver.domain.errors import DomainError
+from agentserver.domain.ids import new_id
+from agentserver.domain.ledger import Debit, EndRequest, EntryKind
+from tests.conftest import ledger_invariant
+
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+SMS = OperationType.SMS
+
+
+@pytest.fixture
+async def app(fresh_pg_url: str) -> AsyncIterator[App]:
+    settings = Settings(database_url=fresh_pg_url, access_log=False, auto_migrate=True)
+    application = await build_app(settings, clock=FakeClock(NOW))
+    await prepare_database(application)
+    assert isinstance(application.ledger.store, PgLedgerStore)
+    yield application
+    await application.close()
+
+
+class Pair:
+    """Two tenants set up alike: `general` for the SQLAlchemy path, `fast` for asyncpg."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.general_store = SqlLedgerStore(app.engine, low_balance_threshold=50)
+        store = app.ledger.store
+        assert isinstance(store, PgLedgerStore)
+        self.fast_store = store
+        suffix = uuid.uuid4().hex[:8]
+        self.general = f"gen-{suffix}"
+        self.fast = f"fst-{suffix}"
+
+    async def setup(self, tokens: int, *, location_tokens: int = 0) -> None:
+        for tenant in (self.general, self.fast):
+            await self.app.admin.create_tenant(tenant, tenant, NOW)
+            if tokens:
+                await self.app.ledger.add_tokens(tenant, "", tokens, "seed", "seed")
+            if location_tokens:
+                await self.app.ledger.add_tokens(tenant, "loc-1", location_tokens, "seed-l", "")
+
+    def debits(self, tenant: str, specs: Sequence[tuple[Any, ...]]) -> list[Debit]:
+        """(request_id, amount, kind[, location]) tuples as Debits of `tenant`."""
+        out = []
+        for spec in specs:
+            request_id, amount, kind = spec[:3]
+            location = spec[3] if len(spec) > 3 else ""
+            out.append(
+                Debit(
+                    tenant_id=tenant,
+                    location_id=location,
+                    operation_type=SMS,
+                    amount=amount,
+                    request_id=request_id,
+                    description=f"d {request_id}",
+                    kind=kind,
+                    ttl=timedelta(minutes=10) if kind is EntryKind.RESERVE else None,
+                )
+            )
+        return out
+
+    async def both_debits(
+        self, specs: Sequence[tuple[Any, ...]], location: str = ""
+    ) -> tuple[list[Any], list[Any]]:
+        general = await self.general_store.apply_debits(
+            self.general, location, self.debits(self.general, specs), NOW
+        )
+        fast = await self.fast_store.apply_debits(
+            self.fast, location, self.debits(self.fast, specs), NOW
+        )
+        return [self.norm(r, self.general) for r in general], [
+            self.norm(r, self.fast) for r in fast
+        ]
+
+    def norm(self, value: Any, tenant: str) -> Any:
+        """A result with tenant names and generated ids taken out."""
+        if isinstance(value, DomainError):
+            return (type(value).__name__, self.norm(value.message, tenant), value.reason)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {
+                k: self.norm(v, tenant)
+                for k, v in dataclasses.asdict(value).items()
+                if k not in ("id", "reservation_id", "tenant_id")
+            }
+        if isinstance(value, dict):
+            return {
+                k: self.norm(v, tenant)
+                for k, v in value.items()
+                if k not in ("id", "reservation_id", "tenant_id")
+            }
+        if isinstance(value, tuple | list):
+            return [self.norm(v, tenant) for v in value]
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, str):
+            return re.sub(r"\bres_[0-9a-f]{24}\b", "res_*", value.replace(tenant, "T"))
+        return value
+
+    async def rows(self, tenant: str) -> dict[str, Any]:
+        """Everything the ledger holds for `tenant`, comparable across tenants."""
+        async with self.app.engine.connect() as conn:
+            wallets = (
+                await conn.execute(
+                    text(
+                        "SELECT location_id, total_tokens, used_tokens, reserved_tokens,"
+                        " arrears_tokens FROM business_tokens WHERE tenant_id = :t"
+                        " ORDER BY location_id"
+                    ),
+                    {"t": tenant},
+                )
+            ).all()
+            entries = (
+                await conn.execute(
+                    text(
+                        "SELECT location_id, wallet_location_id, operation_type, kind, tokens,"
+                        " total_delta, used_delta, reserved_delta, arrears_delta, total_after,"
+                        " used_after, reserved_after, arrears_after, description, request_id,"
+                        # an end's hash covers its reservation's (random) id
+                        " CASE WHEN reservation_id IS NULL OR kind = 'reserve'"
+                        " THEN request_hash END, reservation_id IS NULL, created_at"
+                        " FROM token_usage_logs WHERE tenant_id = :t"
+                    ),
+                    {"t": tenant},
+                )
+            ).all()
+            reservations = (
+                await conn.execute(
+                    text(
+                        "SELECT location_id, wallet_location_id, operation_type, amount,"
+                        " captured_amount, state, description, expires_at, created_at, ended_at"
+                        " FROM reservations WHERE tenant_id = :t"
+                    ),
+                    {"t": tenant},
+                )
+            ).all()
+            events = (
+                await conn.execute(
+                    text(
+                        "SELECT kind, actor, replace(subject, :t, 'T'), outcome,"
+                        " payload::text, created_at FROM events WHERE tenant_id = :t"
+                    ),
+                    {"t": tenant},
+                )
+            ).all()
+        await ledger_invariant(self.app.engine, tenant)
+
+        def rows(found: Sequence[Any]) -> list[tuple[Any, ...]]:
+            return sorted(tuple(self.norm(v, tenant) for v in r) for r in found)
+
+        return {
+            "wallets": rows(wallets),
+            "entries": rows(entries),
+            "reservations": rows(reservations),
+            "events": rows(events),
+        }
+
+    async def assert_same_rows(self) -> None:
+        general, fast = await self.rows(self.general), await self.rows(self.fast)
+        for table in general:  # a readable diff: the rows found on one side only
+            only_general = [r for r in general[table] if r not in fast[table]]
+            only_fast = [r for r in fast[table] if r not in general[table]]
+            assert (table, only_general) == (table, only_fast)
+        assert general == fast
+
+
+@pytest.fixture
+def general_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often the general path's batch bodies ran."""
+    calls = {"debits": 0, "ends": 0}
+    apply, end_one = SqlLedgerStore._apply_debits, SqlLedgerStore._end_one
+
+    async def counting_apply(self: SqlLedgerStore, *args: Any, **kw: Any) -> Any:
+        calls["debits"] += 1
+        return await apply(self, *args, **kw)
+
+    async def counting_end(self: SqlLedgerStore, *args: Any, **kw: Any) -> Any:
+        calls["ends"] += 1
+        return await end_one(self, *args, **kw)
+
+    monkeypatch.setattr(SqlLedgerStore, "_apply_debits", counting_apply)
+    monkeypatch.setattr(SqlLedgerStore, "_end_one", counting_end)
+    return calls
+
+
+R, C = EntryKind.RESERVE, EntryKind.CHARGE
+
+
+async def test_debits_that_fit_take_one_statement(app: App, general_calls: dict[str, int]) -> None:
+    pair = Pair(app)
+    await pair.setup(100)
+    await pair.general_store.apply_debits(pair.general, "", [], NOW)  # warm nothing
+    specs = [("a", 5, C), ("b", 7, R), ("c", 1, C), ("d", 30, R)]
+    before = general_calls["debits"]
+    general = await pair.general_store.apply_debits(
+        pair.general, "", pair.debits(pair.general, specs), NOW
+    )
+    assert general_calls["debits"] == before + 1
+    fast = await pair.fast_store.apply_debits(pair.fast, "", pair.debits(pair.fast, specs), NOW)
+    assert general_calls["debits"] == before + 1, "the fast path fell back"
+    assert [pair.norm(r, pair.general) for r in general] == [pair.norm(r, pair.fast) for r in fast]
+    await pair.assert_same_rows()
+
+
+@pytest.mark.parametrize(
+    "name, tokens, first, batch",
+    [
+        # A replay of an earlier debit inside a batch of new ones.
+        ("replay", 100, [("a", 5, C)], [("b", 3, C), ("a", 5, C), ("c", 2, R)]),
+        # The same key with other content.
+        ("conflict", 100, [("a", 5, C)], [("b", 3, C), ("a", 6, C)]),
+        # A retry inside the batch, and a reuse with other content.
+        ("in-batch", 100, [], [("a", 5, C), ("a", 5, C), ("b", 1, R), ("b", 2, R)]),
+        # The batch does not fit whole: the greedy fit refuses the big one only.
+        ("partial", 20, [], [("a", 8, C), ("b", 15, R), ("c", 9, C), ("d", 4, C)]),
+        # Nothing fits.
+        ("empty", 3, [], [("a", 8, C), ("b", 15, R)]),
+        # No wallet at all.
+        ("no-wallet", 0, [], [("a", 1, C)]),
+        # Crossing the low-balance threshold (50) records one event.
+        ("low-balance", 60, [], [("a", 5, C), ("b", 7, R), ("c", 3, C)]),
+        # Already below it: no second event.
+        ("below", 40, [], [("a", 5, C), ("b", 7, R)]),
+    ],
+)
+async def test_debits_match_the_general_path(
+    app: App,
+    general_calls: dict[str, int],
+    name: str,
+    tokens: int,
+    first: list[tuple[Any, ...]],
+    batch: list[tuple[Any, ...]],
+) -> None:
+    pair = Pair(app)
+    await pair.setup(tokens)
+    if first:
+        await pair.both_debits(first)
+    general, fast = await pair.both_debits(batch)
+    assert general == fast, name
+    await pair.assert_same_rows()
+
+
+async def test_debits_of_a_location_wallet_and_its_fallback(
+    app: App, general_calls: dict[str, int]
+) -> None:
+    pair = Pair(app)
+    await pair.setup(100, location_tokens=10)
+    general, fast = await pair.both_debits([("a", 4, C, "loc-1"), ("b", 3, R, "loc-1")], "loc-1")
+    assert general == fast
+    # loc-2 has no wallet of its own: the tenant's wallet pays.
+    general, fast = await pair.both_debits([("c", 4, C, "loc-2")], "loc-2")
+    assert general == fast
+    assert fast[0]["entry"]["wallet_location_id"] == ""
+    await pair.assert_same_rows()
+
+
+async def reserve_both(pair: Pair, amounts: Sequence[int]) -> tuple[list[str], list[str]]:
+    ids: tuple[list[str], list[str]] = ([], [])
+    for tenant, store, out in (
+        (pair.general, pair.general_store, ids[0]),
+        (pair.fast, pair.fast_store, ids[1]),
+    ):
+        specs = [(f"r{i}", amount, R) for i, amount in enumerate(amounts)]
+        for result in await store.apply_debits(tenant, "", pair.debits(tenant, specs), NOW):
+            assert not isinstance(result, DomainError)
+            assert result.reservation is not None
+            out.append(result.reservation.id)
+    return ids
+
+
+async def end_both(
+    pair: Pair,
+    ids: tuple[list[str], list[str]],
+    specs: Sequence[tuple[int | str, str, bool, int | None]],
+    when: datetime = NOW,
+) -> tuple[list[Any], list[Any]]:
+    """(reservation index or literal id, request_id, capture, amount) per request."""
+    out = []
+    for tenant, store, own in (
+        (pair.general, pair.general_store, ids[0]),
+        (pair.fast, pair.fast_store, ids[1]),
+    ):
+        requests = [
+            EndRequest(own[ref] if isinstance(ref, int) else ref, request_id, capture, amount)
+            for ref, request_id, capture, amount in specs
+        ]
+        if isinstance(store, PgLedgerStore):
+            results = await store.end_reservations(tenant, requests, when)
+        else:  # the general path's batch, as before the fast path existed
+            results = await SqlLedgerStore.end_reservations(store, tenant, requests, when)
+        out.append([pair.norm(r, tenant) for r in results])
+    return out[0], out[1]
+
+
+async def test_ends_that_can_be_claimed_take_one_statement(
+    app: App, general_calls: dict[str, int]
+) -> None:
+    pair = Pair(app)
+    await pair.setup(100)
+    ids = await reserve_both(pair, [5, 8, 3, 10])
+    before = general_calls["ends"]
+    general, fast = await end_both(
+        pair,
+        ids,
+        [(2, "e2", True, None), (0, "e0", True, 2), (3, "e3", False, None), (1, "e1", True, 8)],
+    )
+    assert general_calls["ends"] == before, "the fast path fell back"
+    assert general == fast
+    await pair.assert_same_rows()
+
+
+async def test_ends_that_cannot_be_claimed_are_explained_alike(
+    app: App, general_calls: dict[str, int]
+) -> None:
+    pair = Pair(app)
+    await pair.setup(100)
+    ids = await reserve_both(pair, [5, 8, 3, 10, 4])
+    await end_both(pair, ids, [(4, "done", True, None)])
+    general, fast = await end_both(
+        pair,
+        ids,
+        [
+            (0, "e0", True, None),
+            (1, "too-much", True, 9),  # more than reserved
+            ("res_unknown", "e-unknown", True, None),
+            (4, "done", True, None),  # a replay of an end
+            (4, "e4-again", False, None),  # already ended
+            (2, "e2", False, None),
+            (2, "e2-twice", True, None),  # the same reservation twice in the batch
+        ],
+    )
+    assert general == fast
+    assert [type(r) for r in fast].count(list) < len(fast)  # some are errors
+    await pair.assert_same_rows()
+
+
+async def test_ends_with_a_reused_request_id_and_after_expiry(
+    app: App, general_calls: dict[str, int]
+) -> None:
+    pair = Pair(app)
+    await pair.setup(100)
+    ids = await reserve_both(pair, [5, 8, 3])
+    # A request_id already used by a debit: the statement fails whole, each is explained.
+    general, fast = await end_both(pair, ids, [(0, "e0", True, None), (1, "r2", True, None)])
+    assert general == fast
+    # Past the reservations' expiry (10 min): they expire instead.
+    later = NOW + timedelta(minutes=11)
+    general, fast = await end_both(pair, ids, [(1, "late", True, None)], later)
+    assert general == fast
+    await pair.assert_same_rows()
+
+
+# -- the agent store ------------------------------------------------------------
+
+
+def exchange(tenant: str, session: Session, new: bool, n_actions: int) -> Exchange:
+    actions = [
+        Action(
+            id=new_id("act"),
+            tenant_id=tenant,
+            session_id=session.id,
+            location_id="",
+            action_type="email.send",
+            category="communication",
+            parameters={"to": "a@example.com", "n": i},
+            level=DecisionLevel.AUTOMATIC,
+            state=ActionState.EXECUTING,
+            executable=True,
+            blocked=[],
+            token_cost=1,
+            operation_type="email",
+            confidence=90,
+            reasoning="r",
+            requested_by="u",
+            created_at=NOW,
+            updated_at=NOW,
+        )
+        for i in range(n_actions)
+    ]
+    messages = [
+        Message(new_id("msg"), session.id, Role.USER, "hi", NOW),
+        Message(
+            new_id("msg"),
+            session.id,
+            Role.ASSISTANT,
+            "ok",
+            NOW,
+            decision_level=1,
+            action_ids=[a.id for a in actions],
+        ),
+    ]
+    return Exchange(tenant, session, new, messages, actions, NOW)
+
+
+def session_of(tenant: str) -> Session:
+    return Session(new_id("ses"), tenant, "u", "", "title", 0, NOW, NOW)
+
+
+async def agent_rows(app: App, tenant: str) -> dict[str, Any]:
+    async with app.engine.connect() as conn:
+        sessions = (
+            await conn.execute(
+                text(
+                    "SELECT id, user_id, title, message_count, created_at, updated_at"
+                    " FROM sessions WHERE tenant_id = :t"
+                ),
+                {"t": tenant},
+            )
+        ).all()
+        messages = (
+            await conn.execute(
+                text("SELECT * FROM messages WHERE tenant_id = :t ORDER BY id"), {"t": tenant}
+            )
+        ).all()
+        actions = (
+            await conn.execute(
+                text("SELECT * FROM actions WHERE tenant_id = :t ORDER BY id"), {"t": tenant}
+            )
+        ).all()
+    return {
+        "sessions": sorted(tuple(r) for r in sessions),
+        "messages": [r._asdict() for r in messages],
+        "actions": [r._asdict() for r in actions],
+    }
+
+
+async def test_exchanges_are_stored_like_the_general_path(app: App) -> None:
+    fast = app.agent_store
+    assert isinstance(fast, PgAgentStore)
+    general = SqlAgentStore(app.engine)
+    results: dict[SqlAgentStore, dict[str, Any]] = {}
+    for store in (general, fast):
+        tenant = f"ag-{uuid.uuid4().hex[:8]}"
+        await app.admin.create_tenant(tenant, tenant, NOW)
+        first = session_of(tenant)
+        await store.record_exchanges([exchange(tenant, first, True, 1)])
+        continued = dataclasses.replace(first)
+        batch = [
+            exchange(tenant, session_of(tenant), True, 2),
+            exchange(tenant, continued, False, 1),
+            exchange(tenant, continued, False, 0),
+            exchange(tenant, session_of(tenant), True, 0),
+        ]
+        assert await store.record_exchanges(batch) == [None] * 4
+        rows = await agent_rows(app, tenant)
+        for table in ("messages", "actions"):
+            for row in rows[table]:
+                row.pop("tenant_id")
+        results[store] = rows
+    g, f = results[general], results[fast]
+    counts = sorted(r[3] for r in g["sessions"])  # message counts
+    assert counts == sorted(r[3] for r in f["sessions"]) == [2, 2, 6]
+    strip = {"id", "session_id", "action_ids"}
+    assert [{k: v for k, v in r.items() if k not in strip} for r in g["messages"]] == [
+        {k: v for k, v in r.items() if k not in strip} for r in f["messages"]
+    ]
+    assert [{k: v for k, v in r.items() if k not in strip} for r in g["actions"]] == [
+        {k: v for k, v in r.items() if k not in strip} for r in f["actions"]
+    ]
+
+
+async def test_a_bad_exchange_fails_alone(app: App) -> None:
+    store = app.agent_store
+    tenant = f"ag-{uuid.uuid4().hex[:8]}"
+    await app.admin.create_tenant(tenant, tenant, NOW)
+    good = exchange(tenant, session_of(tenant), True, 1)
+    # Continues a session that does not exist: its messages break the foreign key.
+    bad = exchange(tenant, session_of(tenant), False, 1)
+    other = exchange(tenant, session_of(tenant), True, 0)
+    results = await store.record_exchanges([good, bad, other])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], Exception)
+    rows = await agent_rows(app, tenant)
+    assert len(rows["sessions"]) == 2 and len(rows["messages"]) == 4
+    assert len(rows["actions"]) == 1
+
+
+async def test_advance_is_a_compare_and_set_even_inside_one_batch(app: App) -> None:
+    store = app.agent_store
+    assert isinstance(store, PgAgentStore)
+    tenant = f"ag-{uuid.uuid4().hex[:8]}"
+    await app.admin.create_tenant(tenant, tenant, NOW)
+    ex = exchange(tenant, session_of(tenant), True, 3)
+    await store.record_exchanges([ex])
+    a, b, c = ex.actions
+    executing = frozenset({ActionState.EXECUTING})
+    later = NOW + timedelta(seconds=1)
+    # Submitted together, so they share a batch: `a` twice, `c` from a wrong state.
+    results = await asyncio.gather(
+        store.advance(a, executing, ActionState.SUCCEEDED, later, result={"n": 1}),
+        store.advance(a, executing, ActionState.FAILED, later, result={"n": 2}),
+        store.advance(b, executing, ActionState.SUCCEEDED, later, result={"n": 3}),
+        store.advance(
+            c, frozenset({ActionState.APPROVED}), ActionState.SUCCEEDED, later, result={}
+        ),
+    )
+    assert [r is not None for r in results] == [True, False, True, False]
+    stored = {x.id: await store.get(tenant, x.id) for x in ex.actions}
+    assert stored[a.id].state is ActionState.SUCCEEDED and stored[a.id].result == {"n": 1}
+    assert stored[a.id].version == a.version + 1
+    assert stored[b.id].state is ActionState.SUCCEEDED and stored[b.id].result == {"n": 3}
+    assert stored[c.id].state is ActionState.EXECUTING
+    assert results[0] == stored[a.id]
