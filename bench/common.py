@@ -397,7 +397,7 @@ class Cell:
     def row(self) -> list[str]:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "0"
         if self.note and not self.calls:
-            return [self.target, str(self.concurrency), self.note, "", "", "", "", ""]
+            return [self.target, str(self.concurrency), self.note, "", "", "", "", "", ""]
         return [
             self.target,
             str(self.concurrency),
@@ -407,8 +407,14 @@ class Cell:
             errors,
             f"{self.server_cpu_pct:.0f}% / {self.client_cpu_pct:.0f}%"
             f" / {self.postgres_cpu_pct:.0f}%",
+            f"{self.server_cpu_ms_per_call:.2f}",
             self.note,
         ]
+
+    @property
+    def server_cpu_ms_per_call(self) -> float:
+        """Server CPU time per successful call: steadier than calls/s on a shared VM."""
+        return 10 * self.server_cpu_pct / self.rate if self.rate else float("nan")
 
 
 CELL_HEADER = [
@@ -419,6 +425,7 @@ CELL_HEADER = [
     "p99 ms",
     "errors",
     "CPU server / bench / postgres",
+    "server CPU ms/call",
     "note",
 ]
 

@@ -202,7 +202,10 @@ def report(data: dict[str, Any]) -> str:
         f"server access log {'on' if data['access_log'] else 'off'}. Message: "
         f"{MESSAGE!r}, a new session per call, `x-user-id: {USER}`. The load generator "
         "runs in the bench process and **shares the same cores with the server** "
-        "('CPU server / bench / postgres': CPU time over the cell, 100% = one core).",
+        "('CPU server / bench / postgres': CPU time over the cell, 100% = one core). "
+        "'server CPU ms/call' is the server's CPU time per successful call: this VM's "
+        "speed drifts by up to 2x within a day, so compare it with the echo row's "
+        "of the same run rather than calls/s across runs.",
         "",
         markdown_table(CELL_HEADER, rows),
         "",

@@ -36,15 +36,16 @@ from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import DomainError
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
-from tests.conftest import ledger_invariant
+from tests.conftest import PgDatabases, ledger_invariant
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 SMS = OperationType.SMS
 
 
-@pytest.fixture
-async def app(fresh_pg_url: str) -> AsyncIterator[App]:
-    settings = Settings(database_url=fresh_pg_url, access_log=False, auto_migrate=True)
+@pytest.fixture(scope="module")
+async def app(pg_databases: PgDatabases) -> AsyncIterator[App]:
+    """One database for the module: every scenario uses tenants of its own."""
+    settings = Settings(database_url=pg_databases.create(), access_log=False, auto_migrate=True)
     application = await build_app(settings, clock=FakeClock(NOW))
     await prepare_database(application)
     assert isinstance(application.ledger.store, PgLedgerStore)
