@@ -24,6 +24,7 @@ from agentserver.adapters.db.migrate import pending_revisions, upgrade
 from agentserver.adapters.db.pg import PgPool
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
+from agentserver.adapters.db.pg_settle import PgSettler
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
@@ -172,6 +173,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         clock=clock,
         retry=lambda fn: with_retries(fn, attempts=3),
         reservation_ttl=timedelta(seconds=settings.action_ttl_seconds) + timedelta(hours=1),
+        settler=PgSettler(ledger_store) if isinstance(ledger_store, PgLedgerStore) else None,
     )
     offline = OfflineEngine(default_country_code=settings.default_country_code)
     agent = AgentService(

@@ -26,6 +26,7 @@ from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
+from agentserver.adapters.db.pg_settle import PgSettler
 from agentserver.app import App, build_app, prepare_database
 from agentserver.config import Settings
 from agentserver.domain.actions import Action, ActionState
@@ -34,6 +35,7 @@ from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.costs import OperationType
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import DomainError
+from agentserver.domain.executor import Settled
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
 from tests.conftest import PgDatabases, ledger_invariant
@@ -396,7 +398,7 @@ def exchange(tenant: str, session: Session, new: bool, n_actions: int) -> Exchan
             location_id="",
             action_type="email.send",
             category="communication",
-            parameters={"to": "a@example.com", "n": i},
+            parameters={"to": "a@example.com", "subject": "Hi", "body": f"n {i}"},
             level=DecisionLevel.AUTOMATIC,
             state=ActionState.EXECUTING,
             executable=True,
@@ -535,3 +537,84 @@ async def test_advance_is_a_compare_and_set_even_inside_one_batch(app: App) -> N
     assert stored[b.id].state is ActionState.SUCCEEDED and stored[b.id].result == {"n": 3}
     assert stored[c.id].state is ActionState.EXECUTING
     assert results[0] == stored[a.id]
+
+
+# -- an action's success: capture and state change in one statement -------------------
+
+
+async def test_success_captures_and_changes_state_together(app: App) -> None:
+    store = app.agent_store
+    settler = app.executor.settler
+    assert isinstance(settler, PgSettler)
+    tenant = f"ag-{uuid.uuid4().hex[:8]}"
+    await app.admin.create_tenant(tenant, tenant, NOW)
+    await app.ledger.add_tokens(tenant, "", 100, "seed", "seed")
+    ex = exchange(tenant, session_of(tenant), True, 4)
+    held = []
+    for action in ex.actions:
+        reservation = await app.executor.reserve(action)
+        held.append(dataclasses.replace(action, reservation_id=reservation))
+    ex = dataclasses.replace(ex, actions=held)
+    await store.record_exchanges([ex])
+    a, b, c, d = held
+    # `b` was finished by someone else; `c` was captured already (a replay of its key);
+    # `d` succeeds without a result change.
+    await store.advance(b, frozenset({ActionState.EXECUTING}), ActionState.FAILED, NOW)
+    assert c.reservation_id is not None
+    await app.ledger.capture(tenant, c.reservation_id, None, f"action:{c.id}:capture")
+    later = NOW + timedelta(seconds=2)
+    results = await asyncio.gather(
+        settler.succeed(a, f"action:{a.id}:capture", later, {"result": {"ok": 1}}),
+        settler.succeed(b, f"action:{b.id}:capture", later, {"result": {"ok": 2}}),
+        settler.succeed(c, f"action:{c.id}:capture", later, {"result": {"ok": 3}}),
+        settler.succeed(d, f"action:{d.id}:capture", later, {}),
+    )
+    settled_a, settled_b, settled_c, settled_d = results
+    assert settled_c is None  # nothing to claim: the long way explains it
+    assert (await store.get(tenant, c.id)).state is ActionState.EXECUTING
+    assert settled_a is not None and settled_a.action is not None
+    assert settled_a.action == await store.get(tenant, a.id)
+    assert settled_a.action.state is ActionState.SUCCEEDED
+    assert settled_a.action.result == {"ok": 1}
+    assert settled_b == Settled(None)  # captured, but it had left executing
+    assert (await store.get(tenant, b.id)).state is ActionState.FAILED
+    assert settled_d is not None and settled_d.action is not None
+    assert (await store.get(tenant, d.id)).result == {}
+    for action in (a, b, d):
+        assert action.reservation_id is not None
+        assert await app.ledger.reservation_state(tenant, action.reservation_id) == "captured"
+    # Already captured: nothing to claim, so the long way explains it.
+    assert await settler.succeed(a, f"action:{a.id}:capture", later, {}) is None
+    await ledger_invariant(app.engine, tenant)
+
+
+async def test_executor_without_a_settler_gives_the_same_outcome(app: App) -> None:
+    """The long way (capture, then advance) and the settler end in the same rows."""
+    outcomes = []
+    for settler in (app.executor.settler, None):
+        executor = dataclasses.replace(app.executor, settler=settler)
+        tenant = f"ag-{uuid.uuid4().hex[:8]}"
+        await app.admin.create_tenant(tenant, tenant, NOW)
+        await app.ledger.add_tokens(tenant, "", 10, "seed", "seed")
+        ex = exchange(tenant, session_of(tenant), True, 1)
+        action = ex.actions[0]
+        action = dataclasses.replace(action, reservation_id=await executor.reserve(action))
+        await app.agent_store.record_exchanges([dataclasses.replace(ex, actions=[action])])
+        done = await executor.run(action)
+        stored = await app.agent_store.get(tenant, action.id)
+        balance = await app.ledger.balance(tenant)
+        assert done == stored
+        result = {**stored.result, "provider_id": "-"}  # names the action
+        outcomes.append(
+            (
+                done.state,
+                stored.state,
+                result,
+                stored.version,
+                balance.used,
+                balance.reserved,
+            )
+        )
+        await ledger_invariant(app.engine, tenant)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] is ActionState.SUCCEEDED

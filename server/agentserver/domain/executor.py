@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from agentserver.domain.actions import Action, ActionState, ActionStore
@@ -54,6 +54,25 @@ class ActionRunner(Protocol):
 Retry = Callable[[Callable[[], Awaitable[ChannelResult]]], Awaitable[ChannelResult]]
 
 
+@dataclass(frozen=True)
+class Settled:
+    """A success settled in one step: the tokens captured and the state changed."""
+
+    action: Action | None  # None: captured, but the action had left `executing` meanwhile
+
+
+class Settler(Protocol):
+    """Settles a success atomically where the store can (one statement on PostgreSQL)."""
+
+    async def succeed(
+        self, action: Action, capture_request_id: str, now: datetime, changes: dict[str, Any]
+    ) -> Settled | None:
+        """Capture all of the action's reservation and move it from executing to
+        succeeded with `changes`, together; None when this cannot be done here, and
+        the executor captures and advances one after the other."""
+        ...
+
+
 def reservation_ids(action_id: str) -> tuple[str, str, str]:
     """Idempotency keys of an action's reserve, capture and release."""
     return (
@@ -71,6 +90,7 @@ class Executor:
     clock: Clock
     retry: Retry
     reservation_ttl: timedelta = timedelta(days=2)
+    settler: Settler | None = None
 
     async def reserve(self, action: Action) -> str | None:
         """Hold the action's tokens; None when it costs nothing. Raises InsufficientTokens."""
@@ -148,8 +168,13 @@ class Executor:
         return await self._succeed(running, _result_dict(result))
 
     async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
-        await self.capture(action)
         changes = {} if result is None else {"result": result}
+        if self.settler is not None and action.reservation_id:
+            _, capture_id, _ = reservation_ids(action.id)
+            settled = await self.settler.succeed(action, capture_id, self.clock.now(), changes)
+            if settled is not None:
+                return settled.action or await self.actions.get(action.tenant_id, action.id)
+        await self.capture(action)
         done = await self.actions.advance(
             action,
             frozenset({ActionState.EXECUTING}),

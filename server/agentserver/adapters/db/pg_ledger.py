@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.ledger_store import SqlLedgerStore, to_reservation
 from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
+from agentserver.domain.actions import ActionState
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError
 from agentserver.domain.ids import new_id
@@ -95,13 +96,35 @@ WITH w AS (
 SELECT id, location_id, total_tokens, used_tokens, reserved_tokens FROM w
 """
 
-# $1 tenant, $2 now; $3.. per request, in reservation-id order (the lock order of
-# the general path, so the two never deadlock each other).
-_ENDS = f"""
+
+def _ends_statement(*, succeed_actions: bool) -> str:
+    """End reservations: $1 tenant, $2 now, then arrays per request in reservation-id
+    order (the lock order of the general path, so the two never deadlock).
+
+    With `succeed_actions`, each request also names an action ($10) and its result
+    ($11, JSON text or NULL to keep it): an action whose reservation was captured
+    moves from executing to succeeded in the same statement, so the tokens and the
+    state change commit together."""
+    action_columns = ", $10::text[], $11::text[]" if succeed_actions else ""
+    action_names = ", action_id, result" if succeed_actions else ""
+    returned = ", q.action_id, q.result" if succeed_actions else ""
+    succeed = final = ""
+    if succeed_actions:
+        succeed = f"""
+, a AS (
+  UPDATE actions t
+     SET state = '{ActionState.SUCCEEDED.value}', updated_at = $2, version = t.version + 1,
+         result = coalesce(x.result::json, t.result)
+    FROM x
+   WHERE t.tenant_id = $1 AND t.id = x.action_id AND t.state = '{ActionState.EXECUTING.value}'
+  RETURNING t.id
+)"""
+        final = ", EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id) AS advanced"
+    return f"""
 WITH q AS (
   SELECT * FROM unnest($3::text[], $4::bool[], $5::bigint[], $6::text[], $7::text[],
-                       $8::text[], $9::int[])
-    AS q(reservation_id, capture, amount, entry_id, request_id, request_hash, ord)
+                       $8::text[], $9::int[]{action_columns})
+    AS q(reservation_id, capture, amount, entry_id, request_id, request_hash, ord{action_names})
 ), c AS (
   UPDATE reservations r
      SET state = CASE WHEN q.capture THEN 'captured' ELSE 'released' END,
@@ -113,7 +136,7 @@ WITH q AS (
   RETURNING r.id, r.tenant_id, r.wallet_id, r.location_id, r.wallet_location_id,
             r.operation_type, r.amount, r.captured_amount, r.state, r.description,
             r.expires_at, r.created_at, r.ended_at,
-            q.entry_id, q.request_id, q.request_hash, q.ord
+            q.entry_id, q.request_id, q.request_hash, q.ord{returned}
 ), s AS (
   SELECT wallet_id, sum(captured_amount)::bigint AS used_add,
          sum(amount)::bigint AS reserved_sub
@@ -141,9 +164,13 @@ WITH q AS (
          0, captured_amount, -amount, 0, total_after, used_after, reserved_after, arrears_after,
          description, request_id, request_hash, id, $2
     FROM x
-)
-SELECT * FROM x
+){succeed}
+SELECT x.*{final} FROM x
 """
+
+
+_ENDS = _ends_statement(succeed_actions=False)
+_ENDS_SUCCEEDING = _ends_statement(succeed_actions=True)
 
 
 class PgLedgerStore(SqlLedgerStore):
@@ -255,7 +282,8 @@ class PgLedgerStore(SqlLedgerStore):
         self, tenant_id: str, requests: Sequence[EndRequest], now: datetime
     ) -> list[tuple[Reservation, Entry] | DomainError]:
         results: list[tuple[Reservation, Entry] | DomainError | None] = [None] * len(requests)
-        await self._fast_ends(tenant_id, requests, now, results)
+        for row in await self._fast_ends(tenant_id, requests, now) or []:
+            results[row["ord"]] = (to_reservation(_Row(row)), _end_entry(row, now))
         for i, req in enumerate(requests):
             if results[i] is None:
                 try:
@@ -264,13 +292,33 @@ class PgLedgerStore(SqlLedgerStore):
                     results[i] = err
         return [r for r in results if r is not None]
 
+    async def succeed_actions(
+        self,
+        tenant_id: str,
+        items: Sequence[tuple[EndRequest, str, str | None]],
+        now: datetime,
+    ) -> list[bool | None]:
+        """Capture each (end request, action id, result JSON or None) and move the action
+        from executing to succeeded, in one statement. Per item: True when both were
+        done, False when the tokens were captured but the action had left executing,
+        None when nothing was done (the caller goes the general way, which explains)."""
+        rows = await self._fast_ends(
+            tenant_id, [req for req, _, _ in items], now, [(a, r) for _, a, r in items]
+        )
+        out: list[bool | None] = [None] * len(items)
+        for row in rows or []:
+            out[row["ord"]] = bool(row["advanced"])
+        return out
+
     async def _fast_ends(
         self,
         tenant_id: str,
         requests: Sequence[EndRequest],
         now: datetime,
-        results: list[tuple[Reservation, Entry] | DomainError | None],
-    ) -> None:
+        actions: Sequence[tuple[str, str | None]] | None = None,
+    ) -> list[Any] | None:
+        """The claimed rows (with `ord`, the request's index), or None when the
+        statement failed whole (a reused request_id, a lock cycle)."""
         order: list[int] = []
         seen: set[str] = set()
         for i in sorted(range(len(requests)), key=lambda i: requests[i].reservation_id):
@@ -279,23 +327,23 @@ class PgLedgerStore(SqlLedgerStore):
                 order.append(i)
         reqs = [requests[i] for i in order]
         entry_ids = {i: new_id("ent") for i in sorted(order)}  # ids in arrival order
+        args: list[Any] = [
+            tenant_id,
+            now,
+            [r.reservation_id for r in reqs],
+            [r.capture for r in reqs],
+            [r.amount if r.capture else None for r in reqs],
+            [entry_ids[i] for i in order],
+            [r.request_id for r in reqs],
+            [self._end_hash(r) for r in reqs],
+            order,
+        ]
+        if actions is not None:
+            args += [[actions[i][0] for i in order], [actions[i][1] for i in order]]
         try:
-            rows = await self._pool.fetch(
-                _ENDS,
-                tenant_id,
-                now,
-                [r.reservation_id for r in reqs],
-                [r.capture for r in reqs],
-                [r.amount if r.capture else None for r in reqs],
-                [entry_ids[i] for i in order],
-                [r.request_id for r in reqs],
-                [self._end_hash(r) for r in reqs],
-                order,
-            )
+            return await self._pool.fetch(_ENDS if actions is None else _ENDS_SUCCEEDING, *args)
         except RETRY_ALONE:
-            return  # a reused request_id (or a lock cycle): each is settled alone
-        for row in rows:
-            results[row["ord"]] = (to_reservation(_Row(row)), _end_entry(row, now))
+            return None
 
 
 def _end_entry(row: Any, now: datetime) -> Entry:
