@@ -231,15 +231,23 @@ class _Segment:
 _TOKEN_RE = re.compile(r"QUOTE\d+|[A-Za-z][A-Za-z'’_-]*|\d+(?:[:.]\d+)?|[@#+]\S+")
 
 
-_PHRASES_RE = [(re.compile(pattern), repl) for pattern, repl in _PHRASES]
+def _leading_word(pattern: str) -> str:
+    found = re.match(r"\\b([a-z]+)", pattern)
+    assert found, f"phrase {pattern!r} must start with a literal word"
+    return found.group(1)
+
+
+# Each phrase starts with a literal word: a text without it is not searched at all.
+_PHRASES_RE = [(re.compile(p), repl, _leading_word(p)) for p, repl in _PHRASES]
 _LET_KNOW_RE = re.compile(r"\blet\s+((?:\w+\s+){0,3}?)know\b")
 
 
 def _fold(text: str) -> str:
     low = text.lower().replace("’", "'")
-    for pattern, repl in _PHRASES_RE:
-        low = pattern.sub(repl, low)
-    return _LET_KNOW_RE.sub(r"letknow \1", low)
+    for pattern, repl, literal in _PHRASES_RE:
+        if literal in low:
+            low = pattern.sub(repl, low)
+    return _LET_KNOW_RE.sub(r"letknow \1", low) if "let" in low else low
 
 
 def _tokenise(text: str) -> list[_Token]:
