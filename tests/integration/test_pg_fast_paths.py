@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
+from agentserver.adapters.db.pg import PgPool
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.db.pg_settle import PgSettler
@@ -34,7 +35,7 @@ from agentserver.domain.clock import FakeClock
 from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.costs import OperationType
 from agentserver.domain.decision.levels import DecisionLevel
-from agentserver.domain.errors import DomainError
+from agentserver.domain.errors import DomainError, Unavailable
 from agentserver.domain.executor import Settled
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
@@ -618,3 +619,14 @@ async def test_executor_without_a_settler_gives_the_same_outcome(app: App) -> No
         await ledger_invariant(app.engine, tenant)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] is ActionState.SUCCEEDED
+
+
+async def test_a_database_that_is_gone_is_unavailable() -> None:
+    from tests import procs
+
+    pool = PgPool(f"postgresql+asyncpg://postgres@127.0.0.1:{procs.free_port()}/none")
+    with pytest.raises(Unavailable):
+        await pool.fetch("SELECT 1")
+    with pytest.raises(Unavailable):
+        await pool.execute("SELECT 1")
+    await pool.close()

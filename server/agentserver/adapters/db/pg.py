@@ -11,12 +11,12 @@ SQLite) stays on SQLAlchemy Core.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
+
+from agentserver.domain.errors import Unavailable
 
 # Errors after which a batch is settled item by item on the general path, which
 # explains each item (replay, conflict, ended reservation, ...). Nothing of a
@@ -25,6 +25,14 @@ RETRY_ALONE: tuple[type[Exception], ...] = (
     asyncpg.UniqueViolationError,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
+)
+
+# The server went away or is restarting: retryable, answered UNAVAILABLE.
+_GONE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    OSError,
+    TimeoutError,
 )
 
 
@@ -57,19 +65,19 @@ class PgPool:
                     )
         return self._pool
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        pool = await self._get()
-        async with pool.acquire() as conn:
-            yield conn
-
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        pool = await self._get()
-        return list(await pool.fetch(query, *args))
+        try:
+            pool = await self._get()
+            return list(await pool.fetch(query, *args))
+        except _GONE as err:
+            raise Unavailable(f"the database is unavailable: {err}") from err
 
     async def execute(self, query: str, *args: Any) -> str:
-        pool = await self._get()
-        return str(await pool.execute(query, *args))
+        try:
+            pool = await self._get()
+            return str(await pool.execute(query, *args))
+        except _GONE as err:
+            raise Unavailable(f"the database is unavailable: {err}") from err
 
     async def close(self) -> None:
         if self._pool is not None:
