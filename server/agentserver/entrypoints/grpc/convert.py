@@ -133,6 +133,8 @@ def cost_to_pb(c: OperationCost) -> token_service_pb2.OperationCost:
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON values; whole floats become ints (Struct has no ints)."""
+    if not value.fields:  # the common case, without json_format's walk
+        return {}
     return {k: _unfloat(v) for k, v in json_format.MessageToDict(value).items()}
 
 
