@@ -231,6 +231,8 @@ def llm_settings(settings: Settings) -> LlmSettings | None:
         api_key=settings.llm_api_key,
         model=settings.llm_model or "gpt-4o-mini",
         timeout_seconds=settings.llm_timeout_seconds,
+        deadline_seconds=settings.llm_deadline_seconds,
+        temperature=settings.llm_temperature,
     )
 
 

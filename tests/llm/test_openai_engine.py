@@ -153,6 +153,8 @@ async def make_engine(server: FakeOpenAI) -> AsyncIterator[EngineFactory]:
         fallback: FakeFallback | None = None,
         validate: Callable[[str, dict[str, Any]], list[str]] | None = None,
         base_url: str | None = None,
+        temperature: float | None = 0.0,
+        deadline: float = 30.0,
     ) -> OpenAIEngine:
         settings = LlmSettings(
             base_url=base_url or server.base_url,
@@ -161,6 +163,8 @@ async def make_engine(server: FakeOpenAI) -> AsyncIterator[EngineFactory]:
             timeout_seconds=timeout,
             max_retries=max_retries,
             history_messages=history_messages,
+            temperature=temperature,
+            deadline_seconds=deadline,
         )
         engine = OpenAIEngine(settings, TOOLS, fallback or FakeFallback(), validate=validate)
         engines.append(engine)
@@ -665,3 +669,86 @@ async def test_nonsense_body_never_raises(server: FakeOpenAI, make_engine: Engin
     proposal = await make_engine().propose(request())
 
     assert proposal.engine.startswith("offline (llm:gpt-test failed: ")
+
+
+# -- deadline and temperature -----------------------------------------------------------
+
+
+async def test_the_whole_decision_has_a_deadline(
+    server: FakeOpenAI, make_engine: EngineFactory
+) -> None:
+    # Each attempt would wait 4 s and be retried twice: 12 s without the deadline.
+    server.answer(Reply(completion(tool_calls=[respond()]).body, delay=10.0))
+    fallback = FakeFallback()
+    engine = make_engine(timeout=4.0, max_retries=2, deadline=0.5, fallback=fallback)
+
+    started = time.monotonic()
+    proposal = await engine.propose(request())
+
+    assert time.monotonic() - started < 2.0
+    assert proposal.engine == "offline (llm:gpt-test failed: no answer within 0.5 s)"
+    assert fallback.requests == [request()]
+    assert engine.output_mode == "tools"  # a slow server says nothing about modes
+
+
+async def test_deadline_after_a_refused_mode_names_both(
+    server: FakeOpenAI, make_engine: EngineFactory
+) -> None:
+    server.answer(
+        error(400, "tools are not supported by this server", param="tools"),
+        Reply(completion(content=json_answer()).body, delay=10.0),
+    )
+
+    proposal = await make_engine(deadline=0.5).propose(request())
+
+    assert proposal.engine.startswith("offline (llm:gpt-test failed: tools: mode rejected")
+    assert proposal.engine.endswith("; deadline: no answer within 0.5 s)")
+
+
+def refuse_temperature() -> Reply:
+    """OpenAI's answer to a temperature a reasoning model does not take."""
+    return error(
+        400,
+        "Unsupported value: 'temperature' does not support 0 with this model. "
+        "Only the default (1) value is supported.",
+        param="temperature",
+    )
+
+
+async def test_a_refused_temperature_is_dropped_and_remembered(
+    server: FakeOpenAI, make_engine: EngineFactory
+) -> None:
+    good = completion(tool_calls=[call("sms_send", action(GOOD_SMS)), respond()])
+    server.answer(refuse_temperature(), good)
+    engine = make_engine()
+
+    first = await engine.propose(request())
+    second = await engine.propose(request())
+
+    assert first.engine == second.engine == "llm:gpt-test"
+    assert [a.action_type for a in first.actions] == ["sms.send"]
+    sent = [("temperature" in body, body.get("temperature")) for body in server.requests]
+    assert sent == [(True, 0.0), (False, None), (False, None)]
+    assert engine.output_mode == "tools"
+
+
+async def test_no_temperature_is_sent_when_none_is_set(
+    server: FakeOpenAI, make_engine: EngineFactory
+) -> None:
+    server.answer(completion(tool_calls=[respond()]))
+
+    proposal = await make_engine(temperature=None).propose(request())
+
+    assert proposal.engine == "llm:gpt-test"
+    assert "temperature" not in server.requests[0]
+
+
+async def test_temperature_refused_without_one_falls_back(
+    server: FakeOpenAI, make_engine: EngineFactory
+) -> None:
+    server.answer(refuse_temperature())
+
+    proposal = await make_engine(temperature=None).propose(request())
+
+    assert proposal.engine == "offline (llm:gpt-test failed: bad request (temperature))"
+    assert len(server.requests) == 1

@@ -52,6 +52,11 @@ Rules:
 * **Transport failures go straight to the fallback** (timeout, connection error,
   429 and 5xx after the client's bounded retries, any other HTTP error): the next
   output mode would hit the same server and only add latency.
+* **The whole decision has a deadline** (`LlmSettings.deadline_seconds`, across
+  modes and the client's retries): past it, the fallback answers, so a slow model
+  costs at most that long, never (retries + 1) x timeout per mode.
+* **A 400 that refuses ``temperature``** (OpenAI's reasoning models accept only
+  the default) repeats the call without it and *remembers*, like a refused mode.
 * **A 400/422 whose message mentions the output mode** (``response_format``,
   ``json_schema``, ``tools``, ``tool_choice``, ``strict``, ``grammar`` ...; the
   usual answer of llama.cpp, vLLM and Ollama) moves to the next mode *and is
@@ -86,6 +91,7 @@ its own schema check, ignoring only the top-level ``required`` errors.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -187,7 +193,8 @@ class LlmSettings:
     timeout_seconds: float = 20.0  # per HTTP attempt
     max_retries: int = 2  # the client's own retries on timeouts, 408/409/429/5xx
     history_messages: int = 10  # how many past messages the model sees
-    temperature: float = 0.0
+    temperature: float | None = 0.0  # None: not sent (the model's default)
+    deadline_seconds: float = 30.0  # for the whole decision, across modes and retries
 
 
 class OutputMode(IntEnum):
@@ -208,6 +215,10 @@ class _ModeRejected(Exception):
 
 class _UnusableOutput(Exception):
     """The model answered, but not with something we can use."""
+
+
+class _TemperatureRefused(Exception):
+    """The server refused the temperature parameter (400): repeat without it."""
 
 
 class _TransportFailure(Exception):
@@ -269,6 +280,7 @@ class OpenAIEngine:
         self._fallback = fallback
         self._validate = validate
         self._mode = OutputMode.TOOLS
+        self._send_temperature = settings.temperature is not None
         self._owns_client = client is None
         if client is None:
             client = openai.AsyncOpenAI(
@@ -316,10 +328,28 @@ class OpenAIEngine:
         """Ask the model; degrade mode by mode, then to the fallback. Never raises for
         model output or server trouble."""
         failures: list[str] = []
+        try:
+            async with asyncio.timeout(self._settings.deadline_seconds):
+                proposal = await self._propose_degrading(request, failures)
+        except TimeoutError:
+            failures.append(f"deadline: no answer within {self._settings.deadline_seconds:g} s")
+            proposal = None
+        return proposal or await self._fall_back(request, failures)
+
+    async def _propose_degrading(
+        self, request: EngineRequest, failures: list[str]
+    ) -> Proposal | None:
+        """The modes in turn; None when the fallback must answer (`failures` say why)."""
         mode: OutputMode | None = self._mode
         while mode is not None:
             try:
                 return await self._propose_in(mode, request)
+            except _TemperatureRefused:
+                if not self._send_temperature:  # refused without it too: not ours to fix
+                    failures.append(f"{mode.label}: bad request (temperature)")
+                    return None
+                log.warning("%s: server refused temperature; not sending it from now on", self.name)
+                self._send_temperature = False
             except _ModeRejected as exc:
                 failures.append(f"{mode.label}: {exc}")
                 mode = self._demote_past(mode)
@@ -336,7 +366,7 @@ class OpenAIEngine:
                 log.exception("%s: unexpected error in %s mode", self.name, mode.label)
                 failures.append(f"{mode.label}: unexpected {type(exc).__name__}")
                 mode = None
-        return await self._fall_back(request, failures)
+        return None
 
     async def aclose(self) -> None:
         """Close the HTTP client if this engine created it."""
@@ -383,7 +413,11 @@ class OpenAIEngine:
             return await self._client.chat.completions.create(
                 model=self._settings.model,
                 messages=messages,
-                temperature=self._settings.temperature,
+                temperature=(
+                    self._settings.temperature
+                    if self._send_temperature and self._settings.temperature is not None
+                    else openai.omit
+                ),
                 tools=self._tool_params if mode is OutputMode.TOOLS else openai.omit,
                 tool_choice="required" if mode is OutputMode.TOOLS else openai.omit,
                 response_format=json_object if mode is OutputMode.JSON_OBJECT else openai.omit,
@@ -397,6 +431,8 @@ class OpenAIEngine:
         except openai.InternalServerError as exc:
             raise _TransportFailure(f"server error ({exc.status_code})") from exc
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if _refuses_temperature(exc):
+                raise _TemperatureRefused() from exc
             if _refuses_mode(exc, mode):
                 raise _ModeRejected(
                     f"mode rejected ({exc.status_code}: {_short(_server_message(exc))})"
@@ -973,6 +1009,15 @@ def _server_message(exc: openai.APIStatusError) -> str:
     """The server's own error message (the client prefixes "Error code: 400 - ")."""
     message = exc.body.get("message") if isinstance(exc.body, dict) else None
     return message if isinstance(message, str) else exc.message
+
+
+def _refuses_temperature(exc: openai.APIStatusError) -> bool:
+    """OpenAI names the parameter (``"param": "temperature"``); others say it in words."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    if isinstance(error, dict) and error.get("param") == "temperature":
+        return True
+    return "temperature" in str(exc.message).lower()
 
 
 def _refuses_mode(exc: openai.APIStatusError, mode: OutputMode) -> bool:
