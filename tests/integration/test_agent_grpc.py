@@ -676,3 +676,20 @@ async def test_balance_covers_the_first_action_only(harness: Harness) -> None:
         assert sms.decision_level != AUTOMATIC
         assert "of 1 tokens" in resp.reasoning  # decided again knowing the balance
         assert await available(client, t.id) == 0
+
+
+async def test_the_stored_reply_says_what_the_response_says(harness: Harness) -> None:
+    """The reply is stored before automatic actions run; it is brought up to date."""
+    t = await harness.tenant(100)
+    async with t.client("rita") as client:
+        resps = await asyncio.gather(
+            *(process(client, f"Email r{i}@example.com that the order shipped") for i in range(6))
+        )
+        for resp in resps:
+            assert resp.actions[0].state == S.ACTION_STATE_SUCCEEDED
+            assert "email.send: done" in resp.response
+            (assistant, _user) = (
+                await client.list_messages(cpb.ListMessagesRequest(session_id=resp.session_id))
+            ).messages
+            assert assistant.role == cpb.MESSAGE_ROLE_ASSISTANT
+            assert assistant.content == resp.response

@@ -171,10 +171,16 @@ class AgentService:
     offline: DecisionEngine
     action_ttl: timedelta = timedelta(hours=24)
     _exchanges: Coalescer[str, Exchange, None] = field(init=False)
+    _revisions: Coalescer[str, tuple[str, str, str], None] = field(init=False)
 
     def __post_init__(self) -> None:
         # Concurrent Process calls share one transaction for what they store.
         self._exchanges = Coalescer(lambda _key, batch: self.store.record_exchanges(batch))
+        self._revisions = Coalescer(self._revise)
+
+    async def _revise(self, _key: str, batch: list[tuple[str, str, str]]) -> list[None]:
+        await self.store.revise_messages(batch)
+        return [None] * len(batch)
 
     # -- permissions ---------------------------------------------------------
 
@@ -276,11 +282,19 @@ class AgentService:
                 await self.executor.run(action) if action.state is ActionState.EXECUTING else action
             )
             finished.append(ran)
+        final_reply = _reply(proposal, finished)
+        if final_reply != reply:
+            # The stored reply was written before the automatic actions ran ("in
+            # progress"); bring it up to date so the history says what happened.
+            try:
+                await self._revisions.submit("all", (tenant, assistant.id, final_reply))
+            except Exception:  # the actions' own rows are the record; the text may lag
+                log.warning("could not update reply %s", assistant.id, exc_info=True)
         parts = [proposal.reasoning, outcome.reasoning]
         parts += [f"[{a.action_type}] {a.reasoning}" for a in finished]
         reasoning = " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
         return ProcessResult(
-            reply=_reply(proposal, finished),
+            reply=final_reply,
             level=level,
             actions=finished,
             reasoning=reasoning,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -70,6 +71,10 @@ class ConversationStore(Protocol):
     async def recent_messages(
         self, tenant_id: str, session_id: str, limit: int
     ) -> list[Message]: ...
+
+    async def revise_messages(self, revisions: Sequence[tuple[str, str, str]]) -> None:
+        """Replace the content of messages, given as (tenant_id, message_id, content)."""
+        ...
 
 
 def validate_message(message: str) -> str:

@@ -114,6 +114,11 @@ def action_values(action: Action) -> dict[str, Any]:
 _INSERT_SESSIONS = insert(S)
 _INSERT_ACTIONS = insert(A)
 _INSERT_MESSAGES = insert(M)
+_REVISE_MESSAGES = (
+    update(M)
+    .where(M.c.tenant_id == bindparam("p_tenant"), M.c.id == bindparam("p_message"))
+    .values(content=bindparam("p_content"))
+)
 _COUNT_MESSAGES = (
     update(S)
     .where(S.c.tenant_id == bindparam("p_tenant"), S.c.id == bindparam("p_session"))
@@ -305,6 +310,11 @@ class SqlAgentStore:
         exchange = Exchange(tenant_id, session, new_session, list(messages), list(actions), now)
         async with self._engine.begin() as conn:
             await self._insert_exchanges(conn, [exchange])
+
+    async def revise_messages(self, revisions: Sequence[tuple[str, str, str]]) -> None:
+        params = [{"p_tenant": t, "p_message": m, "p_content": c} for t, m, c in revisions]
+        async with self._engine.begin() as conn:
+            await conn.execute(_REVISE_MESSAGES, params)
 
     async def append_messages(
         self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime

@@ -69,6 +69,12 @@ UPDATE sessions AS t
  WHERE t.tenant_id = u.tenant_id AND t.id = u.id
 """
 
+_REVISE = """
+UPDATE messages AS t SET content = u.content
+  FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, id, content)
+ WHERE t.tenant_id = u.tenant_id AND t.id = u.id
+"""
+
 _JSON_COLUMNS = frozenset(c.name for c in models.actions.c if isinstance(c.type, JSON))
 
 
@@ -126,6 +132,15 @@ class PgAgentStore(SqlAgentStore):
                 return [err]
         # One bad exchange must fail only itself: store each alone.
         return [(await self.record_exchanges([ex]))[0] for ex in exchanges]
+
+    async def revise_messages(self, revisions: Sequence[tuple[str, str, str]]) -> None:
+        last = {(t, m): c for t, m, c in revisions}  # one change of a row per statement
+        await self._pool.execute(
+            _REVISE,
+            [t for t, _ in last],
+            [m for _, m in last],
+            list(last.values()),
+        )
 
     async def advance(
         self,
