@@ -36,7 +36,7 @@ from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.costs import OperationType
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import DomainError, Unavailable
-from agentserver.domain.executor import Settled
+from agentserver.domain.executor import Revision, Settled
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
 from tests.conftest import PgDatabases, ledger_invariant
@@ -558,6 +558,7 @@ async def test_success_captures_and_changes_state_together(app: App) -> None:
     ex = dataclasses.replace(ex, actions=held)
     await store.record_exchanges([ex])
     a, b, c, d = held
+    asked, reply = ex.messages
     # `b` was finished by someone else; `c` was captured already (a replay of its key);
     # `d` succeeds without a result change.
     await store.advance(b, frozenset({ActionState.EXECUTING}), ActionState.FAILED, NOW)
@@ -565,8 +566,12 @@ async def test_success_captures_and_changes_state_together(app: App) -> None:
     await app.ledger.capture(tenant, c.reservation_id, None, f"action:{c.id}:capture")
     later = NOW + timedelta(seconds=2)
     results = await asyncio.gather(
-        settler.succeed(a, f"action:{a.id}:capture", later, {"result": {"ok": 1}}),
-        settler.succeed(b, f"action:{b.id}:capture", later, {"result": {"ok": 2}}),
+        settler.succeed(
+            a, f"action:{a.id}:capture", later, {"result": {"ok": 1}}, Revision(reply.id, "done")
+        ),
+        settler.succeed(
+            b, f"action:{b.id}:capture", later, {"result": {"ok": 2}}, Revision(asked.id, "no")
+        ),
         settler.succeed(c, f"action:{c.id}:capture", later, {"result": {"ok": 3}}),
         settler.succeed(d, f"action:{d.id}:capture", later, {}),
     )
@@ -577,9 +582,13 @@ async def test_success_captures_and_changes_state_together(app: App) -> None:
     assert settled_a.action == await store.get(tenant, a.id)
     assert settled_a.action.state is ActionState.SUCCEEDED
     assert settled_a.action.result == {"ok": 1}
-    assert settled_b == Settled(None)  # captured, but it had left executing
+    assert settled_a.revised
+    assert settled_b == Settled(None, revised=False)  # captured, but it had left executing
+    contents = {m.id: m.content for m in await store.recent_messages(tenant, ex.session.id, 9)}
+    assert contents == {asked.id: "hi", reply.id: "done"}
     assert (await store.get(tenant, b.id)).state is ActionState.FAILED
     assert settled_d is not None and settled_d.action is not None
+    assert not settled_d.revised  # it asked for none
     assert (await store.get(tenant, d.id)).result == {}
     for action in (a, b, d):
         assert action.reservation_id is not None

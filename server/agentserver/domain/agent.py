@@ -57,7 +57,7 @@ from agentserver.domain.errors import (
     NotFound,
     PermissionDenied,
 )
-from agentserver.domain.executor import Executor
+from agentserver.domain.executor import Executor, Revision
 from agentserver.domain.identity import Caller
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, LedgerService, validate_request_id
@@ -276,16 +276,23 @@ class AgentService:
             for action in actions:
                 await self.executor.release(action)
             raise
-        finished = []
-        for action in actions:
-            ran = (
-                await self.executor.run(action) if action.state is ActionState.EXECUTING else action
+        # The stored reply was written before the automatic actions ran ("in
+        # progress"). Each success rewrites it to the reply as it reads if that
+        # action is done, in the same step where the store can; what is still
+        # different at the end (a failure, a store that cannot) is rewritten after.
+        finished = list(actions)
+        written = reply
+        for i, action in enumerate(actions):
+            if action.state is not ActionState.EXECUTING:
+                continue
+            hoped = _reply(proposal, [*finished[:i], _done(action), *finished[i + 1 :]])
+            finished[i], revised = await self.executor.run_revising(
+                action, Revision(assistant.id, hoped)
             )
-            finished.append(ran)
+            if revised:
+                written = hoped
         final_reply = _reply(proposal, finished)
-        if final_reply != reply:
-            # The stored reply was written before the automatic actions ran ("in
-            # progress"); bring it up to date so the history says what happened.
+        if final_reply != written:
             try:
                 await self._revisions.submit("all", (tenant, assistant.id, final_reply))
             except Exception:  # the actions' own rows are the record; the text may lag
@@ -680,6 +687,10 @@ _STATE_WORDS = {
     ActionState.REJECTED: "rejected",
     ActionState.EXPIRED: "expired",
 }
+
+
+def _done(action: Action) -> Action:
+    return replace(action, state=ActionState.SUCCEEDED)
 
 
 def _reply(proposal: Proposal, actions: list[Action]) -> str:

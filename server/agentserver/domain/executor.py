@@ -55,21 +55,37 @@ Retry = Callable[[Callable[[], Awaitable[ChannelResult]]], Awaitable[ChannelResu
 
 
 @dataclass(frozen=True)
+class Revision:
+    """A message to rewrite together with an action's success (the reply that
+    reports it), so the conversation never says "in progress" for a finished one."""
+
+    message_id: str
+    content: str
+
+
+@dataclass(frozen=True)
 class Settled:
     """A success settled in one step: the tokens captured and the state changed."""
 
     action: Action | None  # None: captured, but the action had left `executing` meanwhile
+    revised: bool = False  # the Revision asked for was written in the same step
 
 
 class Settler(Protocol):
     """Settles a success atomically where the store can (one statement on PostgreSQL)."""
 
     async def succeed(
-        self, action: Action, capture_request_id: str, now: datetime, changes: dict[str, Any]
+        self,
+        action: Action,
+        capture_request_id: str,
+        now: datetime,
+        changes: dict[str, Any],
+        revision: Revision | None = None,
     ) -> Settled | None:
         """Capture all of the action's reservation and move it from executing to
-        succeeded with `changes`, together; None when this cannot be done here, and
-        the executor captures and advances one after the other."""
+        succeeded with `changes` (and rewrite `revision`'s message), together; None
+        when this cannot be done here, and the executor captures and advances one
+        after the other."""
         ...
 
 
@@ -154,26 +170,41 @@ class Executor:
 
     async def run(self, running: Action) -> Action:
         """Carry out an action this caller moved to EXECUTING (tokens already held)."""
+        return (await self.run_revising(running, None))[0]
+
+    async def run_revising(self, running: Action, revision: Revision | None) -> tuple[Action, bool]:
+        """`run`, and on success rewrite `revision`'s message in the same step where
+        the store can; the flag says whether it was written."""
         try:
             result = await self.retry(lambda: self.runner.run(running))
         except (ChannelError, DomainError) as err:
-            return await self._fail(running, err)
+            return await self._fail(running, err), False
         except Exception as err:  # a bug in a handler must still settle the tokens
             log.exception("action %s crashed in its runner", running.id)
-            return await self._fail(running, PermanentChannelError(f"internal error: {err}"))
+            failed = await self._fail(running, PermanentChannelError(f"internal error: {err}"))
+            return failed, False
         if result.pending:  # finishes later, through poll_pending
-            return await self.actions.update(
+            pending = await self.actions.update(
                 running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
             )
-        return await self._succeed(running, _result_dict(result))
+            return pending, False
+        return await self._settle(running, _result_dict(result), revision)
 
     async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
+        return (await self._settle(action, result, None))[0]
+
+    async def _settle(
+        self, action: Action, result: dict[str, Any] | None, revision: Revision | None
+    ) -> tuple[Action, bool]:
         changes = {} if result is None else {"result": result}
         if self.settler is not None and action.reservation_id:
             _, capture_id, _ = reservation_ids(action.id)
-            settled = await self.settler.succeed(action, capture_id, self.clock.now(), changes)
+            settled = await self.settler.succeed(
+                action, capture_id, self.clock.now(), changes, revision
+            )
             if settled is not None:
-                return settled.action or await self.actions.get(action.tenant_id, action.id)
+                found = settled.action or await self.actions.get(action.tenant_id, action.id)
+                return found, settled.revised
         await self.capture(action)
         done = await self.actions.advance(
             action,
@@ -182,7 +213,7 @@ class Executor:
             self.clock.now(),
             **changes,
         )
-        return done or await self.actions.get(action.tenant_id, action.id)
+        return done or await self.actions.get(action.tenant_id, action.id), False
 
     async def _fail(self, action: Action, err: Exception) -> Action:
         await self.release(action)

@@ -17,6 +17,7 @@ explains each item (replay, conflict, partial fit, ended, expired, not found).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -101,13 +102,22 @@ def _ends_statement(*, succeed_actions: bool) -> str:
     """End reservations: $1 tenant, $2 now, then arrays per request in reservation-id
     order (the lock order of the general path, so the two never deadlock).
 
+    Rows are reached by primary key only: `id = ANY(<the ids>)` besides the join,
+    and the other conditions written so that no index matches them (`col || ''`).
+    PostgreSQL soon reuses a generic plan, which cannot size the arrays; given an
+    indexable `tenant_id = $1` or `state = 'pending'` it walked every row of the
+    tenant, or every pending reservation (measured: most of the database's CPU).
+
     With `succeed_actions`, each request also names an action ($10) and its result
     ($11, JSON text or NULL to keep it): an action whose reservation was captured
     moves from executing to succeeded in the same statement, so the tokens and the
-    state change commit together."""
-    action_columns = ", $10::text[], $11::text[]" if succeed_actions else ""
-    action_names = ", action_id, result" if succeed_actions else ""
-    returned = ", q.action_id, q.result" if succeed_actions else ""
+    state change commit together; and, when it did, the message $12 (or NULL) gets
+    the content $13: the reply that reports the success."""
+    action_columns = action_names = returned = ""
+    if succeed_actions:
+        action_columns = ", $10::text[], $11::text[], $12::text[], $13::text[]"
+        action_names = ", action_id, result, message_id, content"
+        returned = ", q.action_id, q.result, q.message_id, q.content"
     succeed = final = ""
     if succeed_actions:
         succeed = f"""
@@ -116,10 +126,20 @@ def _ends_statement(*, succeed_actions: bool) -> str:
      SET state = '{ActionState.SUCCEEDED.value}', updated_at = $2, version = t.version + 1,
          result = coalesce(x.result::json, t.result)
     FROM x
-   WHERE t.tenant_id = $1 AND t.id = x.action_id AND t.state = '{ActionState.EXECUTING.value}'
+   WHERE t.id = ANY($10::text[]) AND t.id = x.action_id AND t.tenant_id || '' = $1
+     AND t.state || '' = '{ActionState.EXECUTING.value}'
   RETURNING t.id
+), rv AS (
+  UPDATE messages mm SET content = x.content
+    FROM x
+   WHERE mm.id = ANY($12::text[]) AND mm.id = x.message_id AND mm.tenant_id || '' = $1
+     AND EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id)
+  RETURNING mm.id
 )"""
-        final = ", EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id) AS advanced"
+        final = (
+            ", EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id) AS advanced"
+            ", EXISTS (SELECT 1 FROM rv WHERE rv.id = x.message_id) AS revised"
+        )
     return f"""
 WITH q AS (
   SELECT * FROM unnest($3::text[], $4::bool[], $5::bigint[], $6::text[], $7::text[],
@@ -131,8 +151,9 @@ WITH q AS (
          captured_amount = CASE WHEN q.capture THEN coalesce(q.amount, r.amount) ELSE 0 END,
          ended_at = $2
     FROM q
-   WHERE r.tenant_id = $1 AND r.id = q.reservation_id AND r.state = 'pending'
-     AND r.expires_at > $2 AND (q.amount IS NULL OR r.amount >= q.amount)
+   WHERE r.id = ANY($3::text[]) AND r.id = q.reservation_id AND r.tenant_id || '' = $1
+     AND r.state || '' = 'pending' AND r.expires_at > $2
+     AND (q.amount IS NULL OR r.amount >= q.amount)
   RETURNING r.id, r.tenant_id, r.wallet_id, r.location_id, r.wallet_location_id,
             r.operation_type, r.amount, r.captured_amount, r.state, r.description,
             r.expires_at, r.created_at, r.ended_at,
@@ -171,6 +192,18 @@ SELECT x.*{final} FROM x
 
 _ENDS = _ends_statement(succeed_actions=False)
 _ENDS_SUCCEEDING = _ends_statement(succeed_actions=True)
+
+
+@dataclass(frozen=True)
+class SuccessItem:
+    """An action's success for `succeed_actions`: the capture of its reservation,
+    its result (JSON text, None keeps it) and a message to rewrite (or None)."""
+
+    end: EndRequest
+    action_id: str
+    result: str | None
+    message_id: str | None = None
+    content: str | None = None
 
 
 class PgLedgerStore(SqlLedgerStore):
@@ -295,19 +328,23 @@ class PgLedgerStore(SqlLedgerStore):
     async def succeed_actions(
         self,
         tenant_id: str,
-        items: Sequence[tuple[EndRequest, str, str | None]],
+        items: Sequence[SuccessItem],
         now: datetime,
-    ) -> list[bool | None]:
-        """Capture each (end request, action id, result JSON or None) and move the action
-        from executing to succeeded, in one statement. Per item: True when both were
-        done, False when the tokens were captured but the action had left executing,
-        None when nothing was done (the caller goes the general way, which explains)."""
+    ) -> list[tuple[bool, bool] | None]:
+        """Capture each item's reservation and move its action from executing to
+        succeeded (rewriting its message, if it names one), in one statement. Per
+        item: (advanced, revised) when the tokens were captured, where `advanced` is
+        False if the action had left executing; None when nothing was done (the
+        caller goes the general way, which explains)."""
         rows = await self._fast_ends(
-            tenant_id, [req for req, _, _ in items], now, [(a, r) for _, a, r in items]
+            tenant_id,
+            [item.end for item in items],
+            now,
+            [(i.action_id, i.result, i.message_id, i.content) for i in items],
         )
-        out: list[bool | None] = [None] * len(items)
+        out: list[tuple[bool, bool] | None] = [None] * len(items)
         for row in rows or []:
-            out[row["ord"]] = bool(row["advanced"])
+            out[row["ord"]] = (bool(row["advanced"]), bool(row["revised"]))
         return out
 
     async def _fast_ends(
@@ -315,7 +352,7 @@ class PgLedgerStore(SqlLedgerStore):
         tenant_id: str,
         requests: Sequence[EndRequest],
         now: datetime,
-        actions: Sequence[tuple[str, str | None]] | None = None,
+        actions: Sequence[tuple[str, str | None, str | None, str | None]] | None = None,
     ) -> list[Any] | None:
         """The claimed rows (with `ord`, the request's index), or None when the
         statement failed whole (a reused request_id, a lock cycle)."""
@@ -339,7 +376,7 @@ class PgLedgerStore(SqlLedgerStore):
             order,
         ]
         if actions is not None:
-            args += [[actions[i][0] for i in order], [actions[i][1] for i in order]]
+            args += [[actions[i][k] for i in order] for k in range(4)]
         try:
             return await self._pool.fetch(_ENDS if actions is None else _ENDS_SUCCEEDING, *args)
         except RETRY_ALONE:
