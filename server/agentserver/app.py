@@ -24,6 +24,7 @@ from agentserver.adapters.db.migrate import pending_revisions, upgrade
 from agentserver.adapters.db.pg import PgPool
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
+from agentserver.adapters.db.pg_process import PgExchangeHolder
 from agentserver.adapters.db.pg_settle import PgSettler
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
@@ -187,6 +188,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         engine=build_engine(settings, registry, offline),
         offline=offline,
         action_ttl=timedelta(seconds=settings.action_ttl_seconds),
+        holder=PgExchangeHolder(pg_pool) if pg_pool is not None else None,
     )
     return App(
         settings=settings,

@@ -31,12 +31,14 @@ from agentserver.adapters.db.pg_settle import PgSettler
 from agentserver.app import App, build_app, prepare_database
 from agentserver.config import Settings
 from agentserver.domain.actions import Action, ActionState
+from agentserver.domain.agent import AgentService, ProcessInput
 from agentserver.domain.clock import FakeClock
 from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.costs import OperationType
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import DomainError, Unavailable
 from agentserver.domain.executor import Revision, Settled
+from agentserver.domain.identity import TENANT_DEFAULT_SCOPES, Caller
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
 from tests.conftest import PgDatabases, ledger_invariant
@@ -639,3 +641,137 @@ async def test_a_database_that_is_gone_is_unavailable() -> None:
     with pytest.raises(Unavailable):
         await pool.execute("SELECT 1")
     await pool.close()
+
+
+# -- Process: holds and exchange in one statement ----------------------------------------
+
+
+def caller_of(tenant: str, user: str = "u") -> Caller:
+    return Caller(
+        key_id="k",
+        key_tenant_id=tenant,
+        scopes=frozenset(TENANT_DEFAULT_SCOPES),
+        tenant_id=tenant,
+        user_id=user,
+    )
+
+
+MESSAGES = [
+    "Email ann@example.com that the order shipped",
+    "Text +15551234567 that we open at 9 and email bob@example.com the same",
+    "Delete the resource called Room 4",  # destructive: waits for an approver
+    "Hello there",  # nothing to hold
+]
+
+
+async def process_rows(app: App, tenant: str) -> dict[str, Any]:
+    """What Process left behind, without ids and times."""
+    async with app.engine.connect() as conn:
+        actions = (
+            await conn.execute(
+                text(
+                    "SELECT action_type, state, decision_level, executable, token_cost,"
+                    " reservation_id IS NULL, attempts, decided_by, parameters::text"
+                    " FROM actions WHERE tenant_id = :t"
+                ),
+                {"t": tenant},
+            )
+        ).all()
+        messages = (
+            await conn.execute(
+                text("SELECT role, content, decision_level FROM messages WHERE tenant_id = :t"),
+                {"t": tenant},
+            )
+        ).all()
+        entries = (
+            await conn.execute(
+                text(
+                    "SELECT kind, tokens, used_delta, reserved_delta, description IS NULL"
+                    " FROM token_usage_logs WHERE tenant_id = :t AND kind <> 'purchase'"
+                ),
+                {"t": tenant},
+            )
+        ).all()
+        wallet = (
+            await conn.execute(
+                text(
+                    "SELECT total_tokens, used_tokens, reserved_tokens FROM business_tokens"
+                    " WHERE tenant_id = :t"
+                ),
+                {"t": tenant},
+            )
+        ).all()
+    await ledger_invariant(app.engine, tenant)
+    return {
+        "actions": sorted(tuple(r) for r in actions),
+        "messages": sorted(tuple(r) for r in messages),
+        "entries": sorted(tuple(r) for r in entries),
+        "wallet": [tuple(r) for r in wallet],
+    }
+
+
+async def run_messages(
+    app: App, agent: AgentService, tokens: int, together: bool
+) -> tuple[list[Any], str]:
+    tenant = f"pr-{uuid.uuid4().hex[:8]}"
+    await app.admin.create_tenant(tenant, tenant, NOW)
+    await app.admin.set_rule(tenant, "business", "", "allow", "*:*")
+    if tokens:
+        await app.ledger.add_tokens(tenant, "", tokens, "seed", "seed")
+    calls = [agent.process(caller_of(tenant), ProcessInput(message=m)) for m in MESSAGES]
+    if together:  # one batch
+        results = await asyncio.gather(*calls)
+    else:  # in order: who gets the last tokens is then known
+        results = [await call for call in calls]
+    summary = [
+        (r.reply, int(r.level), [(a.action_type, a.state.value, a.token_cost) for a in r.actions])
+        for r in results
+    ]
+    return summary, tenant
+
+
+@pytest.mark.parametrize("tokens, together", [(100, True), (1, False), (0, True)])
+async def test_process_holds_and_records_like_the_long_way(
+    app: App, monkeypatch: pytest.MonkeyPatch, tokens: int, together: bool
+) -> None:
+    """Funded, short (the batch does not fit whole) and empty wallets: the one-statement
+    path and the long way (hold by hold, then the exchange) end in the same place."""
+    assert app.agent.holder is not None
+    reserves = 0
+    reserve = app.executor.reserve
+
+    async def counting(action: Action) -> str | None:
+        nonlocal reserves
+        reserves += action.token_cost > 0  # a hold the long way (free ones hold nothing)
+        return await reserve(action)
+
+    monkeypatch.setattr(app.executor, "reserve", counting)
+    fast, fast_tenant = await run_messages(app, app.agent, tokens, together)
+    fast_reserves = reserves
+    long_way = dataclasses.replace(app.agent, holder=None)
+    slow, slow_tenant = await run_messages(app, long_way, tokens, together)
+    assert fast == slow
+    assert await process_rows(app, fast_tenant) == await process_rows(app, slow_tenant)
+    if tokens >= 100:
+        assert fast_reserves == 0, "the funded wallet took the long way"
+    assert reserves > fast_reserves  # the long way holds one by one
+
+
+async def test_a_bad_exchange_fails_alone_when_held(app: App) -> None:
+    holder = app.agent.holder
+    assert holder is not None
+    tenant = f"ag-{uuid.uuid4().hex[:8]}"
+    await app.admin.create_tenant(tenant, tenant, NOW)
+    await app.ledger.add_tokens(tenant, "", 100, "seed", "seed")
+    batch = []
+    for new in (True, False, True):  # the second continues a session that does not exist
+        ex = exchange(tenant, session_of(tenant), new, 1)
+        debit = app.executor.hold(ex.actions[0], new_id("res"))
+        assert debit is not None
+        held = dataclasses.replace(ex.actions[0], reservation_id=debit.reservation_id)
+        batch.append((dataclasses.replace(ex, actions=[held]), [debit]))
+    results = await holder.hold_and_record(tenant, "", batch, NOW)
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], Exception)
+    assert (await app.ledger.balance(tenant)).reserved == 2
+    await ledger_invariant(app.engine, tenant)

@@ -60,7 +60,7 @@ from agentserver.domain.errors import (
 from agentserver.domain.executor import Executor, Revision
 from agentserver.domain.identity import Caller
 from agentserver.domain.ids import new_id
-from agentserver.domain.ledger import Debit, LedgerService, validate_request_id
+from agentserver.domain.ledger import Debit, LedgerService, validate_debit, validate_request_id
 from agentserver.domain.paging import PageRequest
 from agentserver.domain.permissions import (
     APPROVER_PERMISSION,
@@ -124,6 +124,36 @@ class AgentStore(ConversationStore, ActionStore, Protocol):
     ) -> None: ...
 
 
+class ExchangeHolder(Protocol):
+    """Holds the tokens of a batch of exchanges' actions and stores the exchanges,
+    together, where the store can (one statement on PostgreSQL)."""
+
+    async def hold_and_record(
+        self,
+        tenant_id: str,
+        location_id: str,
+        batch: Sequence[tuple[Exchange, Sequence[Debit]]],
+        now: datetime,
+    ) -> Sequence[bool | Exception]:
+        """Per exchange: True when its holds and rows were written, False when nothing
+        was (the holds do not fit the wallet whole, say: the caller goes the long
+        way), or the exception that exchange alone failed with."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """What Process knows about an exchange before deciding."""
+
+    tenant: str
+    session: Session
+    new_session: bool
+    user_message: Message
+    location: str
+    user: str
+    now: datetime
+
+
 @dataclass(frozen=True)
 class ProcessInput:
     message: str
@@ -170,13 +200,23 @@ class AgentService:
     engine: DecisionEngine
     offline: DecisionEngine
     action_ttl: timedelta = timedelta(hours=24)
+    holder: ExchangeHolder | None = None
     _exchanges: Coalescer[str, Exchange, None] = field(init=False)
+    _held: Coalescer[tuple[str, str], tuple[Exchange, Sequence[Debit]], bool] = field(init=False)
     _revisions: Coalescer[str, tuple[str, str, str], None] = field(init=False)
 
     def __post_init__(self) -> None:
         # Concurrent Process calls share one transaction for what they store.
         self._exchanges = Coalescer(lambda _key, batch: self.store.record_exchanges(batch))
         self._revisions = Coalescer(self._revise)
+        # Per wallet: the holds of a batch are one conditional update of it.
+        self._held = Coalescer(self._hold_and_record_batch)
+
+    async def _hold_and_record_batch(
+        self, key: tuple[str, str], batch: list[tuple[Exchange, Sequence[Debit]]]
+    ) -> Sequence[bool | Exception]:
+        assert self.holder is not None
+        return await self.holder.hold_and_record(key[0], key[1], batch, self.clock.now())
 
     async def _revise(self, _key: str, batch: list[tuple[str, str, str]]) -> list[None]:
         await self.store.revise_messages(batch)
@@ -252,30 +292,24 @@ class AgentService:
             location_id=location,
         )
         proposal = await self._propose(engine_request, tenant, location, user_message.id)
-        outcome, actions = await self._decide_and_hold(
-            proposal, permissions, settings, tenant, session.id, location, user, now
-        )
-        # The strictest of the actions as they are (a refused hold makes one stricter).
-        level = strictest(*(a.level for a in actions))
-        reply = _reply(proposal, actions)
-        assistant = Message(
-            new_id("msg"),
-            session.id,
-            Role.ASSISTANT,
-            reply,
-            self.clock.now(),
-            decision_level=int(level),
-            action_ids=[a.id for a in actions],
-        )
-        try:
-            await self._exchanges.submit(
-                "all",
-                Exchange(tenant, session, new_session, [user_message, assistant], actions, now),
+        draft = _Draft(tenant, session, new_session, user_message, location, user, now)
+        held = await self._hold_and_record(proposal, permissions, settings, draft)
+        if held is not None:
+            outcome, actions, level, reply, assistant = held
+        else:
+            outcome, actions = await self._decide_and_hold(
+                proposal, permissions, settings, tenant, session.id, location, user, now
             )
-        except BaseException:
-            for action in actions:
-                await self.executor.release(action)
-            raise
+            level, reply, assistant = self._answer(proposal, actions, session.id)
+            try:
+                await self._exchanges.submit(
+                    "all",
+                    Exchange(tenant, session, new_session, [user_message, assistant], actions, now),
+                )
+            except BaseException:
+                for action in actions:
+                    await self.executor.release(action)
+                raise
         # The stored reply was written before the automatic actions ran ("in
         # progress"). Each success rewrites it to the reply as it reads if that
         # action is done, in the same step where the store can; what is still
@@ -309,6 +343,68 @@ class AgentService:
             session_id=session.id,
             engine=proposal.engine,
         )
+
+    def _answer(
+        self, proposal: Proposal, actions: list[Action], session_id: str
+    ) -> tuple[DecisionLevel, str, Message]:
+        """The response's level (the strictest of the actions as they are: a refused
+        hold makes one stricter), the reply, and the assistant message storing it."""
+        level = strictest(*(a.level for a in actions))
+        reply = _reply(proposal, actions)
+        assistant = Message(
+            new_id("msg"),
+            session_id,
+            Role.ASSISTANT,
+            reply,
+            self.clock.now(),
+            decision_level=int(level),
+            action_ids=[a.id for a in actions],
+        )
+        return level, reply, assistant
+
+    async def _hold_and_record(
+        self,
+        proposal: Proposal,
+        permissions: PermissionSet,
+        settings: PolicySettings,
+        d: _Draft,
+    ) -> tuple[PolicyOutcome, list[Action], DecisionLevel, str, Message] | None:
+        """The common case in one write, where the store can: decide as if every hold
+        fits, then hold the tokens and store the exchange together. None when there is
+        nothing to hold or the holds did not fit whole: then nothing was written, and
+        `_decide_and_hold` takes the long way (hold by hold, deciding again on a
+        refusal), which ends where this would have when everything fits."""
+        if self.holder is None:
+            return None
+        outcome = decide(proposal, self.registry, self.costs, permissions, None, settings=settings)
+        actions: list[Action] = []
+        debits: list[Debit] = []
+        for decision in outcome.actions:
+            action = self._draft_action(
+                decision,
+                tenant=d.tenant,
+                session_id=d.session.id,
+                location=d.location,
+                user=d.user,
+                now=d.now,
+            )
+            if decision.executable:
+                reservation_id = new_id("res") if action.token_cost > 0 else None
+                debit = self.executor.hold(action, reservation_id)
+                if debit is not None:
+                    validate_debit(debit)
+                    debits.append(debit)
+                action = self._holding(action, reservation_id, d.now)
+            actions.append(action)
+        if not debits:
+            return None  # nothing to hold: the plain exchange path stores it
+        level, reply, assistant = self._answer(proposal, actions, d.session.id)
+        exchange = Exchange(
+            d.tenant, d.session, d.new_session, [d.user_message, assistant], actions, d.now
+        )
+        if not await self._held.submit((d.tenant, d.location), (exchange, debits)):
+            return None
+        return outcome, actions, level, reply, assistant
 
     async def _propose(
         self, request: EngineRequest, tenant: str, location: str, message_id: str
@@ -406,9 +502,31 @@ class AgentService:
         user: str,
         now: datetime,
     ) -> Action:
+        action = self._draft_action(
+            decision, tenant=tenant, session_id=session_id, location=location, user=user, now=now
+        )
+        if not decision.executable:
+            return action
+        try:
+            reservation_id = await self.executor.reserve(action)
+        except NotFound:  # no wallet at all: nothing is available
+            raise InsufficientTokens(f"tenants/{tenant}", decision.token_cost, 0) from None
+        return self._holding(action, reservation_id, now)
+
+    def _draft_action(
+        self,
+        decision: ActionDecision,
+        *,
+        tenant: str,
+        session_id: str,
+        location: str,
+        user: str,
+        now: datetime,
+    ) -> Action:
+        """The action as proposed, before any tokens are held."""
         known = decision.action_type in self.registry
         definition = self.registry.get(decision.action_type) if known else None
-        action = Action(
+        return Action(
             id=new_id("act"),
             tenant_id=tenant,
             session_id=session_id,
@@ -430,16 +548,12 @@ class AgentService:
             created_at=now,
             updated_at=now,
         )
-        if not decision.executable:
-            return action
-        # Automatic actions hold their tokens from the start and are stored already
-        # executing (one write fewer); waiting ones hold them so an approval never
-        # finds them spent.
-        try:
-            reservation_id = await self.executor.reserve(action)
-        except NotFound:  # no wallet at all: nothing is available
-            raise InsufficientTokens(f"tenants/{tenant}", decision.token_cost, 0) from None
-        if decision.level is DecisionLevel.AUTOMATIC:
+
+    def _holding(self, action: Action, reservation_id: str | None, now: datetime) -> Action:
+        """An executable action once its tokens are held. Automatic ones are stored
+        already executing (one write fewer); waiting ones hold them so an approval
+        never finds them spent."""
+        if action.level is DecisionLevel.AUTOMATIC:
             return _replace(
                 action,
                 state=ActionState.EXECUTING,
@@ -449,7 +563,7 @@ class AgentService:
             )
         return _replace(
             action,
-            state=WAITING_STATE_FOR_LEVEL[decision.level],
+            state=WAITING_STATE_FOR_LEVEL[action.level],
             reservation_id=reservation_id,
             expires_at=now + self.action_ttl,
         )

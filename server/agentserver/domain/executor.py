@@ -27,7 +27,7 @@ from agentserver.domain.channels import ChannelError, ChannelResult, PermanentCh
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError, FailedPrecondition, InsufficientTokens
-from agentserver.domain.ledger import Debit, LedgerService
+from agentserver.domain.ledger import Debit, EntryKind, LedgerService
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +108,29 @@ class Executor:
     reservation_ttl: timedelta = timedelta(days=2)
     settler: Settler | None = None
 
-    async def reserve(self, action: Action) -> str | None:
-        """Hold the action's tokens; None when it costs nothing. Raises InsufficientTokens."""
+    def hold(self, action: Action, reservation_id: str | None = None) -> Debit | None:
+        """The reservation that holds the action's tokens; None when it costs nothing."""
         if action.token_cost <= 0:
             return None
         reserve_id, _, _ = reservation_ids(action.id)
-        reservation = await self.ledger.reserve(
-            Debit(
-                tenant_id=action.tenant_id,
-                location_id=action.location_id,
-                operation_type=OperationType(action.operation_type or OperationType.CUSTOM),
-                amount=action.token_cost,
-                request_id=reserve_id,
-                description=f"{action.action_type} {action.id}",
-                ttl=self.reservation_ttl,
-            )
+        return Debit(
+            tenant_id=action.tenant_id,
+            location_id=action.location_id,
+            operation_type=OperationType(action.operation_type or OperationType.CUSTOM),
+            amount=action.token_cost,
+            request_id=reserve_id,
+            description=f"{action.action_type} {action.id}",
+            kind=EntryKind.RESERVE,
+            ttl=self.reservation_ttl,
+            reservation_id=reservation_id,
         )
+
+    async def reserve(self, action: Action) -> str | None:
+        """Hold the action's tokens; None when it costs nothing. Raises InsufficientTokens."""
+        debit = self.hold(action)
+        if debit is None:
+            return None
+        reservation = await self.ledger.reserve(debit)
         return reservation.id
 
     async def release(self, action: Action) -> None:

@@ -132,6 +132,9 @@ class Debit:
     description: str = ""
     kind: EntryKind = EntryKind.CHARGE
     ttl: timedelta | None = None
+    # A reservation's id chosen by the caller, who must name it before the write
+    # (Process stores the action with it in the same statement); None: the store's.
+    reservation_id: str | None = None
 
     def request_hash(self) -> str:
         return request_hash(

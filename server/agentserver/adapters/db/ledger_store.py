@@ -369,7 +369,7 @@ class SqlLedgerStore:
             reservation_id = None
             if debit.kind is EntryKind.RESERVE:
                 reserved += debit.amount
-                reservation_id = new_id("res")
+                reservation_id = debit.reservation_id or new_id("res")
                 reservations.append(
                     {
                         "id": reservation_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -21,16 +22,21 @@ from agentserver.domain.actions import Action, ActionState
 from agentserver.domain.batching import Coalescer
 from agentserver.domain.conversations import Exchange
 
-# One statement for a whole batch: new sessions, actions, messages, and the message
-# counts of continued sessions (summed: one UPDATE may change a row only once).
-# Foreign keys are checked at the end of the statement, so actions and messages may
-# name sessions inserted beside them.
-_EXCHANGES = """
-WITH s AS (
+
+def exchange_ctes(first: int = 1, guard: str = "TRUE") -> str:
+    """The CTEs that store a batch of exchanges: new sessions, actions, messages, and
+    the message counts of continued sessions (summed: one UPDATE may change a row only
+    once). Foreign keys are checked at the end of the statement, so actions and
+    messages may name sessions inserted beside them. Parameters are numbered from
+    `first` (45 of them, see `_exchange_arrays`); nothing is written unless `guard`
+    holds (another CTE's success, when combined with one)."""
+    sql = """
+s AS (
   INSERT INTO sessions (id, tenant_id, user_id, location_id, title, message_count,
                         created_at, updated_at)
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
                        $7::timestamptz[], $7::timestamptz[])
+   WHERE {guard}
 ), a AS (
   INSERT INTO actions (id, tenant_id, session_id, location_id, action_type, category,
                        parameters, decision_level, state, executable, blocked, token_cost,
@@ -51,6 +57,7 @@ WITH s AS (
            decision_level, state, executable, blocked, token_cost, operation_type, confidence,
            reasoning, requested_by, decided_by, decision_request_id, rejection_reason, result,
            reservation_id, attempts, version, created_at, updated_at, expires_at)
+   WHERE {guard}
 ), m AS (
   INSERT INTO messages (id, tenant_id, session_id, role, content, decision_level, action_ids,
                         created_at)
@@ -59,15 +66,25 @@ WITH s AS (
     FROM unnest($34::text[], $35::text[], $36::text[], $37::text[], $38::text[], $39::int[],
                 $40::text[], $41::timestamptz[])
       AS m(id, tenant_id, session_id, role, content, decision_level, action_ids, created_at)
-)
-UPDATE sessions AS t
-   SET message_count = t.message_count + u.n, updated_at = u.now
-  FROM (SELECT tenant_id, id, sum(n)::int AS n, max(now) AS now
-          FROM unnest($42::text[], $43::text[], $44::int[], $45::timestamptz[])
-            AS u(tenant_id, id, n, now)
-         GROUP BY tenant_id, id) AS u
- WHERE t.tenant_id = u.tenant_id AND t.id = u.id
-"""
+   WHERE {guard}
+), counted AS (
+  UPDATE sessions AS t
+     SET message_count = t.message_count + u.n, updated_at = u.now
+    FROM (SELECT tenant_id, id, sum(n)::int AS n, max(now) AS now
+            FROM unnest($42::text[], $43::text[], $44::int[], $45::timestamptz[])
+              AS u(tenant_id, id, n, now)
+           GROUP BY tenant_id, id) AS u
+   WHERE t.tenant_id = u.tenant_id AND t.id = u.id AND {guard}
+)""".replace("{guard}", guard)
+    return renumber(sql, first - 1)
+
+
+def renumber(sql: str, by: int) -> str:
+    """Shift every `$n` parameter of `sql` by `by`."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql) if by else sql
+
+
+_EXCHANGES = f"WITH {exchange_ctes()} SELECT 1"
 
 _REVISE = """
 UPDATE messages AS t SET content = u.content
@@ -125,7 +142,7 @@ class PgAgentStore(SqlAgentStore):
 
     async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
         try:
-            await self._pool.execute(_EXCHANGES, *_exchange_arrays(exchanges))
+            await self._pool.execute(_EXCHANGES, *exchange_arrays(exchanges))
             return [None] * len(exchanges)
         except Exception as err:
             if len(exchanges) == 1:
@@ -187,7 +204,7 @@ class PgAgentStore(SqlAgentStore):
         return done
 
 
-def _exchange_arrays(exchanges: Sequence[Exchange]) -> list[list[Any]]:
+def exchange_arrays(exchanges: Sequence[Exchange]) -> list[list[Any]]:
     """The statement's parameters: one array per column."""
     new = [ex for ex in exchanges if ex.new_session]
     sessions: list[list[Any]] = [

@@ -47,9 +47,11 @@ _ENTRY_COLUMNS = (
     "created_at"
 )
 
-# $1 tenant, $2 location, $3 now, $4 used_add, $5 reserved_add, $6 need; $7.. per debit.
-_DEBITS = f"""
-WITH w AS (
+# Debits of one wallet that fit it whole: $1 tenant, $2 location, $3 now, $4 used_add,
+# $5 reserved_add, $6 need; $7..$18 per debit (see `DebitPlan.args`). Nothing is
+# written unless the wallet's conditional UPDATE (`w`) matched.
+DEBIT_CTES = f"""
+w AS (
   UPDATE business_tokens
      SET used_tokens = used_tokens + $4, reserved_tokens = reserved_tokens + $5, updated_at = $3
    WHERE id = (SELECT id FROM business_tokens
@@ -94,6 +96,9 @@ WITH w AS (
    WHERE w.total_tokens - w.used_tokens - w.reserved_tokens + $6 >= w.low_balance_threshold
      AND w.low_balance_threshold > w.total_tokens - w.used_tokens - w.reserved_tokens
 )
+"""
+_DEBITS = f"""
+WITH {DEBIT_CTES}
 SELECT id, location_id, total_tokens, used_tokens, reserved_tokens FROM w
 """
 
@@ -195,6 +200,75 @@ _ENDS_SUCCEEDING = _ends_statement(succeed_actions=True)
 
 
 @dataclass(frozen=True)
+class DebitPlan:
+    """What the debit CTEs need besides the debits: ids, and each entry's offsets
+    from the wallet's final columns (what the debits after it add)."""
+
+    debits: Sequence[Debit]
+    entry_ids: list[str]
+    reservation_ids: list[str | None]
+    expires: list[datetime | None]
+    used_later: list[int]
+    reserved_later: list[int]
+    used_add: int
+    reserved_add: int
+
+    @classmethod
+    def of(cls, debits: Sequence[Debit], now: datetime) -> DebitPlan:
+        n = len(debits)
+        used_later = [0] * n
+        reserved_later = [0] * n
+        used_add = reserved_add = 0
+        for i in range(n - 1, -1, -1):
+            used_later[i], reserved_later[i] = used_add, reserved_add
+            if debits[i].kind is EntryKind.RESERVE:
+                reserved_add += debits[i].amount
+            else:
+                used_add += debits[i].amount
+        reserving = [d.kind is EntryKind.RESERVE for d in debits]
+        return cls(
+            debits=debits,
+            entry_ids=[new_id("ent") for _ in range(n)],
+            reservation_ids=[
+                (d.reservation_id or new_id("res")) if r else None
+                for d, r in zip(debits, reserving, strict=True)
+            ],
+            expires=[
+                now + (d.ttl or DEFAULT_RESERVATION_TTL) if r else None
+                for d, r in zip(debits, reserving, strict=True)
+            ],
+            used_later=used_later,
+            reserved_later=reserved_later,
+            used_add=used_add,
+            reserved_add=reserved_add,
+        )
+
+    def args(self, tenant_id: str, location_id: str, now: datetime) -> list[Any]:
+        """The 18 parameters of `DEBIT_CTES`."""
+        debits = self.debits
+        return [
+            tenant_id,
+            location_id,
+            now,
+            self.used_add,
+            self.reserved_add,
+            self.used_add + self.reserved_add,
+            self.entry_ids,
+            [d.request_id for d in debits],
+            [d.request_hash() for d in debits],
+            [d.kind.value for d in debits],
+            [d.operation_type.value for d in debits],
+            [d.amount for d in debits],
+            [d.location_id for d in debits],
+            [d.description for d in debits],
+            self.reservation_ids,
+            self.expires,
+            self.used_later,
+            self.reserved_later,
+        ]
+
+
+@dataclass(frozen=True)
 class SuccessItem:
     """An action's success for `succeed_actions`: the capture of its reservation,
     its result (JSON text, None keeps it) and a message to rewrite (or None)."""
@@ -228,46 +302,9 @@ class PgLedgerStore(SqlLedgerStore):
     ) -> list[DebitResult] | None:
         if len({d.request_id for d in debits}) != len(debits):
             return None  # a retry inside the batch: the general path pairs them up
-        n = len(debits)
-        entry_ids = [new_id("ent") for _ in range(n)]
-        hashes = [d.request_hash() for d in debits]
-        reservation_ids: list[str | None] = []
-        expires: list[datetime | None] = []
-        used_later = [0] * n
-        reserved_later = [0] * n
-        used_add = reserved_add = 0
-        for i in range(n - 1, -1, -1):  # what the debits after each one add
-            used_later[i], reserved_later[i] = used_add, reserved_add
-            if debits[i].kind is EntryKind.RESERVE:
-                reserved_add += debits[i].amount
-            else:
-                used_add += debits[i].amount
-        for d in debits:
-            reserve = d.kind is EntryKind.RESERVE
-            reservation_ids.append(new_id("res") if reserve else None)
-            expires.append(now + (d.ttl or DEFAULT_RESERVATION_TTL) if reserve else None)
+        plan = DebitPlan.of(debits, now)
         try:
-            rows = await self._pool.fetch(
-                _DEBITS,
-                tenant_id,
-                location_id,
-                now,
-                used_add,
-                reserved_add,
-                used_add + reserved_add,
-                entry_ids,
-                [d.request_id for d in debits],
-                hashes,
-                [d.kind.value for d in debits],
-                [d.operation_type.value for d in debits],
-                [d.amount for d in debits],
-                [d.location_id for d in debits],
-                [d.description for d in debits],
-                reservation_ids,
-                expires,
-                used_later,
-                reserved_later,
-            )
+            rows = await self._pool.fetch(_DEBITS, *plan.args(tenant_id, location_id, now))
         except RETRY_ALONE:
             return None
         if not rows:
@@ -276,7 +313,7 @@ class PgLedgerStore(SqlLedgerStore):
         results = []
         for i, d in enumerate(debits):
             entry = Entry(
-                id=entry_ids[i],
+                id=plan.entry_ids[i],
                 tenant_id=tenant_id,
                 location_id=d.location_id,
                 wallet_location_id=wallet["location_id"],
@@ -285,14 +322,14 @@ class PgLedgerStore(SqlLedgerStore):
                 tokens=d.amount,
                 description=d.description,
                 request_id=d.request_id,
-                reservation_id=reservation_ids[i],
+                reservation_id=plan.reservation_ids[i],
                 total_after=wallet["total_tokens"],
-                used_after=wallet["used_tokens"] - used_later[i],
-                reserved_after=wallet["reserved_tokens"] - reserved_later[i],
+                used_after=wallet["used_tokens"] - plan.used_later[i],
+                reserved_after=wallet["reserved_tokens"] - plan.reserved_later[i],
                 created_at=now,
             )
             reservation = None
-            res_id, expires_at = reservation_ids[i], expires[i]
+            res_id, expires_at = plan.reservation_ids[i], plan.expires[i]
             if res_id is not None and expires_at is not None:
                 reservation = Reservation(
                     id=res_id,
