@@ -75,6 +75,9 @@ class PgPool:
                         max_size=self._max_size,
                         reset=_keep_session,
                         server_settings=_SESSION,
+                        # No idle timer armed on every release (a call_later each
+                        # time); the pool is bounded, so idle connections just wait.
+                        max_inactive_connection_lifetime=0,
                     )
         return self._pool
 
