@@ -21,7 +21,7 @@ from agentserver.adapters.db.business_store import SqlBusinessStore
 from agentserver.adapters.db.engine import create_engine
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.migrate import pending_revisions, upgrade
-from agentserver.adapters.db.pg import PgPool
+from agentserver.adapters.db.pg import PgEventWriter, PgPool
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.db.pg_process import PgExchangeHolder
@@ -205,7 +205,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         agent=agent,
         secret_box=secret_box,
         limiter=build_limiter(settings),
-        audit=BufferedAuditLog(admin),
+        audit=BufferedAuditLog(PgEventWriter(pg_pool) if pg_pool is not None else admin),
         pg_pool=pg_pool,
     )
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-
-from agentserver.adapters.db.admin_store import SqlAdminStore
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
 
+class EventWriter(Protocol):
+    async def write_events(self, events: Sequence[dict[str, Any]]) -> None: ...
+
+
 class BufferedAuditLog:
-    def __init__(self, store: SqlAdminStore, *, max_batch: int = 500) -> None:
+    def __init__(self, store: EventWriter, *, max_batch: int = 500) -> None:
         self._store = store
         self._buffer: list[dict[str, Any]] = []
         self._max_batch = max_batch

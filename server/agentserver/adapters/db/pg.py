@@ -11,6 +11,8 @@ SQLite) stays on SQLAlchemy Core.
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -95,7 +97,37 @@ class PgPool:
         except _GONE as err:
             raise Unavailable(f"the database is unavailable: {err}") from err
 
+    async def copy_records(
+        self, table: str, columns: Sequence[str], records: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Append rows with COPY: the cheapest bulk insert PostgreSQL has."""
+        try:
+            pool = await self._get()
+            async with pool.acquire() as conn:
+                await conn.copy_records_to_table(table, records=records, columns=columns)
+        except _GONE as err:
+            raise Unavailable(f"the database is unavailable: {err}") from err
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+_EVENT_COLUMNS = ("tenant_id", "kind", "actor", "subject", "outcome", "payload", "created_at")
+
+
+class PgEventWriter:
+    """Audit events by COPY (one per rpc adds up: over a thousand rows a second at
+    ledger-benchmark rates)."""
+
+    def __init__(self, pool: PgPool) -> None:
+        self._pool = pool
+
+    async def write_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            records = [
+                tuple(json.dumps(e[c]) if c == "payload" else e[c] for c in _EVENT_COLUMNS)
+                for e in events
+            ]
+            await self._pool.copy_records("events", _EVENT_COLUMNS, records)
