@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentserver")
 
+AUDIT_PRUNE_EVERY = timedelta(minutes=1)
+AUDIT_PRUNE_BATCH = 5000
+NEVER = datetime.min.replace(tzinfo=UTC)
+
 DEMO_TENANT = "demo"
 DEMO_TOKENS = 1000
 
@@ -72,6 +76,7 @@ class App:
     limiter: RateLimiter
     audit: BufferedAuditLog
     pg_pool: PgPool | None = None
+    _next_prune: datetime = NEVER
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -132,6 +137,26 @@ class App:
     async def _sweep(self) -> None:
         await self.agent.sweep()
         await self.ledger.sweep_expired()
+        if self.clock.now() >= self._next_prune:
+            await self.prune_audit()
+            self._next_prune = self.clock.now() + AUDIT_PRUNE_EVERY
+
+    async def prune_audit(self, *, batches: int = 20) -> int:
+        """Delete audit events past `audit_retention_days` (0 keeps them), at most
+        `batches` x 5,000 a call so a large backlog is worked off over several sweeps."""
+        days = self.settings.audit_retention_days
+        if days <= 0:
+            return 0
+        before = self.clock.now() - timedelta(days=days)
+        pruned = 0
+        for _ in range(batches):
+            deleted = await self.admin.prune_audit_events(before, AUDIT_PRUNE_BATCH)
+            pruned += deleted
+            if deleted < AUDIT_PRUNE_BATCH:
+                break
+        if pruned:
+            log.info("pruned %d audit events older than %g days", pruned, days)
+        return pruned
 
     async def _every(self, seconds: float, job: object) -> None:
         assert callable(job)
@@ -205,7 +230,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         agent=agent,
         secret_box=secret_box,
         limiter=build_limiter(settings),
-        audit=BufferedAuditLog(PgEventWriter(pg_pool) if pg_pool is not None else admin),
+        audit=BufferedAuditLog(PgEventWriter(pg_pool) if pg_pool is not None else admin, clock),
         pg_pool=pg_pool,
     )
 

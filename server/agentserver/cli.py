@@ -132,6 +132,10 @@ async def cmd_fees_charge(app: App, args: argparse.Namespace) -> int:
 
 async def cmd_sweep(app: App, args: argparse.Namespace) -> int:
     print(f"expired {await app.ledger.sweep_expired()} reservations")
+    days = app.settings.audit_retention_days
+    if days > 0:
+        pruned = await app.prune_audit(batches=1_000_000)
+        print(f"pruned {pruned} audit events older than {days:g} days")
     return 0
 
 
@@ -235,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
     s = fees.add_parser("charge", help="charge this month's fee to every tenant (cron-safe)")
     s.set_defaults(fn=cmd_fees_charge)
 
-    s = sub.add_parser("sweep", help="release expired reservations now")
+    s = sub.add_parser("sweep", help="release expired reservations and prune old audit events now")
     s.set_defaults(fn=cmd_sweep)
 
     channels = sub.add_parser("channel", help="tenant provider settings").add_subparsers(

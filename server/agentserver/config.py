@@ -33,6 +33,7 @@ class Settings:
     costs: str = ""
     low_balance_threshold: int = 50
     sweep_interval_seconds: float = 5.0
+    audit_retention_days: float = 90.0  # 0 keeps audit events forever
     monthly_fee_interval_seconds: float = 3600.0
     grace_seconds: float = 10.0
     auto_migrate: bool | None = None  # None: yes for SQLite, no for PostgreSQL
@@ -72,6 +73,7 @@ class Settings:
             costs=_env("COSTS", ""),
             low_balance_threshold=int(_env("LOW_BALANCE_THRESHOLD", "50")),
             sweep_interval_seconds=float(_env("SWEEP_INTERVAL_SECONDS", "5")),
+            audit_retention_days=float(_env("AUDIT_RETENTION_DAYS", "90")),
             monthly_fee_interval_seconds=float(_env("MONTHLY_FEE_INTERVAL_SECONDS", "3600")),
             grace_seconds=float(_env("GRACE_SECONDS", "10")),
             auto_migrate=_bool(auto) if auto else None,

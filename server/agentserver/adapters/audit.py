@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Protocol
+
+from agentserver.domain.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,9 @@ class EventWriter(Protocol):
 
 
 class BufferedAuditLog:
-    def __init__(self, store: EventWriter, *, max_batch: int = 500) -> None:
+    def __init__(self, store: EventWriter, clock: Clock, *, max_batch: int = 500) -> None:
         self._store = store
+        self._clock = clock
         self._buffer: list[dict[str, Any]] = []
         self._max_batch = max_batch
 
@@ -34,7 +36,6 @@ class BufferedAuditLog:
         operation: str,
         outcome: str,
         request_id: str,
-        now: datetime,
     ) -> None:
         self._buffer.append(
             {
@@ -44,7 +45,7 @@ class BufferedAuditLog:
                 "subject": request_id,
                 "outcome": outcome,
                 "payload": {},
-                "created_at": now,
+                "created_at": self._clock.now(),
             }
         )
 

@@ -240,6 +240,19 @@ class SqlAdminStore:
             async with self._engine.begin() as conn:
                 await conn.execute(insert(EV), list(events))
 
+    async def prune_audit_events(self, before: datetime, limit: int = 5000) -> int:
+        """Delete up to `limit` audit events created before `before`, oldest first;
+        returns how many. Other events (low balance, ...) are kept."""
+        oldest = (
+            select(EV.c.id)
+            .where(EV.c.created_at < before, EV.c.kind.startswith("audit."))
+            .order_by(EV.c.created_at)
+            .limit(limit)
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(EV).where(EV.c.id.in_(oldest.scalar_subquery())))
+        return int(result.rowcount or 0)
+
     async def events(self, tenant_id: str | None, kind_prefix: str = "") -> list[dict[str, Any]]:
         async with self._read.connect() as conn:
             query = select(EV)

@@ -167,7 +167,11 @@ class Event(Base):
     """Outbox of domain events (low balance, action state changes) and the audit trail."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_events_tenant_id_id", "tenant_id", "id"),
+        # Audit retention deletes by age (see SqlAdminStore.prune_audit_events).
+        Index("ix_events_created_at", "created_at"),
+    )
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(60))

@@ -6,7 +6,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -57,7 +56,6 @@ class AuditSink(Protocol):
         operation: str,
         outcome: str,
         request_id: str,
-        now: datetime,
     ) -> None: ...
 
 
@@ -131,7 +129,6 @@ def rpc(
                         operation=name,
                         outcome=code.name,
                         request_id=request_id,
-                        now=datetime.now(UTC),
                     )
                 if self.access_log or code not in (grpc.StatusCode.OK,):
                     log.info(
