@@ -639,6 +639,16 @@ class SqlLedgerStore:
                     await self._end_batch(conn, tenant_id, requests, now, results)
             except IntegrityError:
                 results = [None] * len(requests)
+        return await self._end_rest(tenant_id, requests, now, results)
+
+    async def _end_rest(
+        self,
+        tenant_id: str,
+        requests: Sequence[EndRequest],
+        now: datetime,
+        results: list[tuple[Reservation, Entry] | DomainError | None],
+    ) -> list[tuple[Reservation, Entry] | DomainError]:
+        """Settle each request a batch left unsettled (None) alone, which explains it."""
         for i, req in enumerate(requests):
             if results[i] is None:
                 try:

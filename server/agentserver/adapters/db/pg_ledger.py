@@ -354,13 +354,7 @@ class PgLedgerStore(SqlLedgerStore):
         results: list[tuple[Reservation, Entry] | DomainError | None] = [None] * len(requests)
         for row in await self._fast_ends(tenant_id, requests, now) or []:
             results[row["ord"]] = (to_reservation(_Row(row)), _end_entry(row, now))
-        for i, req in enumerate(requests):
-            if results[i] is None:
-                try:
-                    results[i] = await self._end_one(tenant_id, req, now)
-                except DomainError as err:
-                    results[i] = err
-        return [r for r in results if r is not None]
+        return await self._end_rest(tenant_id, requests, now, results)
 
     async def succeed_actions(
         self,
