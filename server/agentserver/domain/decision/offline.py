@@ -376,7 +376,8 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
     if has("ESCALATE") or (has("TALK") and has("HUMAN")):
         return "human.escalate", 90
     if has("HUMAN") and _has_word(tokens, "human") and not has("SEND", "EMAIL", "SMS"):
-        return "human.escalate", 80
+        # "get me a real person" asks for one; "a human?" may only wonder.
+        return "human.escalate", 88 if _has_word(tokens, "get", "need", "want") else 80
     if (
         has("AUDIENCE")
         and not emails
@@ -413,7 +414,9 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
         if has("UPDATE"):
             return None, 0  # rescheduling is not an action of its own: ask
         return "booking.create", 88 if has("BOOK") else 80
-    if has("BOOKING") and has("REPORT", "READ"):
+    if has("BOOKING") and has("REPORT"):
+        return "analysis.report", 88  # "a breakdown of bookings": asked in so many words
+    if has("BOOKING") and has("READ"):
         return "analysis.report", 82
     if has("DELETE"):
         return "resource.delete", 85
@@ -426,13 +429,16 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
     ):
         return "resource.create", 88
     if has("REPORT"):
-        return "analysis.report", 88
+        # A report on something or for a period is clear; "give me the stats" is not.
+        named = any(re.search(rx, text, re.I) for rx, _ in (*_TOPICS, *_PERIODS))
+        return "analysis.report", 88 if named else 80
     if has("READ") and (has("RESOURCE") or _resource_ref(text)):
         return "resource.read", 86
 
     if has("SEND", "TELL", "NOTIFY"):
         if emails:
-            return "email.send", 80
+            # "send a message to ann@x.com": the address says which channel.
+            return "email.send", 86 if has("SEND") else 80
         if phones:
             return "sms.send", 75
     if channel_at is not None:
