@@ -693,3 +693,53 @@ async def test_the_stored_reply_says_what_the_response_says(harness: Harness) ->
             ).messages
             assert assistant.role == cpb.MESSAGE_ROLE_ASSISTANT
             assert assistant.content == resp.response
+
+
+async def test_overlong_ids_are_invalid_and_change_nothing(harness: Harness) -> None:
+    """Ids longer than the store keeps are refused with the field named, never an
+    INTERNAL from the database (PostgreSQL refuses them, SQLite would keep them)."""
+    t = await harness.tenant(100)
+    email = "Email a@example.com that hi"
+    cases = [
+        (t.client("u" * 121), apb.ProcessContext(), "x-user-id"),
+        (t.client("u", location_id="l" * 65), apb.ProcessContext(), "x-location-id"),
+        (t.client("u"), apb.ProcessContext(location_id="l" * 65), "context.location_id"),
+    ]
+    for client, context, field in cases:
+        async with client:
+            with pytest.raises(AgentServerError) as exc:
+                await client.process(apb.ProcessRequest(message=email, context=context))
+            assert exc.value.code is StatusCode.INVALID_ARGUMENT
+            assert [v.field for v in exc.value.details.field_violations] == [field]
+    async with t.client("u") as client:
+        with pytest.raises(AgentServerError) as exc:
+            await client.charge_tokens(
+                tpb.ChargeTokensRequest(
+                    tenant_id=t.id,
+                    location_id="l" * 65,
+                    operation_type=common_pb2.OPERATION_TYPE_SMS,
+                    amount=1,
+                    request_id=rid(),
+                )
+            )
+        assert exc.value.code is StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in exc.value.details.field_violations] == ["location_id"]
+        assert await available(client, t.id) == 100
+        sessions = await client.list_user_sessions(cpb.ListUserSessionsRequest())
+        assert not sessions.sessions
+
+
+async def test_the_longest_ids_are_kept_and_audited(harness: Harness) -> None:
+    t = await harness.tenant(100)
+    user = "u" * 120
+    async with t.client(user, location_id="l" * 64) as client:
+        resp = await client.process(
+            apb.ProcessRequest(message="Email a@example.com that hi"),
+            metadata=[("x-request-id", "r" * 500)],  # a correlation id is kept to 128
+        )
+        assert resp.actions[0].state == S.ACTION_STATE_SUCCEEDED
+    await harness.app.audit.flush()
+    (event,) = [
+        e for e in await harness.app.admin.events(t.id, "audit.Process") if user in e["actor"]
+    ]
+    assert event["subject"] == "r" * 128

@@ -58,7 +58,7 @@ from agentserver.domain.errors import (
     PermissionDenied,
 )
 from agentserver.domain.executor import Executor, Revision
-from agentserver.domain.identity import Caller
+from agentserver.domain.identity import MAX_LOCATION_ID, Caller, check_lengths
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, LedgerService, validate_debit, validate_request_id
 from agentserver.domain.paging import PageRequest
@@ -250,6 +250,7 @@ class AgentService:
 
     async def process(self, caller: Caller, request: ProcessInput) -> ProcessResult:
         text = validate_message(request.message)
+        check_lengths(("context.location_id", request.location_id, MAX_LOCATION_ID))
         tenant = caller.tenant()
         user = caller.user_id
         if not user:

@@ -13,7 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agentserver.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from agentserver.domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 SCOPE_AGENT = "agent"  # Process, actions, conversations
 SCOPE_TOKENS_READ = "tokens:read"
@@ -29,6 +34,23 @@ class KeyRecord:
     tenant_id: str | None
     scopes: frozenset[str]
     revoked: bool = False
+
+
+# The longest ids the store keeps (a longer one is refused, never cut).
+MAX_TENANT_ID = 64
+MAX_USER_ID = 120
+MAX_LOCATION_ID = 64
+
+
+def check_lengths(*fields: tuple[str, str, int]) -> None:
+    """INVALID_ARGUMENT naming every (field, value, limit) whose value is too long."""
+    violations = [
+        FieldViolation(name, f"must be at most {limit} characters")
+        for name, value, limit in fields
+        if len(value) > limit
+    ]
+    if violations:
+        raise InvalidArgument(violations)
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,11 @@ class Authenticator:
     async def authenticate(
         self, authorization: str, tenant_id: str, user_id: str, location_id: str
     ) -> Caller:
+        check_lengths(
+            ("x-tenant-id", tenant_id, MAX_TENANT_ID),
+            ("x-user-id", user_id, MAX_USER_ID),
+            ("x-location-id", location_id, MAX_LOCATION_ID),
+        )
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("send `authorization: Bearer <api key>`")

@@ -36,6 +36,7 @@ from agentserver.domain.batching import Coalescer
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import CostTable, OperationType
 from agentserver.domain.errors import DomainError, FieldViolation, InvalidArgument
+from agentserver.domain.identity import MAX_LOCATION_ID, MAX_TENANT_ID, check_lengths
 from agentserver.domain.paging import PageRequest
 
 log = logging.getLogger(__name__)
@@ -211,15 +212,18 @@ def validate_request_id(request_id: str) -> None:
         raise InvalidArgument.field("request_id", f"must be at most {MAX_REQUEST_ID} characters")
 
 
-def validate_tenant(tenant_id: str) -> None:
+def validate_tenant(tenant_id: str, location_id: str = "") -> None:
     if not tenant_id:
         raise InvalidArgument.field("tenant_id", "is required")
+    check_lengths(
+        ("tenant_id", tenant_id, MAX_TENANT_ID), ("location_id", location_id, MAX_LOCATION_ID)
+    )
 
 
 def validate_debit(debit: Debit) -> None:
     violations: list[FieldViolation] = []
     checks: list[Callable[[], None]] = [
-        lambda: validate_tenant(debit.tenant_id),
+        lambda: validate_tenant(debit.tenant_id, debit.location_id),
         lambda: validate_amount(debit.amount),
         lambda: validate_request_id(debit.request_id),
     ]
@@ -374,7 +378,7 @@ class LedgerService:
     async def add_tokens(
         self, tenant_id: str, location_id: str, amount: int, request_id: str, description: str
     ) -> tuple[Entry, Balance]:
-        validate_tenant(tenant_id)
+        validate_tenant(tenant_id, location_id)
         validate_amount(amount)
         validate_request_id(request_id)
         return await self.store.add_tokens(

@@ -175,7 +175,8 @@ class Event(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(60))
-    actor: Mapped[str] = mapped_column(String(120), default="")
+    # "<key id>/<user id>" for audit events: a user id may take 120 on its own.
+    actor: Mapped[str] = mapped_column(String(200), default="")
     subject: Mapped[str] = mapped_column(String(200), default="")
     outcome: Mapped[str] = mapped_column(String(40), default="")
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -20,6 +20,8 @@ from agentserver.logs import request_id_var
 
 log = logging.getLogger("agentserver.rpc")
 
+MAX_REQUEST_ID = 128
+
 # Lower-layer failures that mean "try again later", translated once, here.
 _INFRASTRUCTURE = (
     OSError,
@@ -87,7 +89,8 @@ def rpc(
             self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
         ) -> Resp:
             md = _metadata(context)
-            request_id = md.get("x-request-id") or new_id("req")
+            # A caller's correlation id, kept to a length logs and the audit trail hold.
+            request_id = md.get("x-request-id", "")[:MAX_REQUEST_ID] or new_id("req")
             token = request_id_var.set(request_id)
             start = time.perf_counter()
             code = grpc.StatusCode.OK

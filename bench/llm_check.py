@@ -1,0 +1,145 @@
+"""A manual check of the LLM engine against a real OpenAI-compatible server.
+
+    .venv/bin/python bench/llm_check.py --base-url http://127.0.0.1:8080/v1 --model NAME \
+        [--messages 12] [--timeout 60] [--deadline 120]
+
+Not part of `make test`: it needs a model server (OpenAI, vLLM, Ollama, llama.cpp).
+For each of the first N labelled messages it asks `OpenAIEngine` (with the offline
+engine as its fallback, as the server runs it) and records who decided, the output
+mode the engine settled on, the proposed action types against the labels, and the
+time taken. The point is the degradation path on a real server, not the model's
+accuracy: a small local model is expected to answer poorly, and every answer must
+still come back as a usable proposal.
+
+Writes bench/results/llm_check.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
+
+from common import machine_info, markdown_table, write_results  # noqa: E402
+
+from agentserver.adapters.llm import LlmSettings, OpenAIEngine, ToolSpec  # noqa: E402
+from agentserver.domain.decision.engine import EngineRequest  # noqa: E402
+from agentserver.domain.decision.offline import OfflineEngine  # noqa: E402
+from agentserver.domain.registry import default_registry  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "labelled_messages.jsonl"
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+
+async def run(args: argparse.Namespace) -> int:
+    registry = default_registry()
+    engine = OpenAIEngine(
+        LlmSettings(
+            base_url=args.base_url,
+            api_key=args.api_key,
+            model=args.model,
+            timeout_seconds=args.timeout,
+            max_retries=0,
+            deadline_seconds=args.deadline,
+        ),
+        [ToolSpec(d.name, d.description, d.parameters_schema) for d in registry.all()],
+        OfflineEngine(),
+        validate=lambda name, params: [
+            f"{v.field}: {v.description}" for v in registry.validate(name, params)
+        ],
+    )
+    labelled = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    rows: list[dict[str, Any]] = []
+    try:
+        for item in labelled[: args.messages]:
+            started = time.monotonic()
+            proposal = await engine.propose(
+                EngineRequest(
+                    message=item["message"],
+                    now=NOW,
+                    history=[],
+                    business_context={"business_name": "Salon Aurora"},
+                    tenant_id="check",
+                    location_id="",
+                )
+            )
+            expected = sorted(a["action_type"] for a in item["expected"])
+            got = sorted(a.action_type for a in proposal.actions)
+            rows.append(
+                {
+                    "id": item["id"],
+                    "message": item["message"],
+                    "engine": proposal.engine,
+                    "mode_after": engine.output_mode,
+                    "expected": expected,
+                    "proposed": got,
+                    "match": expected == got,
+                    "seconds": round(time.monotonic() - started, 2),
+                }
+            )
+            print(f"{rows[-1]['id']}: {proposal.engine} ({rows[-1]['seconds']} s)", flush=True)
+    finally:
+        await engine.aclose()
+    decided_by_llm = sum(1 for r in rows if r["engine"].startswith("llm:"))
+    data = {
+        "machine": machine_info(),
+        "base_url": args.base_url,
+        "model": args.model,
+        "rows": rows,
+        "decided_by_llm": decided_by_llm,
+        "matches": sum(r["match"] for r in rows),
+    }
+    table = markdown_table(
+        ["id", "engine", "mode after", "expected", "proposed", "s"],
+        [
+            [
+                r["id"],
+                r["engine"],
+                r["mode_after"],
+                ", ".join(r["expected"]) or "-",
+                ", ".join(r["proposed"]) or "-",
+                str(r["seconds"]),
+            ]
+            for r in rows
+        ],
+    )
+    markdown = "\n".join(
+        [
+            "# LLM engine against a real server (manual check)",
+            "",
+            f"{data['machine']['date']} · model `{args.model}` at `{args.base_url}` · "
+            f"timeout {args.timeout:g} s per request, deadline {args.deadline:g} s per "
+            "decision, no retries",
+            "",
+            f"{len(rows)} labelled messages: the LLM decided {decided_by_llm}, the offline "
+            f"fallback the rest; proposed action types matched the labels on "
+            f"{data['matches']}.",
+            "",
+            table,
+        ]
+    )
+    md_path, json_path = write_results("llm_check", markdown, data)
+    print(f"\n{markdown}\n\nwrote {md_path} and {json_path}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--api-key", default="no-key")
+    p.add_argument("--messages", type=int, default=12)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--deadline", type=float, default=120.0)
+    return asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
