@@ -743,3 +743,52 @@ async def test_the_longest_ids_are_kept_and_audited(harness: Harness) -> None:
         e for e in await harness.app.admin.events(t.id, "audit.Process") if user in e["actor"]
     ]
     assert event["subject"] == "r" * 128
+
+
+async def test_nul_characters_and_made_up_page_tokens_are_invalid(harness: Harness) -> None:
+    """PostgreSQL can neither store nor compare a NUL; unsigned page tokens can be
+    made up. Both are INVALID_ARGUMENT naming the field, on every backend."""
+    import base64
+
+    t = await harness.tenant(100)
+    context = apb.ProcessContext()
+    context.business_context.update({"note": ["fine", "bad\x00"]})
+    sms = common_pb2.OPERATION_TYPE_SMS
+    async with t.client("u") as client:
+        calls = [
+            (client.process(apb.ProcessRequest(message="Email a@x.com that\x00 hi")), "message"),
+            (
+                client.process(apb.ProcessRequest(message="hi", context=context)),
+                "context.business_context.fields.note.list_value.values.1.string_value",
+            ),
+            (client.get_session(cpb.GetSessionRequest(session_id="s\x00")), "session_id"),
+            (
+                client.charge_tokens(
+                    tpb.ChargeTokensRequest(
+                        tenant_id=t.id, operation_type=sms, amount=1, request_id="r\x00"
+                    )
+                ),
+                "request_id",
+            ),
+        ]
+        for call, field in calls:
+            with pytest.raises(AgentServerError) as exc:
+                await call
+            assert exc.value.code is StatusCode.INVALID_ARGUMENT, field
+            assert [v.field for v in exc.value.details.field_violations] == [field]
+
+        def token(data: dict[str, object]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+        for made_up in (
+            token({"k": "sessions", "t": "yesterday", "id": "x"}),
+            token({"k": "sessions", "t": "2026-01-01T00:00:00", "id": "x"}),  # no zone
+            token({"k": "sessions", "id": "x"}),
+            token({"k": "sessions", "t": "2026-01-01T00:00:00+00:00", "id": 7}),
+            token({"k": "sessions", "t": "2026-01-01T00:00:00+00:00", "id": "x\x00"}),
+        ):
+            with pytest.raises(AgentServerError) as exc:
+                await client.list_user_sessions(cpb.ListUserSessionsRequest(page_token=made_up))
+            assert exc.value.code is StatusCode.INVALID_ARGUMENT, made_up
+            assert [v.field for v in exc.value.details.field_violations] == ["page_token"]
+        assert await available(client, t.id) == 100

@@ -17,7 +17,7 @@ from agentserver.domain.actions import Action, ActionFilter, ActionState
 from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import NotFound
-from agentserver.domain.paging import PageRequest, encode_token
+from agentserver.domain.paging import PageRequest, bad_token, encode_token
 
 S = models.sessions
 M = models.messages
@@ -191,7 +191,12 @@ class SqlAgentStore:
     ) -> tuple[list[Session], str]:
         query = select(S).where(S.c.tenant_id == tenant_id, S.c.user_id == user_id)
         if page.after:
-            after_time = datetime.fromisoformat(str(page.after["t"]))
+            try:
+                after_time = datetime.fromisoformat(str(page.after["t"]))
+            except ValueError:
+                raise bad_token() from None
+            if after_time.tzinfo is None:
+                raise bad_token()
             after_id = str(page.after["id"])
             query = query.where(
                 (S.c.updated_at < after_time)

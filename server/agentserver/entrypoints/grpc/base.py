@@ -10,8 +10,9 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import sqlalchemy.exc
+from google.protobuf.descriptor import FieldDescriptor
 
-from agentserver.domain.errors import DomainError, RateLimited, Unavailable
+from agentserver.domain.errors import DomainError, InvalidArgument, RateLimited, Unavailable
 from agentserver.domain.identity import Authenticator, Caller
 from agentserver.domain.ids import new_id
 from agentserver.domain.ratelimit import NoRateLimit, RateLimiter
@@ -61,6 +62,32 @@ class AuditSink(Protocol):
     ) -> None: ...
 
 
+def nul_field(message: Any, prefix: str = "") -> str | None:
+    """The path of the first string in `message` (nested messages, repeated fields and
+    maps included) that holds a NUL character, which PostgreSQL cannot store or even
+    compare; None when there is none. A few microseconds for a ProcessRequest."""
+    for fd, value in message.ListFields():
+        name: str = prefix + fd.name
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            if any("\x00" in v for v in (value if fd.is_repeated else (value,))):
+                return name
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                items: Any = value.items()
+            else:
+                items = enumerate(value) if fd.is_repeated else [("", value)]
+            for key, item in items:
+                path = f"{name}.{key}" if key != "" else name
+                if isinstance(key, str) and "\x00" in key:
+                    return path
+                if isinstance(item, str):
+                    if "\x00" in item:
+                        return path
+                elif hasattr(item, "ListFields") and (found := nul_field(item, path + ".")):
+                    return found
+    return None
+
+
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
@@ -105,6 +132,8 @@ def rpc(
                 )
                 if scope:
                     caller.require_scope(scope)
+                if path := nul_field(request):
+                    raise InvalidArgument.field(path, "must not contain NUL characters")
                 wait = await self.limiter.acquire(caller.tenant_id or f"key:{caller.key_id}")
                 if wait > 0:
                     raise RateLimited(

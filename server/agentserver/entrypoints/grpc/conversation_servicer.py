@@ -28,7 +28,12 @@ class ConversationServicer(ServicerBase, conversation_service_pb2_grpc.Conversat
         if not user:
             raise InvalidArgument.field("user_id", "is required (or send x-user-id)")
         page = page_request(
-            request.page_size, request.page_token, default=10, maximum=100, kind="sessions"
+            request.page_size,
+            request.page_token,
+            default=10,
+            maximum=100,
+            kind="sessions",
+            keys=("t", "id"),
         )
         sessions, token = await self.conversations.list_sessions(tenant, user, page)
         return pb.ListUserSessionsResponse(
