@@ -260,6 +260,7 @@ def llm_settings(settings: Settings) -> LlmSettings | None:
         timeout_seconds=settings.llm_timeout_seconds,
         deadline_seconds=settings.llm_deadline_seconds,
         temperature=settings.llm_temperature,
+        max_tokens=settings.llm_max_tokens,
     )
 
 

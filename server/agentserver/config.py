@@ -45,6 +45,7 @@ class Settings:
     llm_timeout_seconds: float = 20.0
     llm_deadline_seconds: float = 30.0
     llm_temperature: float | None = 0.0
+    llm_max_tokens: int = 1024
     action_ttl_seconds: float = 24 * 3600.0
     policy_cache_seconds: float = 5.0
     default_country_code: str = "+1"
@@ -85,6 +86,7 @@ class Settings:
             llm_timeout_seconds=float(_env("LLM_TIMEOUT_SECONDS", "20")),
             llm_deadline_seconds=float(_env("LLM_DEADLINE_SECONDS", "30")),
             llm_temperature=float(t) if (t := _env("LLM_TEMPERATURE", "0")) else None,
+            llm_max_tokens=int(_env("LLM_MAX_TOKENS", "1024")),
             action_ttl_seconds=float(_env("ACTION_TTL_SECONDS", str(24 * 3600))),
             default_country_code=_env("DEFAULT_COUNTRY_CODE", "+1"),
             policy_cache_seconds=float(_env("POLICY_CACHE_SECONDS", "5")),

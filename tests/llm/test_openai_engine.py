@@ -752,3 +752,26 @@ async def test_temperature_refused_without_one_falls_back(
 
     assert proposal.engine == "offline (llm:gpt-test failed: bad request (temperature))"
     assert len(server.requests) == 1
+
+
+async def test_output_is_bounded_and_a_refused_max_tokens_uses_the_newer_name(
+    server: FakeOpenAI, make_engine: EngineFactory
+) -> None:
+    good = completion(tool_calls=[respond()])
+    server.answer(
+        error(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            param="max_tokens",
+        ),
+        good,
+    )
+    engine = make_engine()
+
+    first = await engine.propose(request())
+    second = await engine.propose(request())
+
+    assert first.engine == second.engine == "llm:gpt-test"
+    sent = [(b.get("max_tokens"), b.get("max_completion_tokens")) for b in server.requests]
+    assert sent == [(1024, None), (None, 1024), (None, 1024)]

@@ -56,7 +56,13 @@ Rules:
   modes and the client's retries): past it, the fallback answers, so a slow model
   costs at most that long, never (retries + 1) x timeout per mode.
 * **A 400 that refuses ``temperature``** (OpenAI's reasoning models accept only
-  the default) repeats the call without it and *remembers*, like a refused mode.
+  the default) repeats the call without it, and one that refuses ``max_tokens``
+  (the same models want ``max_completion_tokens``) repeats it with the newer
+  name; both are *remembered*, like a refused mode.
+* **Output is bounded** (`LlmSettings.max_tokens`): a small local model asked for
+  tools can otherwise generate until its context is full, and a server such as
+  llama.cpp's keeps generating after the client gave up (seen in the manual
+  check, `bench/llm_check.py`).
 * **A 400/422 whose message mentions the output mode** (``response_format``,
   ``json_schema``, ``tools``, ``tool_choice``, ``strict``, ``grammar`` ...; the
   usual answer of llama.cpp, vLLM and Ollama) moves to the next mode *and is
@@ -194,6 +200,7 @@ class LlmSettings:
     max_retries: int = 2  # the client's own retries on timeouts, 408/409/429/5xx
     history_messages: int = 10  # how many past messages the model sees
     temperature: float | None = 0.0  # None: not sent (the model's default)
+    max_tokens: int = 1024  # per answer; an engine answer is a few hundred
     deadline_seconds: float = 30.0  # for the whole decision, across modes and retries
 
 
@@ -217,8 +224,12 @@ class _UnusableOutput(Exception):
     """The model answered, but not with something we can use."""
 
 
-class _TemperatureRefused(Exception):
-    """The server refused the temperature parameter (400): repeat without it."""
+class _ParamRefused(Exception):
+    """The server refused a sampling parameter (400): repeat the call without it."""
+
+    def __init__(self, param: str) -> None:
+        super().__init__(param)
+        self.param = param
 
 
 class _TransportFailure(Exception):
@@ -281,6 +292,7 @@ class OpenAIEngine:
         self._validate = validate
         self._mode = OutputMode.TOOLS
         self._send_temperature = settings.temperature is not None
+        self._tokens_param = "max_tokens"  # or "max_completion_tokens", once refused
         self._owns_client = client is None
         if client is None:
             client = openai.AsyncOpenAI(
@@ -344,12 +356,10 @@ class OpenAIEngine:
         while mode is not None:
             try:
                 return await self._propose_in(mode, request)
-            except _TemperatureRefused:
-                if not self._send_temperature:  # refused without it too: not ours to fix
-                    failures.append(f"{mode.label}: bad request (temperature)")
+            except _ParamRefused as exc:
+                if not self._stop_sending(exc.param):  # refused again: not ours to fix
+                    failures.append(f"{mode.label}: bad request ({exc.param})")
                     return None
-                log.warning("%s: server refused temperature; not sending it from now on", self.name)
-                self._send_temperature = False
             except _ModeRejected as exc:
                 failures.append(f"{mode.label}: {exc}")
                 mode = self._demote_past(mode)
@@ -374,6 +384,18 @@ class OpenAIEngine:
             await self._client.close()
 
     # -- one attempt ----------------------------------------------------------------
+
+    def _stop_sending(self, param: str) -> bool:
+        """Stop sending a refused parameter (the newer name, for the token bound);
+        False when it was not being sent: the refusal is about something else."""
+        if param == "temperature" and self._send_temperature:
+            self._send_temperature = False
+        elif param == "max_tokens" and self._tokens_param == "max_tokens":
+            self._tokens_param = "max_completion_tokens"
+        else:
+            return False
+        log.warning("%s: server refused %s; adapting from now on", self.name, param)
+        return True
 
     def _demote_past(self, mode: OutputMode) -> OutputMode | None:
         """Remember that `mode` is refused by this server; return the next mode to try."""
@@ -418,6 +440,14 @@ class OpenAIEngine:
                     if self._send_temperature and self._settings.temperature is not None
                     else openai.omit
                 ),
+                max_tokens=(
+                    self._settings.max_tokens if self._tokens_param == "max_tokens" else openai.omit
+                ),
+                max_completion_tokens=(
+                    self._settings.max_tokens
+                    if self._tokens_param == "max_completion_tokens"
+                    else openai.omit
+                ),
                 tools=self._tool_params if mode is OutputMode.TOOLS else openai.omit,
                 tool_choice="required" if mode is OutputMode.TOOLS else openai.omit,
                 response_format=json_object if mode is OutputMode.JSON_OBJECT else openai.omit,
@@ -431,8 +461,8 @@ class OpenAIEngine:
         except openai.InternalServerError as exc:
             raise _TransportFailure(f"server error ({exc.status_code})") from exc
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            if _refuses_temperature(exc):
-                raise _TemperatureRefused() from exc
+            if param := _refused_param(exc):
+                raise _ParamRefused(param) from exc
             if _refuses_mode(exc, mode):
                 raise _ModeRejected(
                     f"mode rejected ({exc.status_code}: {_short(_server_message(exc))})"
@@ -1011,13 +1041,19 @@ def _server_message(exc: openai.APIStatusError) -> str:
     return message if isinstance(message, str) else exc.message
 
 
-def _refuses_temperature(exc: openai.APIStatusError) -> bool:
-    """OpenAI names the parameter (``"param": "temperature"``); others say it in words."""
+_SAMPLING_PARAMS = ("max_completion_tokens", "max_tokens", "temperature")
+
+
+def _refused_param(exc: openai.APIStatusError) -> str | None:
+    """The sampling parameter a 400 refuses, if any: OpenAI names it
+    (``"param": "temperature"``); other servers say it in words."""
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error", body)
-    if isinstance(error, dict) and error.get("param") == "temperature":
-        return True
-    return "temperature" in str(exc.message).lower()
+    named = error.get("param") if isinstance(error, dict) else None
+    if named in _SAMPLING_PARAMS:
+        return str(named)
+    text = str(exc.message).lower()
+    return next((p for p in _SAMPLING_PARAMS if p in text), None)
 
 
 def _refuses_mode(exc: openai.APIStatusError, mode: OutputMode) -> bool:
