@@ -4,6 +4,9 @@
     -> run through the channel (bounded retries of transient errors)
     -> record the result -> capture on success | release on failure
 
+A success's capture and state change are one step where the store can (a
+`Settler`: one statement on PostgreSQL); elsewhere they follow each other.
+
 Crash rule: an action found `executing` for longer than the lease (no live
 executor) is never sent again. If its tokens were captured, or its provider id
 was recorded, the side effect happened: it succeeds (capturing if needed). If
