@@ -26,6 +26,7 @@ from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.db.pg_process import PgExchangeHolder
 from agentserver.adapters.db.pg_settle import PgSettler
+from agentserver.adapters.db.sql_process import SqlExchangeHolder, SqlSettler
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
@@ -199,7 +200,11 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         clock=clock,
         retry=lambda fn: with_retries(fn, attempts=3),
         reservation_ttl=timedelta(seconds=settings.action_ttl_seconds) + timedelta(hours=1),
-        settler=PgSettler(ledger_store) if isinstance(ledger_store, PgLedgerStore) else None,
+        settler=(
+            PgSettler(ledger_store)
+            if isinstance(ledger_store, PgLedgerStore)
+            else SqlSettler(engine, ledger_store, agent_store)
+        ),
     )
     offline = OfflineEngine(default_country_code=settings.default_country_code)
     agent = AgentService(
@@ -213,7 +218,11 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         engine=build_engine(settings, registry, offline),
         offline=offline,
         action_ttl=timedelta(seconds=settings.action_ttl_seconds),
-        holder=PgExchangeHolder(pg_pool) if pg_pool is not None else None,
+        holder=(
+            PgExchangeHolder(pg_pool)
+            if pg_pool is not None
+            else SqlExchangeHolder(engine, ledger_store, agent_store)
+        ),
     )
     return App(
         settings=settings,

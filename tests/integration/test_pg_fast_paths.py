@@ -1,4 +1,5 @@
-"""The PostgreSQL single-statement writes against the general path they stand in for.
+"""The PostgreSQL single-statement writes against the general path they stand in for
+(and Process's one-transaction writes on SQLite, where the tests say `any_app`).
 
 Every scenario runs the same batch twice on one database: through the general
 SQLAlchemy path (`SqlLedgerStore`, `SqlAgentStore`) for one tenant and through
@@ -54,6 +55,23 @@ async def app(pg_databases: PgDatabases) -> AsyncIterator[App]:
     application = await build_app(settings, clock=FakeClock(NOW))
     await prepare_database(application)
     assert isinstance(application.ledger.store, PgLedgerStore)
+    yield application
+    await application.close()
+
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+async def any_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[App]:
+    """An app per backend: PostgreSQL's single statements, SQLite's one transactions."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("app")
+        return
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('writes') / 'writes.db'}"
+    application = await build_app(
+        Settings(database_url=url, access_log=False, auto_migrate=True), clock=FakeClock(NOW)
+    )
+    await prepare_database(application)
     yield application
     await application.close()
 
@@ -207,7 +225,7 @@ class Pair:
 def general_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """How often the general path's batch bodies ran."""
     calls = {"debits": 0, "ends": 0}
-    apply, end_one = SqlLedgerStore._apply_debits, SqlLedgerStore._end_one
+    apply, end_one = SqlLedgerStore.apply_debits_on, SqlLedgerStore._end_one
 
     async def counting_apply(self: SqlLedgerStore, *args: Any, **kw: Any) -> Any:
         calls["debits"] += 1
@@ -217,7 +235,7 @@ def general_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         calls["ends"] += 1
         return await end_one(self, *args, **kw)
 
-    monkeypatch.setattr(SqlLedgerStore, "_apply_debits", counting_apply)
+    monkeypatch.setattr(SqlLedgerStore, "apply_debits_on", counting_apply)
     monkeypatch.setattr(SqlLedgerStore, "_end_one", counting_end)
     return calls
 
@@ -600,21 +618,21 @@ async def test_success_captures_and_changes_state_together(app: App) -> None:
     await ledger_invariant(app.engine, tenant)
 
 
-async def test_executor_without_a_settler_gives_the_same_outcome(app: App) -> None:
+async def test_executor_without_a_settler_gives_the_same_outcome(any_app: App) -> None:
     """The long way (capture, then advance) and the settler end in the same rows."""
     outcomes = []
-    for settler in (app.executor.settler, None):
-        executor = dataclasses.replace(app.executor, settler=settler)
+    for settler in (any_app.executor.settler, None):
+        executor = dataclasses.replace(any_app.executor, settler=settler)
         tenant = f"ag-{uuid.uuid4().hex[:8]}"
-        await app.admin.create_tenant(tenant, tenant, NOW)
-        await app.ledger.add_tokens(tenant, "", 10, "seed", "seed")
+        await any_app.admin.create_tenant(tenant, tenant, NOW)
+        await any_app.ledger.add_tokens(tenant, "", 10, "seed", "seed")
         ex = exchange(tenant, session_of(tenant), True, 1)
         action = ex.actions[0]
         action = dataclasses.replace(action, reservation_id=await executor.reserve(action))
-        await app.agent_store.record_exchanges([dataclasses.replace(ex, actions=[action])])
+        await any_app.agent_store.record_exchanges([dataclasses.replace(ex, actions=[action])])
         done = await executor.run(action)
-        stored = await app.agent_store.get(tenant, action.id)
-        balance = await app.ledger.balance(tenant)
+        stored = await any_app.agent_store.get(tenant, action.id)
+        balance = await any_app.ledger.balance(tenant)
         assert done == stored
         result = {**stored.result, "provider_id": "-"}  # names the action
         outcomes.append(
@@ -627,7 +645,7 @@ async def test_executor_without_a_settler_gives_the_same_outcome(app: App) -> No
                 balance.reserved,
             )
         )
-        await ledger_invariant(app.engine, tenant)
+        await ledger_invariant(any_app.engine, tenant)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] is ActionState.SUCCEEDED
 
@@ -671,7 +689,7 @@ async def process_rows(app: App, tenant: str) -> dict[str, Any]:
             await conn.execute(
                 text(
                     "SELECT action_type, state, decision_level, executable, token_cost,"
-                    " reservation_id IS NULL, attempts, decided_by, parameters::text"
+                    " reservation_id IS NULL, attempts, decided_by, CAST(parameters AS TEXT)"
                     " FROM actions WHERE tenant_id = :t"
                 ),
                 {"t": tenant},
@@ -732,46 +750,46 @@ async def run_messages(
 
 @pytest.mark.parametrize("tokens, together", [(100, True), (1, False), (0, True)])
 async def test_process_holds_and_records_like_the_long_way(
-    app: App, monkeypatch: pytest.MonkeyPatch, tokens: int, together: bool
+    any_app: App, monkeypatch: pytest.MonkeyPatch, tokens: int, together: bool
 ) -> None:
     """Funded, short (the batch does not fit whole) and empty wallets: the one-statement
     path and the long way (hold by hold, then the exchange) end in the same place."""
-    assert app.agent.holder is not None
+    assert any_app.agent.holder is not None
     reserves = 0
-    reserve = app.executor.reserve
+    reserve = any_app.executor.reserve
 
     async def counting(action: Action) -> str | None:
         nonlocal reserves
         reserves += action.token_cost > 0  # a hold the long way (free ones hold nothing)
         return await reserve(action)
 
-    monkeypatch.setattr(app.executor, "reserve", counting)
-    fast, fast_tenant = await run_messages(app, app.agent, tokens, together)
+    monkeypatch.setattr(any_app.executor, "reserve", counting)
+    fast, fast_tenant = await run_messages(any_app, any_app.agent, tokens, together)
     fast_reserves = reserves
-    long_way = dataclasses.replace(app.agent, holder=None)
-    slow, slow_tenant = await run_messages(app, long_way, tokens, together)
+    long_way = dataclasses.replace(any_app.agent, holder=None)
+    slow, slow_tenant = await run_messages(any_app, long_way, tokens, together)
     assert fast == slow
-    assert await process_rows(app, fast_tenant) == await process_rows(app, slow_tenant)
+    assert await process_rows(any_app, fast_tenant) == await process_rows(any_app, slow_tenant)
     if tokens >= 100:
         assert fast_reserves == 0, "the funded wallet took the long way"
     assert reserves > fast_reserves  # the long way holds one by one
 
 
-async def test_a_bad_exchange_fails_alone_when_held(app: App) -> None:
-    holder = app.agent.holder
+async def test_a_bad_exchange_fails_alone_when_held(any_app: App) -> None:
+    holder = any_app.agent.holder
     assert holder is not None
     tenant = f"ag-{uuid.uuid4().hex[:8]}"
-    await app.admin.create_tenant(tenant, tenant, NOW)
-    await app.ledger.add_tokens(tenant, "", 100, "seed", "seed")
+    await any_app.admin.create_tenant(tenant, tenant, NOW)
+    await any_app.ledger.add_tokens(tenant, "", 100, "seed", "seed")
     batch = []
     for new in (True, False, True):  # the second continues a session that does not exist
         ex = exchange(tenant, session_of(tenant), new, 1)
-        debit = app.executor.hold(ex.actions[0], new_id("res"))
+        debit = any_app.executor.hold(ex.actions[0], new_id("res"))
         assert debit is not None
         held = dataclasses.replace(ex.actions[0], reservation_id=debit.reservation_id)
         batch.append((dataclasses.replace(ex, actions=[held]), [debit]))
     results = await holder.hold_and_record(tenant, "", batch, NOW)
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], Exception)
-    assert (await app.ledger.balance(tenant)).reserved == 2
-    await ledger_invariant(app.engine, tenant)
+    assert (await any_app.ledger.balance(tenant)).reserved == 2
+    await ledger_invariant(any_app.engine, tenant)

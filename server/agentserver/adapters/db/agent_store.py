@@ -245,7 +245,7 @@ class SqlAgentStore:
         it); if that fails, each is stored alone so one bad row fails only its own."""
         try:
             async with self._engine.begin() as conn:
-                await self._insert_exchanges(conn, exchanges)
+                await self.insert_exchanges_on(conn, exchanges)
             return [None] * len(exchanges)
         except Exception as err:
             if len(exchanges) == 1:
@@ -261,7 +261,7 @@ class SqlAgentStore:
                 results.append(err)
         return results
 
-    async def _insert_exchanges(self, conn: Any, exchanges: Sequence[Exchange]) -> None:
+    async def insert_exchanges_on(self, conn: Any, exchanges: Sequence[Exchange]) -> None:
         sessions = [
             {
                 "id": ex.session.id,
@@ -314,12 +314,16 @@ class SqlAgentStore:
         """Store a session (if new), messages and actions in one transaction."""
         exchange = Exchange(tenant_id, session, new_session, list(messages), list(actions), now)
         async with self._engine.begin() as conn:
-            await self._insert_exchanges(conn, [exchange])
+            await self.insert_exchanges_on(conn, [exchange])
 
     async def revise_messages(self, revisions: Sequence[tuple[str, str, str]]) -> None:
-        params = [{"p_tenant": t, "p_message": m, "p_content": c} for t, m, c in revisions]
         async with self._engine.begin() as conn:
-            await conn.execute(_REVISE_MESSAGES, params)
+            await self.revise_on(conn, revisions)
+
+    async def revise_on(self, conn: Any, revisions: Sequence[tuple[str, str, str]]) -> int:
+        """`revise_messages` inside the caller's transaction; how many rows changed."""
+        params = [{"p_tenant": t, "p_message": m, "p_content": c} for t, m, c in revisions]
+        return int((await conn.execute(_REVISE_MESSAGES, params)).rowcount or 0)
 
     async def append_messages(
         self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
@@ -400,22 +404,34 @@ class SqlAgentStore:
         **changes: Any,
     ) -> Action | None:
         """`transition` for a caller that holds the current row: nothing is read back."""
+        if self._single is None:
+            async with self._engine.begin() as conn:
+                done = await self.advance_on(conn, action, from_states, to_state, now, changes)
+        else:
+            async with self._single.connect() as conn:
+                done = await self.advance_on(conn, action, from_states, to_state, now, changes)
+        if not done:
+            return None
+        return replace(
+            action, state=to_state, updated_at=now, version=action.version + 1, **changes
+        )
+
+    async def advance_on(
+        self,
+        conn: Any,
+        action: Action,
+        from_states: frozenset[ActionState],
+        to_state: ActionState,
+        now: datetime,
+        changes: dict[str, Any],
+    ) -> bool:
+        """`advance` inside the caller's transaction; True when the row changed."""
         statement = _transition_statement(
             from_states, to_state, tuple(sorted(changes)), returning=False
         )
         params = {f"p_{k}": v for k, v in changes.items()}
         params.update(p_tenant=action.tenant_id, p_action=action.id, p_now=now)
-        if self._single is None:
-            async with self._engine.begin() as conn:
-                count = (await conn.execute(statement, params)).rowcount
-        else:
-            async with self._single.connect() as conn:
-                count = (await conn.execute(statement, params)).rowcount
-        if count != 1:
-            return None
-        return replace(
-            action, state=to_state, updated_at=now, version=action.version + 1, **changes
-        )
+        return bool((await conn.execute(statement, params)).rowcount == 1)
 
     async def _write_one(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         """One self-contained write with RETURNING: no BEGIN/COMMIT round trips on

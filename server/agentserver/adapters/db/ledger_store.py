@@ -308,7 +308,7 @@ class SqlLedgerStore:
     ) -> list[DebitResult | DomainError]:
         try:
             async with self._engine.begin() as conn:
-                return await self._apply_debits(conn, tenant_id, location_id, debits, now)
+                return await self.apply_debits_on(conn, tenant_id, location_id, debits, now)
         except IntegrityError:
             if len(debits) == 1:
                 raise
@@ -325,12 +325,13 @@ class SqlLedgerStore:
         for _ in range(_RETRIES):
             try:
                 async with self._engine.begin() as conn:
-                    return (await self._apply_debits(conn, tenant_id, location_id, [debit], now))[0]
+                    results = await self.apply_debits_on(conn, tenant_id, location_id, [debit], now)
+                    return results[0]
             except IntegrityError:
                 continue
         raise RuntimeError(f"request {debit.request_id!r} kept conflicting")
 
-    async def _apply_debits(
+    async def apply_debits_on(
         self,
         conn: AsyncConnection,
         tenant_id: str,
@@ -742,7 +743,7 @@ class SqlLedgerStore:
         for _ in range(_RETRIES):
             try:
                 async with self._engine.begin() as conn:
-                    claimed = await self._claim(
+                    claimed = await self.claim_on(
                         conn,
                         tenant_id,
                         reservation_id,
@@ -850,7 +851,7 @@ class SqlLedgerStore:
             description=res.description,
         )
 
-    async def _claim(
+    async def claim_on(
         self,
         conn: AsyncConnection,
         tenant_id: str,

@@ -1,0 +1,166 @@
+"""Process's two writes as one SQLAlchemy transaction each, on any backend (the
+embedded SQLite default uses them; PostgreSQL has single statements, pg_process.py
+and pg_settle.py). Same contracts: all or nothing, and None/False when the caller
+must take the long way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentserver.adapters.db.agent_store import SqlAgentStore
+from agentserver.adapters.db.ledger_store import SqlLedgerStore
+from agentserver.domain.actions import Action, ActionState
+from agentserver.domain.batching import Coalescer
+from agentserver.domain.conversations import Exchange
+from agentserver.domain.errors import DomainError
+from agentserver.domain.executor import Revision, Settled
+from agentserver.domain.ledger import Debit, DebitResult, EntryKind, request_hash
+
+_EXECUTING = frozenset({ActionState.EXECUTING})
+
+
+_Item = tuple[Action, str, datetime, dict[str, Any], Revision | None]
+
+
+class _Undo(Exception):
+    """Roll the transaction back: it cannot do all of its work."""
+
+
+class SqlExchangeHolder:
+    """The agent's ExchangeHolder in one transaction: the holds, then the exchanges."""
+
+    def __init__(self, engine: AsyncEngine, ledger: SqlLedgerStore, agent: SqlAgentStore) -> None:
+        self._engine = engine
+        self._ledger = ledger
+        self._agent = agent
+
+    async def hold_and_record(
+        self,
+        tenant_id: str,
+        location_id: str,
+        batch: Sequence[tuple[Exchange, Sequence[Debit]]],
+        now: datetime,
+    ) -> list[bool | Exception]:
+        debits = [d for _, held in batch for d in held]
+        try:
+            async with self._engine.begin() as conn:
+                results = await self._ledger.apply_debits_on(
+                    conn, tenant_id, location_id, debits, now
+                )
+                if not all(_held_as_asked(r, d) for r, d in zip(results, debits, strict=True)):
+                    raise _Undo  # refused, or a replay: the long way explains it
+                await self._agent.insert_exchanges_on(conn, [exchange for exchange, _ in batch])
+        except (_Undo, DomainError):
+            return [False] * len(batch)  # does not fit whole, or no wallet: the long way
+        except Exception as err:
+            if len(batch) == 1:
+                # A reused key (the long way explains it), else this exchange's own error.
+                return [False if _reused_key(err) else err]
+            # One bad exchange (a foreign key, say) must fail only itself: each alone.
+            alone = [
+                await self.hold_and_record(tenant_id, location_id, [item], now) for item in batch
+            ]
+            return [result for (result,) in alone]
+        return [True] * len(batch)
+
+
+def _reused_key(err: Exception) -> bool:
+    """A unique key was taken (23505, or SQLite's "UNIQUE constraint failed")."""
+    if not isinstance(err, IntegrityError):
+        return False
+    orig = err.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code == "23505" if code else "UNIQUE" in str(orig)
+
+
+def _held_as_asked(result: DebitResult | DomainError, debit: Debit) -> bool:
+    return (
+        isinstance(result, DebitResult)
+        and result.reservation is not None
+        and result.reservation.id == debit.reservation_id
+    )
+
+
+class SqlSettler:
+    """The executor's Settler in one transaction per tenant batch: for each success,
+    the capture, the state change and the reply."""
+
+    def __init__(self, engine: AsyncEngine, ledger: SqlLedgerStore, agent: SqlAgentStore) -> None:
+        self._engine = engine
+        self._ledger = ledger
+        self._agent = agent
+        self._batches: Coalescer[str, _Item, Settled | None] = Coalescer(self._settle)
+
+    async def succeed(
+        self,
+        action: Action,
+        capture_request_id: str,
+        now: datetime,
+        changes: dict[str, Any],
+        revision: Revision | None = None,
+    ) -> Settled | None:
+        if action.reservation_id is None:
+            return None
+        return await self._batches.submit(
+            action.tenant_id, (action, capture_request_id, now, changes, revision)
+        )
+
+    async def _settle(self, tenant_id: str, items: list[_Item]) -> list[Settled | None]:
+        out: list[Settled | None] = []
+        try:
+            async with self._engine.begin() as conn:
+                for action, capture_request_id, now, changes, revision in items:
+                    out.append(
+                        await self._settle_one(
+                            conn, action, capture_request_id, now, changes, revision
+                        )
+                    )
+        except IntegrityError:
+            return [None] * len(items)  # a reused key: the long way explains each
+        return out
+
+    async def _settle_one(
+        self,
+        conn: Any,
+        action: Action,
+        capture_request_id: str,
+        now: datetime,
+        changes: dict[str, Any],
+        revision: Revision | None,
+    ) -> Settled | None:
+        reservation_id = action.reservation_id
+        assert reservation_id is not None
+        claimed = await self._ledger.claim_on(
+            conn,
+            action.tenant_id,
+            reservation_id,
+            capture_request_id,
+            request_hash("capture", reservation_id, None),
+            now,
+            EntryKind.CAPTURE,
+            None,
+        )
+        if claimed is None:
+            return None  # ended, expired or unknown: the long way explains it
+        if not await self._agent.advance_on(
+            conn, action, _EXECUTING, ActionState.SUCCEEDED, now, changes
+        ):
+            return Settled(None)
+        revised = False
+        if revision is not None:
+            rows = [(action.tenant_id, revision.message_id, revision.content)]
+            revised = await self._agent.revise_on(conn, rows) == 1
+        done = replace(
+            action,
+            state=ActionState.SUCCEEDED,
+            updated_at=now,
+            version=action.version + 1,
+            **changes,
+        )
+        return Settled(done, revised)
