@@ -12,7 +12,7 @@ approvers, a retried request or two replicas can never run an action twice.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -83,6 +83,10 @@ class Action:
     reservation_id: str | None = None
     attempts: int = 0
     version: int = 1
+
+    def moved(self, to_state: ActionState, now: datetime, **changes: Any) -> Action:
+        """This action as a store leaves it after a successful compare-and-set."""
+        return replace(self, state=to_state, updated_at=now, version=self.version + 1, **changes)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -412,9 +411,7 @@ class SqlAgentStore:
                 done = await self.advance_on(conn, action, from_states, to_state, now, changes)
         if not done:
             return None
-        return replace(
-            action, state=to_state, updated_at=now, version=action.version + 1, **changes
-        )
+        return action.moved(to_state, now, **changes)
 
     async def advance_on(
         self,

@@ -8,7 +8,6 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -173,9 +172,7 @@ class PgAgentStore(SqlAgentStore):
         key = (from_states, to_state, names)
         if not await self._advances.submit(key, (action.tenant_id, action.id, now, values)):
             return None
-        return replace(
-            action, state=to_state, updated_at=now, version=action.version + 1, **changes
-        )
+        return action.moved(to_state, now, **changes)
 
     async def _advance_batch(self, key: AdvanceKey, items: list[AdvanceItem]) -> list[bool]:
         from_states, to_state, names = key

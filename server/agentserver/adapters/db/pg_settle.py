@@ -9,7 +9,6 @@ were captured while its row still said `executing`."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -70,12 +69,6 @@ class PgSettler:
                 out.append(None)
                 continue
             advanced, revised = outcome
-            succeeded = replace(
-                action,
-                state=ActionState.SUCCEEDED,
-                updated_at=now,
-                version=action.version + 1,
-                **changes,
-            )
+            succeeded = action.moved(ActionState.SUCCEEDED, now, **changes)
             out.append(Settled(succeeded if advanced else None, revised))
         return out

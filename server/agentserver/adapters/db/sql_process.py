@@ -6,7 +6,6 @@ must take the long way."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -156,11 +155,5 @@ class SqlSettler:
         if revision is not None:
             rows = [(action.tenant_id, revision.message_id, revision.content)]
             revised = await self._agent.revise_on(conn, rows) == 1
-        done = replace(
-            action,
-            state=ActionState.SUCCEEDED,
-            updated_at=now,
-            version=action.version + 1,
-            **changes,
-        )
+        done = action.moved(ActionState.SUCCEEDED, now, **changes)
         return Settled(done, revised)
