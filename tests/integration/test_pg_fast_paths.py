@@ -25,7 +25,7 @@ from sqlalchemy import text
 
 from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
-from agentserver.adapters.db.pg import PgPool
+from agentserver.adapters.db.pg import PgPool, asyncpg_dsn
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.db.pg_settle import PgSettler
@@ -793,3 +793,14 @@ async def test_a_bad_exchange_fails_alone_when_held(any_app: App) -> None:
     assert isinstance(results[1], Exception)
     assert (await any_app.ledger.balance(tenant)).reserved == 2
     await ledger_invariant(any_app.engine, tenant)
+
+
+def test_the_asyncpg_url_drops_what_only_sqlalchemy_understands() -> None:
+    url = (
+        "postgresql+asyncpg://u:p%40ss@db.example:6432/app"
+        "?prepared_statement_cache_size=0&ssl=require&application_name=agentserver"
+    )
+    assert asyncpg_dsn(url) == (
+        "postgresql://u:p%40ss@db.example:6432/app?application_name=agentserver&sslmode=require"
+    )
+    assert asyncpg_dsn("postgresql+asyncpg://u@h/db") == "postgresql://u@h/db"

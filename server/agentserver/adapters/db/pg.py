@@ -47,9 +47,19 @@ def _unavailable_when_gone() -> Iterator[None]:
         raise Unavailable(f"the database is unavailable: {err}") from err
 
 
+# URL options SQLAlchemy's asyncpg dialect consumes itself; asyncpg would send any
+# option it does not know to the server as a setting, and the connection fails.
+_SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
+
+
 def asyncpg_dsn(url: str) -> str:
-    """`postgresql+asyncpg://…` (SQLAlchemy) as the libpq URL asyncpg takes."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """`postgresql+asyncpg://…` (SQLAlchemy) as the libpq URL asyncpg takes: without
+    SQLAlchemy's own options, and `ssl=` (SQLAlchemy's spelling) as `sslmode=`."""
+    parsed = make_url(url)
+    query = {k: v for k, v in parsed.query.items() if k not in _SQLALCHEMY_ONLY}
+    if "ssl" in query and "sslmode" not in query:
+        query["sslmode"] = query.pop("ssl")
+    return parsed.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 # Every statement on this pool reaches its rows by key. asyncpg prepares statements
