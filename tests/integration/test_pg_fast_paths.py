@@ -38,7 +38,7 @@ from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.costs import OperationType
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import DomainError, Unavailable
-from agentserver.domain.executor import Revision, Settled
+from agentserver.domain.executor import Revision, Settled, Success
 from agentserver.domain.identity import TENANT_DEFAULT_SCOPES, Caller
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
@@ -585,15 +585,22 @@ async def test_success_captures_and_changes_state_together(app: App) -> None:
     assert c.reservation_id is not None
     await app.ledger.capture(tenant, c.reservation_id, None, f"action:{c.id}:capture")
     later = NOW + timedelta(seconds=2)
-    results = await asyncio.gather(
-        settler.succeed(
-            a, f"action:{a.id}:capture", later, {"result": {"ok": 1}}, Revision(reply.id, "done")
-        ),
-        settler.succeed(
-            b, f"action:{b.id}:capture", later, {"result": {"ok": 2}}, Revision(asked.id, "no")
-        ),
-        settler.succeed(c, f"action:{c.id}:capture", later, {"result": {"ok": 3}}),
-        settler.succeed(d, f"action:{d.id}:capture", later, {}),
+    results = await settler.succeed(  # one batch, as the executor coalesces them
+        tenant,
+        [
+            Success(
+                a,
+                f"action:{a.id}:capture",
+                later,
+                {"result": {"ok": 1}},
+                Revision(reply.id, "done"),
+            ),
+            Success(
+                b, f"action:{b.id}:capture", later, {"result": {"ok": 2}}, Revision(asked.id, "no")
+            ),
+            Success(c, f"action:{c.id}:capture", later, {"result": {"ok": 3}}),
+            Success(d, f"action:{d.id}:capture", later, {}),
+        ],
     )
     settled_a, settled_b, settled_c, settled_d = results
     assert settled_c is None  # nothing to claim: the long way explains it
@@ -614,7 +621,9 @@ async def test_success_captures_and_changes_state_together(app: App) -> None:
         assert action.reservation_id is not None
         assert await app.ledger.reservation_state(tenant, action.reservation_id) == "captured"
     # Already captured: nothing to claim, so the long way explains it.
-    assert await settler.succeed(a, f"action:{a.id}:capture", later, {}) is None
+    assert await settler.succeed(tenant, [Success(a, f"action:{a.id}:capture", later, {})]) == [
+        None
+    ]
     await ledger_invariant(app.engine, tenant)
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from agentserver.domain.actions import Action, ActionState, ActionStore
+from agentserver.domain.batching import Coalescer
 from agentserver.domain.channels import ChannelError, ChannelResult, PermanentChannelError
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import OperationType
@@ -74,21 +75,26 @@ class Settled:
     revised: bool = False  # the Revision asked for was written in the same step
 
 
-class Settler(Protocol):
-    """Settles a success atomically where the store can (one statement on PostgreSQL)."""
+@dataclass(frozen=True)
+class Success:
+    """An action that ran, to settle: capture all of its reservation (`capture_request_id`
+    is the key) and move it from executing to succeeded with `changes`."""
 
-    async def succeed(
-        self,
-        action: Action,
-        capture_request_id: str,
-        now: datetime,
-        changes: dict[str, Any],
-        revision: Revision | None = None,
-    ) -> Settled | None:
-        """Capture all of the action's reservation and move it from executing to
-        succeeded with `changes` (and rewrite `revision`'s message), together; None
-        when this cannot be done here, and the executor captures and advances one
-        after the other."""
+    action: Action
+    capture_request_id: str
+    now: datetime
+    changes: dict[str, Any]
+    revision: Revision | None = None
+
+
+class Settler(Protocol):
+    """Settles successes atomically where the store can (one statement on PostgreSQL,
+    one transaction elsewhere). The executor coalesces concurrent ones per tenant."""
+
+    async def succeed(self, tenant_id: str, batch: Sequence[Success]) -> Sequence[Settled | None]:
+        """Per success: the tokens captured and the state changed (and the revision's
+        message rewritten) together; None when that cannot be done here, and the
+        executor captures and advances one after the other."""
         ...
 
 
@@ -110,6 +116,14 @@ class Executor:
     retry: Retry
     reservation_ttl: timedelta = timedelta(days=2)
     settler: Settler | None = None
+    _settles: Coalescer[str, Success, Settled | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._settles = Coalescer(self._settle_batch)
+
+    async def _settle_batch(self, tenant_id: str, batch: list[Success]) -> Sequence[Settled | None]:
+        assert self.settler is not None
+        return await self.settler.succeed(tenant_id, batch)
 
     def hold(self, action: Action, reservation_id: str | None = None) -> Debit | None:
         """The reservation that holds the action's tokens; None when it costs nothing."""
@@ -209,9 +223,8 @@ class Executor:
         changes = {} if result is None else {"result": result}
         if self.settler is not None and action.reservation_id:
             _, capture_id, _ = reservation_ids(action.id)
-            settled = await self.settler.succeed(
-                action, capture_id, self.clock.now(), changes, revision
-            )
+            success = Success(action, capture_id, self.clock.now(), changes, revision)
+            settled = await self._settles.submit(action.tenant_id, success)
             if settled is not None:
                 found = settled.action or await self.actions.get(action.tenant_id, action.id)
                 return found, settled.revised

@@ -14,17 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
-from agentserver.domain.actions import Action, ActionState
-from agentserver.domain.batching import Coalescer
+from agentserver.domain.actions import ActionState
 from agentserver.domain.conversations import Exchange
 from agentserver.domain.errors import DomainError
-from agentserver.domain.executor import Revision, Settled
+from agentserver.domain.executor import Settled, Success
 from agentserver.domain.ledger import Debit, DebitResult, EntryKind, request_hash
 
 _EXECUTING = frozenset({ActionState.EXECUTING})
-
-
-_Item = tuple[Action, str, datetime, dict[str, Any], Revision | None]
 
 
 class _Undo(Exception):
@@ -87,73 +83,43 @@ def _held_as_asked(result: DebitResult | DomainError, debit: Debit) -> bool:
 
 
 class SqlSettler:
-    """The executor's Settler in one transaction per tenant batch: for each success,
-    the capture, the state change and the reply."""
+    """The executor's Settler in one transaction per batch: for each success, the
+    capture, the state change and the reply."""
 
     def __init__(self, engine: AsyncEngine, ledger: SqlLedgerStore, agent: SqlAgentStore) -> None:
         self._engine = engine
         self._ledger = ledger
         self._agent = agent
-        self._batches: Coalescer[str, _Item, Settled | None] = Coalescer(self._settle)
 
-    async def succeed(
-        self,
-        action: Action,
-        capture_request_id: str,
-        now: datetime,
-        changes: dict[str, Any],
-        revision: Revision | None = None,
-    ) -> Settled | None:
-        if action.reservation_id is None:
-            return None
-        return await self._batches.submit(
-            action.tenant_id, (action, capture_request_id, now, changes, revision)
-        )
-
-    async def _settle(self, tenant_id: str, items: list[_Item]) -> list[Settled | None]:
-        out: list[Settled | None] = []
+    async def succeed(self, tenant_id: str, batch: Sequence[Success]) -> list[Settled | None]:
         try:
             async with self._engine.begin() as conn:
-                for action, capture_request_id, now, changes, revision in items:
-                    out.append(
-                        await self._settle_one(
-                            conn, action, capture_request_id, now, changes, revision
-                        )
-                    )
+                return [await self._settle_one(conn, s) for s in batch]
         except IntegrityError:
-            return [None] * len(items)  # a reused key: the long way explains each
-        return out
+            return [None] * len(batch)  # a reused key: the long way explains each
 
-    async def _settle_one(
-        self,
-        conn: Any,
-        action: Action,
-        capture_request_id: str,
-        now: datetime,
-        changes: dict[str, Any],
-        revision: Revision | None,
-    ) -> Settled | None:
-        reservation_id = action.reservation_id
-        assert reservation_id is not None
+    async def _settle_one(self, conn: Any, s: Success) -> Settled | None:
+        action, reservation_id = s.action, s.action.reservation_id
+        if reservation_id is None:
+            return None
         claimed = await self._ledger.claim_on(
             conn,
             action.tenant_id,
             reservation_id,
-            capture_request_id,
+            s.capture_request_id,
             request_hash("capture", reservation_id, None),
-            now,
+            s.now,
             EntryKind.CAPTURE,
             None,
         )
         if claimed is None:
             return None  # ended, expired or unknown: the long way explains it
         if not await self._agent.advance_on(
-            conn, action, _EXECUTING, ActionState.SUCCEEDED, now, changes
+            conn, action, _EXECUTING, ActionState.SUCCEEDED, s.now, s.changes
         ):
             return Settled(None)
         revised = False
-        if revision is not None:
-            rows = [(action.tenant_id, revision.message_id, revision.content)]
+        if s.revision is not None:
+            rows = [(action.tenant_id, s.revision.message_id, s.revision.content)]
             revised = await self._agent.revise_on(conn, rows) == 1
-        done = action.moved(ActionState.SUCCEEDED, now, **changes)
-        return Settled(done, revised)
+        return Settled(action.moved(ActionState.SUCCEEDED, s.now, **s.changes), revised)
