@@ -656,7 +656,7 @@ async def test_one_bad_exchange_fails_alone(harness: Harness) -> None:
 
     good = exchange(f"ses_{uuid.uuid4().hex[:12]}", True)
     orphan = exchange("ses_does_not_exist", False)  # its messages point at no session
-    results = await harness.app.agent_store.record_exchanges([good, orphan])
+    results = await harness.app.agent._record_batch("all", [good, orphan])
     assert results[0] is None
     assert isinstance(results[1], Exception)
     stored = await harness.app.agent_store.get_session(t.id, good.session.id)

@@ -23,7 +23,7 @@ from agentserver.domain.actions import (
     ActionState,
     ActionStore,
 )
-from agentserver.domain.batching import Coalescer
+from agentserver.domain.batching import Coalescer, each_alone_on_failure
 from agentserver.domain.clock import Clock
 from agentserver.domain.conversations import (
     ConversationStore,
@@ -114,9 +114,8 @@ class CachedPolicySource:
 class AgentStore(ConversationStore, ActionStore, Protocol):
     """Conversations and actions together, so an exchange is stored in one transaction."""
 
-    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
-        """Store each exchange (session if new, messages, actions) atomically; one
-        result per exchange, None when stored."""
+    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> None:
+        """Store the exchanges (sessions if new, messages, actions) all or nothing."""
         ...
 
     async def append_messages(
@@ -134,10 +133,11 @@ class ExchangeHolder(Protocol):
         location_id: str,
         batch: Sequence[tuple[Exchange, Sequence[Debit]]],
         now: datetime,
-    ) -> Sequence[bool | Exception]:
-        """Per exchange: True when its holds and rows were written, False when nothing
-        was (the holds do not fit the wallet whole, say: the caller goes the long
-        way), or the exception that exchange alone failed with."""
+    ) -> Sequence[bool]:
+        """All or nothing: True for every exchange when the holds and rows were
+        written, False for every one when nothing was and the long way will explain
+        (the holds do not fit the wallet whole, a key was used before). Raises when
+        the batch failed otherwise (an exchange the store refuses)."""
         ...
 
 
@@ -207,16 +207,28 @@ class AgentService:
 
     def __post_init__(self) -> None:
         # Concurrent Process calls share one transaction for what they store.
-        self._exchanges = Coalescer(lambda _key, batch: self.store.record_exchanges(batch))
+        self._exchanges = Coalescer(self._record_batch)
         self._revisions = Coalescer(self._revise)
         # Per wallet: the holds of a batch are one conditional update of it.
         self._held = Coalescer(self._hold_and_record_batch)
 
+    async def _record_batch(self, _key: str, batch: list[Exchange]) -> list[Exception | None]:
+        async def record(exchanges: list[Exchange]) -> list[None]:
+            await self.store.record_exchanges(exchanges)
+            return [None] * len(exchanges)
+
+        return await each_alone_on_failure(record, batch)
+
     async def _hold_and_record_batch(
         self, key: tuple[str, str], batch: list[tuple[Exchange, Sequence[Debit]]]
-    ) -> Sequence[bool | Exception]:
-        assert self.holder is not None
-        return await self.holder.hold_and_record(key[0], key[1], batch, self.clock.now())
+    ) -> list[bool | Exception]:
+        holder = self.holder
+        assert holder is not None
+
+        async def hold(items: list[tuple[Exchange, Sequence[Debit]]]) -> Sequence[bool]:
+            return await holder.hold_and_record(key[0], key[1], items, self.clock.now())
+
+        return await each_alone_on_failure(hold, batch)
 
     async def _revise(self, _key: str, batch: list[tuple[str, str, str]]) -> list[None]:
         await self.store.revise_messages(batch)

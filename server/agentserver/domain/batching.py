@@ -68,3 +68,16 @@ class Coalescer(Generic[K, I, R]):
             # No await between the empty pop above and here, so no submission can
             # slip in unseen.
             del self._tasks[key]
+
+
+async def each_alone_on_failure(
+    run: Callable[[list[I]], Awaitable[Sequence[R]]], batch: list[I]
+) -> list[R | Exception]:
+    """Run `batch` whole; if that fails, run each item alone, so that one bad item
+    fails only itself (with its own exception) and the others go through."""
+    try:
+        return list(await run(batch))
+    except Exception as err:
+        if len(batch) == 1:
+            return [err]
+    return [(await each_alone_on_failure(run, [item]))[0] for item in batch]

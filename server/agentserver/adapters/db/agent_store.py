@@ -239,26 +239,10 @@ class SqlAgentStore:
             ).all()
         return [_message(r) for r in reversed(rows)]
 
-    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
-        """Store many exchanges in one transaction (concurrent Process calls share
-        it); if that fails, each is stored alone so one bad row fails only its own."""
-        try:
-            async with self._engine.begin() as conn:
-                await self.insert_exchanges_on(conn, exchanges)
-            return [None] * len(exchanges)
-        except Exception as err:
-            if len(exchanges) == 1:
-                return [err]
-        results: list[Exception | None] = []
-        for ex in exchanges:
-            try:
-                await self.record_exchange(
-                    ex.tenant_id, ex.session, ex.new_session, ex.messages, ex.actions, ex.now
-                )
-                results.append(None)
-            except Exception as err:
-                results.append(err)
-        return results
+    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> None:
+        """Store many exchanges in one transaction (concurrent Process calls share it)."""
+        async with self._engine.begin() as conn:
+            await self.insert_exchanges_on(conn, exchanges)
 
     async def insert_exchanges_on(self, conn: Any, exchanges: Sequence[Exchange]) -> None:
         sessions = [
@@ -300,20 +284,6 @@ class SqlAgentStore:
         ]
         if counts:
             await conn.execute(_COUNT_MESSAGES, counts)
-
-    async def record_exchange(
-        self,
-        tenant_id: str,
-        session: Session,
-        new_session: bool,
-        messages: Sequence[Message],
-        actions: Sequence[Action],
-        now: datetime,
-    ) -> None:
-        """Store a session (if new), messages and actions in one transaction."""
-        exchange = Exchange(tenant_id, session, new_session, list(messages), list(actions), now)
-        async with self._engine.begin() as conn:
-            await self.insert_exchanges_on(conn, [exchange])
 
     async def revise_messages(self, revisions: Sequence[tuple[str, str, str]]) -> None:
         async with self._engine.begin() as conn:

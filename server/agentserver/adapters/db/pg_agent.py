@@ -139,15 +139,8 @@ class PgAgentStore(SqlAgentStore):
         self._pool = pool
         self._advances: Coalescer[AdvanceKey, AdvanceItem, bool] = Coalescer(self._advance_batch)
 
-    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> list[Exception | None]:
-        try:
-            await self._pool.execute(_EXCHANGES, *exchange_arrays(exchanges))
-            return [None] * len(exchanges)
-        except Exception as err:
-            if len(exchanges) == 1:
-                return [err]
-        # One bad exchange must fail only itself: store each alone.
-        return [(await self.record_exchanges([ex]))[0] for ex in exchanges]
+    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> None:
+        await self._pool.execute(_EXCHANGES, *exchange_arrays(exchanges))
 
     async def revise_messages(self, revisions: Sequence[tuple[str, str, str]]) -> None:
         last = {(t, m): c for t, m, c in revisions}  # one change of a row per statement

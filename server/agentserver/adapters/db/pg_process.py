@@ -35,7 +35,7 @@ class PgExchangeHolder:
         location_id: str,
         batch: Sequence[tuple[Exchange, Sequence[Debit]]],
         now: datetime,
-    ) -> list[bool | Exception]:
+    ) -> list[bool]:
         debits = [d for _, held in batch for d in held]
         if len({d.request_id for d in debits}) != len(debits):
             return [False] * len(batch)  # the long way pairs up a repeated key
@@ -48,12 +48,4 @@ class PgExchangeHolder:
             )
         except RETRY_ALONE:
             return [False] * len(batch)  # a key used before: the long way explains it
-        except Exception as err:
-            if len(batch) == 1:
-                return [err]
-            # One bad exchange must fail only itself: each alone.
-            return [
-                (await self.hold_and_record(tenant_id, location_id, [item], now))[0]
-                for item in batch
-            ]
         return [bool(rows[0]["held"])] * len(batch)

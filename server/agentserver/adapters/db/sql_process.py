@@ -41,7 +41,7 @@ class SqlExchangeHolder:
         location_id: str,
         batch: Sequence[tuple[Exchange, Sequence[Debit]]],
         now: datetime,
-    ) -> list[bool | Exception]:
+    ) -> list[bool]:
         debits = [d for _, held in batch for d in held]
         try:
             async with self._engine.begin() as conn:
@@ -53,22 +53,15 @@ class SqlExchangeHolder:
                 await self._agent.insert_exchanges_on(conn, [exchange for exchange, _ in batch])
         except (_Undo, DomainError):
             return [False] * len(batch)  # does not fit whole, or no wallet: the long way
-        except Exception as err:
-            if len(batch) == 1:
-                # A reused key (the long way explains it), else this exchange's own error.
-                return [False if _reused_key(err) else err]
-            # One bad exchange (a foreign key, say) must fail only itself: each alone.
-            alone = [
-                await self.hold_and_record(tenant_id, location_id, [item], now) for item in batch
-            ]
-            return [result for (result,) in alone]
+        except IntegrityError as err:
+            if _reused_key(err):
+                return [False] * len(batch)  # the long way explains it
+            raise  # a foreign key, say: the caller tries each exchange alone
         return [True] * len(batch)
 
 
-def _reused_key(err: Exception) -> bool:
+def _reused_key(err: IntegrityError) -> bool:
     """A unique key was taken (23505, or SQLite's "UNIQUE constraint failed")."""
-    if not isinstance(err, IntegrityError):
-        return False
     orig = err.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code == "23505" if code else "UNIQUE" in str(orig)
