@@ -22,17 +22,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentserver/v1/common.proto\x12\x0e\x61gentserver.v1*\xb3\x01\n\rDecisionLevel\x12\x1e\n\x1a\x44\x45\x43ISION_LEVEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45\x43ISION_LEVEL_AUTOMATIC\x10\x01\x12\x1d\n\x19\x44\x45\x43ISION_LEVEL_SUGGESTION\x10\x02\x12\x1f\n\x1b\x44\x45\x43ISION_LEVEL_CONSULTATION\x10\x03\x12$\n DECISION_LEVEL_APPROVAL_REQUIRED\x10\x04*\xac\x02\n\rOperationType\x12\x1e\n\x1aOPERATION_TYPE_UNSPECIFIED\x10\x00\x12(\n$OPERATION_TYPE_WHATSAPP_CONVERSATION\x10\x01\x12\x16\n\x12OPERATION_TYPE_SMS\x10\x02\x12\x18\n\x14OPERATION_TYPE_EMAIL\x10\x03\x12\"\n\x1eOPERATION_TYPE_ELEVENLABS_CALL\x10\x04\x12#\n\x1fOPERATION_TYPE_INTERNAL_API_LLM\x10\x05\x12\x1e\n\x1aOPERATION_TYPE_MONTHLY_FEE\x10\x06\x12\x1b\n\x17OPERATION_TYPE_PURCHASE\x10\x07\x12\x19\n\x15OPERATION_TYPE_CUSTOM\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentserver/v1/common.proto\x12\x0e\x61gentserver.v1\x1a google/protobuf/descriptor.proto\"F\n\x0b\x46ieldLimits\x12\x11\n\tmax_chars\x18\x01 \x01(\x05\x12\x11\n\tmax_items\x18\x02 \x01(\x05\x12\x11\n\tmax_bytes\x18\x03 \x01(\x05*\xb3\x01\n\rDecisionLevel\x12\x1e\n\x1a\x44\x45\x43ISION_LEVEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45\x43ISION_LEVEL_AUTOMATIC\x10\x01\x12\x1d\n\x19\x44\x45\x43ISION_LEVEL_SUGGESTION\x10\x02\x12\x1f\n\x1b\x44\x45\x43ISION_LEVEL_CONSULTATION\x10\x03\x12$\n DECISION_LEVEL_APPROVAL_REQUIRED\x10\x04*\xac\x02\n\rOperationType\x12\x1e\n\x1aOPERATION_TYPE_UNSPECIFIED\x10\x00\x12(\n$OPERATION_TYPE_WHATSAPP_CONVERSATION\x10\x01\x12\x16\n\x12OPERATION_TYPE_SMS\x10\x02\x12\x18\n\x14OPERATION_TYPE_EMAIL\x10\x03\x12\"\n\x1eOPERATION_TYPE_ELEVENLABS_CALL\x10\x04\x12#\n\x1fOPERATION_TYPE_INTERNAL_API_LLM\x10\x05\x12\x1e\n\x1aOPERATION_TYPE_MONTHLY_FEE\x10\x06\x12\x1b\n\x17OPERATION_TYPE_PURCHASE\x10\x07\x12\x19\n\x15OPERATION_TYPE_CUSTOM\x10\x08:L\n\x06limits\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x1b.agentserver.v1.FieldLimitsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentserver.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISIONLEVEL']._serialized_start=48
-  _globals['_DECISIONLEVEL']._serialized_end=227
-  _globals['_OPERATIONTYPE']._serialized_start=230
-  _globals['_OPERATIONTYPE']._serialized_end=530
+  _globals['_DECISIONLEVEL']._serialized_start=154
+  _globals['_DECISIONLEVEL']._serialized_end=333
+  _globals['_OPERATIONTYPE']._serialized_start=336
+  _globals['_OPERATIONTYPE']._serialized_end=636
+  _globals['_FIELDLIMITS']._serialized_start=81
+  _globals['_FIELDLIMITS']._serialized_end=151
 # @@protoc_insertion_point(module_scope)

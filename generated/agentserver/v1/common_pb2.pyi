@@ -4,15 +4,18 @@ isort:skip_file
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.protobuf import message as _message
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -97,3 +100,43 @@ OPERATION_TYPE_PURCHASE: OperationType.ValueType  # 7
 OPERATION_TYPE_CUSTOM: OperationType.ValueType  # 8
 """Work metered by another internal service under its own name (see description)."""
 Global___OperationType: _TypeAlias = OperationType  # noqa: Y015
+
+@_typing.final
+class FieldLimits(_message.Message):
+    """Limits the server enforces on a request field, stated here so that the contract
+    says them. A value past one is INVALID_ARGUMENT with a BadRequest field violation
+    naming the field, and nothing changes. Every string and repeated field of every
+    request carries limits (a test checks it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    max_chars: _builtins.int
+    """The most characters (Unicode code points) a string may have; for a repeated
+    string field, each element.
+    """
+    max_items: _builtins.int
+    """The most entries a repeated field may have."""
+    max_bytes: _builtins.int
+    """The most bytes a message field (a Struct) may take, serialized."""
+    def __init__(
+        self,
+        *,
+        max_chars: _builtins.int = ...,
+        max_items: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bytes", b"max_bytes", "max_chars", b"max_chars", "max_items", b"max_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldLimits: _TypeAlias = FieldLimits  # noqa: Y015
+
+LIMITS_FIELD_NUMBER: _builtins.int
+limits: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldLimits]
+"""The limits of a request field (see FieldLimits)."""

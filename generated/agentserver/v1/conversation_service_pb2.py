@@ -26,31 +26,43 @@ from agentserver.v1 import common_pb2 as agentserver_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)agentserver/v1/conversation_service.proto\x12\x0e\x61gentserver.v1\x1a\x1b\x61gentserver/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0blocation_id\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12\x15\n\rmessage_count\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe1\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12)\n\x04role\x18\x03 \x01(\x0e\x32\x1b.agentserver.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x35\n\x0e\x64\x65\x63ision_level\x18\x05 \x01(\x0e\x32\x1d.agentserver.v1.DecisionLevel\x12\x12\n\naction_ids\x18\x06 \x03(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x17ListUserSessionsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x18ListUserSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.agentserver.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\">\n\x12GetSessionResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.agentserver.v1.Session\"|\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12*\n\x06\x62\x65\x66ore\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npage_token\x18\x04 \x01(\t\"Z\n\x14ListMessagesResponse\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.agentserver.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*w\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03\x32\xac\x02\n\x13\x43onversationService\x12\x65\n\x10ListUserSessions\x12\'.agentserver.v1.ListUserSessionsRequest\x1a(.agentserver.v1.ListUserSessionsResponse\x12S\n\nGetSession\x12!.agentserver.v1.GetSessionRequest\x1a\".agentserver.v1.GetSessionResponse\x12Y\n\x0cListMessages\x12#.agentserver.v1.ListMessagesRequest\x1a$.agentserver.v1.ListMessagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)agentserver/v1/conversation_service.proto\x12\x0e\x61gentserver.v1\x1a\x1b\x61gentserver/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0blocation_id\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12\x15\n\rmessage_count\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe1\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12)\n\x04role\x18\x03 \x01(\x0e\x32\x1b.agentserver.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x35\n\x0e\x64\x65\x63ision_level\x18\x05 \x01(\x0e\x32\x1d.agentserver.v1.DecisionLevel\x12\x12\n\naction_ids\x18\x06 \x03(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x17ListUserSessionsRequest\x12\x19\n\ttenant_id\x18\x01 \x01(\tB\x06\x8a\xb5\x18\x02\x08@\x12\x17\n\x07user_id\x18\x02 \x01(\tB\x06\x8a\xb5\x18\x02\x08x\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1b\n\npage_token\x18\x04 \x01(\tB\x07\x8a\xb5\x18\x03\x08\x80\x04\"^\n\x18ListUserSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.agentserver.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x11GetSessionRequest\x12\x1a\n\nsession_id\x18\x01 \x01(\tB\x06\x8a\xb5\x18\x02\x08@\">\n\x12GetSessionResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.agentserver.v1.Session\"\x8d\x01\n\x13ListMessagesRequest\x12\x1a\n\nsession_id\x18\x01 \x01(\tB\x06\x8a\xb5\x18\x02\x08@\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12*\n\x06\x62\x65\x66ore\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\npage_token\x18\x04 \x01(\tB\x07\x8a\xb5\x18\x03\x08\x80\x04\"Z\n\x14ListMessagesResponse\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.agentserver.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*w\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03\x32\xac\x02\n\x13\x43onversationService\x12\x65\n\x10ListUserSessions\x12\'.agentserver.v1.ListUserSessionsRequest\x1a(.agentserver.v1.ListUserSessionsResponse\x12S\n\nGetSession\x12!.agentserver.v1.GetSessionRequest\x1a\".agentserver.v1.GetSessionResponse\x12Y\n\x0cListMessages\x12#.agentserver.v1.ListMessagesRequest\x1a$.agentserver.v1.ListMessagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentserver.v1.conversation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGEROLE']._serialized_start=1089
-  _globals['_MESSAGEROLE']._serialized_end=1208
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['tenant_id']._loaded_options = None
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\212\265\030\002\010@'
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\212\265\030\002\010x'
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTUSERSESSIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\212\265\030\003\010\200\004'
+  _globals['_GETSESSIONREQUEST'].fields_by_name['session_id']._loaded_options = None
+  _globals['_GETSESSIONREQUEST'].fields_by_name['session_id']._serialized_options = b'\212\265\030\002\010@'
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['session_id']._loaded_options = None
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['session_id']._serialized_options = b'\212\265\030\002\010@'
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTMESSAGESREQUEST'].fields_by_name['page_token']._serialized_options = b'\212\265\030\003\010\200\004'
+  _globals['_MESSAGEROLE']._serialized_start=1140
+  _globals['_MESSAGEROLE']._serialized_end=1259
   _globals['_SESSION']._serialized_start=124
   _globals['_SESSION']._serialized_end=338
   _globals['_MESSAGE']._serialized_start=341
   _globals['_MESSAGE']._serialized_end=566
   _globals['_LISTUSERSESSIONSREQUEST']._serialized_start=568
-  _globals['_LISTUSERSESSIONSREQUEST']._serialized_end=668
-  _globals['_LISTUSERSESSIONSRESPONSE']._serialized_start=670
-  _globals['_LISTUSERSESSIONSRESPONSE']._serialized_end=764
-  _globals['_GETSESSIONREQUEST']._serialized_start=766
-  _globals['_GETSESSIONREQUEST']._serialized_end=805
-  _globals['_GETSESSIONRESPONSE']._serialized_start=807
-  _globals['_GETSESSIONRESPONSE']._serialized_end=869
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=871
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=995
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=997
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1087
-  _globals['_CONVERSATIONSERVICE']._serialized_start=1211
-  _globals['_CONVERSATIONSERVICE']._serialized_end=1511
+  _globals['_LISTUSERSESSIONSREQUEST']._serialized_end=693
+  _globals['_LISTUSERSESSIONSRESPONSE']._serialized_start=695
+  _globals['_LISTUSERSESSIONSRESPONSE']._serialized_end=789
+  _globals['_GETSESSIONREQUEST']._serialized_start=791
+  _globals['_GETSESSIONREQUEST']._serialized_end=838
+  _globals['_GETSESSIONRESPONSE']._serialized_start=840
+  _globals['_GETSESSIONRESPONSE']._serialized_end=902
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=905
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1046
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1048
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1138
+  _globals['_CONVERSATIONSERVICE']._serialized_start=1262
+  _globals['_CONVERSATIONSERVICE']._serialized_end=1562
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from agentserver.adapters.db.errors import is_unavailable
 from agentserver.domain.errors import Unavailable
 
 # Errors after which a batch is settled item by item on the general path, which
@@ -30,21 +31,16 @@ RETRY_ALONE: tuple[type[Exception], ...] = (
     asyncpg.SerializationError,
 )
 
-# The server went away or is restarting: retryable, answered UNAVAILABLE.
-_GONE = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-    OSError,
-    TimeoutError,
-)
-
 
 @contextlib.contextmanager
 def _unavailable_when_gone() -> Iterator[None]:
+    """The server went away or is restarting: retryable, answered UNAVAILABLE."""
     try:
         yield
-    except _GONE as err:
-        raise Unavailable(f"the database is unavailable: {err}") from err
+    except Exception as err:
+        if is_unavailable(err):
+            raise Unavailable(f"the database is unavailable: {err}") from err
+        raise
 
 
 # URL options SQLAlchemy's asyncpg dialect consumes itself; asyncpg would send any

@@ -39,7 +39,9 @@ class AgentServicer(ServicerBase, agent_service_pb2_grpc.AgentServiceServicer):
                 session_id=request.session_id,
                 location_id=context.location_id,
                 user_permissions=list(context.user_permissions),
-                business_context=convert.struct_to_dict(context.business_context),
+                business_context=convert.struct_to_dict(
+                    context.business_context, "context.business_context"
+                ),
             ),
         )
         return pb.ProcessResponse(
@@ -78,7 +80,9 @@ class AgentServicer(ServicerBase, agent_service_pb2_grpc.AgentServiceServicer):
         self, request: pb.ApproveActionRequest, caller: Caller
     ) -> pb.ApproveActionResponse:
         parameters = (
-            convert.struct_to_dict(request.parameters) if request.HasField("parameters") else None
+            convert.struct_to_dict(request.parameters, "parameters")
+            if request.HasField("parameters")
+            else None
         )
         action = await self.agent.approve(caller, request.action_id, parameters, request.request_id)
         return pb.ApproveActionResponse(action=convert.action_to_pb(action))

@@ -9,27 +9,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
-import sqlalchemy.exc
-from google.protobuf.descriptor import FieldDescriptor
 
+from agentserver.adapters.db.errors import is_unavailable
 from agentserver.domain.errors import DomainError, InvalidArgument, RateLimited, Unavailable
 from agentserver.domain.identity import Authenticator, Caller
 from agentserver.domain.ids import new_id
 from agentserver.domain.ratelimit import NoRateLimit, RateLimiter
 from agentserver.entrypoints.grpc.errors import status_code, to_grpc_status
+from agentserver.entrypoints.grpc.requests import Unparseable, check_request
 from agentserver.logs import request_id_var
 
 log = logging.getLogger("agentserver.rpc")
 
 MAX_REQUEST_ID = 128
-
-# Lower-layer failures that mean "try again later", translated once, here.
-_INFRASTRUCTURE = (
-    OSError,
-    TimeoutError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-)
 
 S = TypeVar("S", bound="ServicerBase")
 Req = TypeVar("Req")
@@ -60,32 +52,6 @@ class AuditSink(Protocol):
         outcome: str,
         request_id: str,
     ) -> None: ...
-
-
-def nul_field(message: Any, prefix: str = "") -> str | None:
-    """The path of the first string in `message` (nested messages, repeated fields and
-    maps included) that holds a NUL character, which PostgreSQL cannot store or even
-    compare; None when there is none. A few microseconds for a ProcessRequest."""
-    for fd, value in message.ListFields():
-        name: str = prefix + fd.name
-        if fd.type == FieldDescriptor.TYPE_STRING:
-            if any("\x00" in v for v in (value if fd.is_repeated else (value,))):
-                return name
-        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-            if fd.message_type.GetOptions().map_entry:
-                items: Any = value.items()
-            else:
-                items = enumerate(value) if fd.is_repeated else [("", value)]
-            for key, item in items:
-                path = f"{name}.{key}" if key != "" else name
-                if isinstance(key, str) and "\x00" in key:
-                    return path
-                if isinstance(item, str):
-                    if "\x00" in item:
-                        return path
-                elif hasattr(item, "ListFields") and (found := nul_field(item, path + ".")):
-                    return found
-    return None
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -124,6 +90,8 @@ def rpc(
             failure: grpc.Status | None = None
             caller: Caller | None = None
             try:
+                if isinstance(request, Unparseable):
+                    raise InvalidArgument(request.violation())
                 caller = await self.auth.authenticate(
                     md.get("authorization", ""),
                     md.get("x-tenant-id", ""),
@@ -132,8 +100,8 @@ def rpc(
                 )
                 if scope:
                     caller.require_scope(scope)
-                if path := nul_field(request):
-                    raise InvalidArgument.field(path, "must not contain NUL characters")
+                if violation := check_request(request):
+                    raise InvalidArgument(violation)
                 wait = await self.limiter.acquire(caller.tenant_id or f"key:{caller.key_id}")
                 if wait > 0:
                     raise RateLimited(
@@ -143,16 +111,16 @@ def rpc(
             except DomainError as err:
                 code = status_code(err)
                 failure = to_grpc_status(err)
-            except _INFRASTRUCTURE as err:
-                # The database (or another dependency) is down: say so, retryably.
-                log.warning("dependency unavailable in %s: %s", name, err)
-                unavailable = Unavailable("a dependency is unavailable; retry shortly")
-                code = status_code(unavailable)
-                failure = to_grpc_status(unavailable)
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unhandled error in %s", name)
-                failure = None
+            except Exception as err:
+                if not is_unavailable(err):
+                    code = grpc.StatusCode.INTERNAL
+                    log.exception("unhandled error in %s", name)
+                    failure = None
+                else:  # the database (or another dependency) is away: say so, retryably
+                    log.warning("dependency unavailable in %s: %s", name, err)
+                    unavailable = Unavailable("a dependency is unavailable; retry shortly")
+                    code = status_code(unavailable)
+                    failure = to_grpc_status(unavailable)
             finally:
                 if self.audit is not None:
                     self.audit.record(

@@ -58,7 +58,7 @@ class ConversationServicer(ServicerBase, conversation_service_pb2_grpc.Conversat
         page = page_request(
             request.page_size, request.page_token, default=20, maximum=200, kind="messages"
         )
-        before = convert.from_ts(request.before) if request.HasField("before") else None
+        before = convert.from_ts(request.before, "before") if request.HasField("before") else None
         messages, token = await self.conversations.list_messages(
             caller.tenant(), request.session_id, before, page
         )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from agentserver.domain.actions import Action, ActionState
 from agentserver.domain.conversations import Message, Role, Session
@@ -23,6 +24,9 @@ from agentserver.v1 import (
     token_service_pb2,
 )
 
+# google.protobuf.Duration's range: about 10,000 years either way.
+MAX_DURATION_SECONDS = 315_576_000_000
+
 
 def ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:
     if when is None:
@@ -32,11 +36,28 @@ def ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:
     return out
 
 
-def from_ts(value: timestamp_pb2.Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
+def from_ts(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A request's timestamp; INVALID_ARGUMENT naming `field` when it is not a valid
+    Timestamp (years 1 to 9999) or Python cannot hold it."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.field(
+            field, "is not a valid timestamp (years 0001 to 9999 UTC)"
+        ) from None
 
 
-def from_duration(value: duration_pb2.Duration) -> timedelta:
+def from_duration(value: duration_pb2.Duration, field: str) -> timedelta:
+    """A request's duration; INVALID_ARGUMENT naming `field` when it is not a valid
+    Duration (at most 10,000 years, seconds and nanos of one sign)."""
+    seconds, nanos = value.seconds, value.nanos
+    if (
+        abs(seconds) > MAX_DURATION_SECONDS
+        or abs(nanos) >= 1_000_000_000
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        raise InvalidArgument.field(field, "is not a valid duration")
     return value.ToTimedelta()
 
 
@@ -131,21 +152,28 @@ def cost_to_pb(c: OperationCost) -> token_service_pb2.OperationCost:
 # --- agent and conversations --------------------------------------------------
 
 
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON values; whole floats become ints (Struct has no ints)."""
-    if not value.fields:  # the common case, without json_format's walk
-        return {}
-    return {k: _unfloat(v) for k, v in json_format.MessageToDict(value).items()}
+def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A request's Struct as plain JSON values; whole floats become ints (Struct has
+    no ints). NaN and infinities have no JSON form: INVALID_ARGUMENT naming where."""
+    return {k: _plain(v, f"{field}.{k}") for k, v in value.fields.items()}
 
 
-def _unfloat(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _unfloat(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unfloat(v) for v in value]
-    return value
+def _plain(value: struct_pb2.Value, path: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument.field(path, "must be a finite number (not NaN or infinity)")
+        return int(number) if number.is_integer() else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: _plain(v, f"{path}.{k}") for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value.list_value.values)]
+    return None  # null_value, or a Value with nothing set
 
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:

@@ -15,23 +15,17 @@ from grpc_reflection.v1alpha import reflection
 from agentserver.app import App
 from agentserver.entrypoints.grpc.agent_servicer import AgentServicer
 from agentserver.entrypoints.grpc.conversation_servicer import ConversationServicer
+from agentserver.entrypoints.grpc.requests import add_service
 from agentserver.entrypoints.grpc.token_servicer import TokenServicer
-from agentserver.v1 import (
-    agent_service_pb2,
-    agent_service_pb2_grpc,
-    conversation_service_pb2,
-    conversation_service_pb2_grpc,
-    token_service_pb2,
-    token_service_pb2_grpc,
-)
+from agentserver.v1 import agent_service_pb2, conversation_service_pb2, token_service_pb2
 
 log = logging.getLogger("agentserver.server")
 
-SERVICE_NAMES = (
-    agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
-    conversation_service_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name,
-    token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
-)
+AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
+CONVERSATION_SERVICE = conversation_service_pb2.DESCRIPTOR.services_by_name["ConversationService"]
+TOKEN_SERVICE = token_service_pb2.DESCRIPTOR.services_by_name["TokenService"]
+SERVICES = (AGENT_SERVICE, CONVERSATION_SERVICE, TOKEN_SERVICE)
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 @dataclass
@@ -59,12 +53,14 @@ async def start_server(app: App, listen: str) -> RunningServer:
     tokens = TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log)
     agent = AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log)
     conversations = ConversationServicer(app.auth, app.agent_store, access_log=access_log)
-    for servicer in (tokens, agent, conversations):
+    for servicer, service in (
+        (tokens, TOKEN_SERVICE),
+        (agent, AGENT_SERVICE),
+        (conversations, CONVERSATION_SERVICE),
+    ):
         servicer.limiter = app.limiter
         servicer.audit = app.audit
-    token_service_pb2_grpc.add_TokenServiceServicer_to_server(tokens, server)
-    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)
-    conversation_service_pb2_grpc.add_ConversationServiceServicer_to_server(conversations, server)
+        add_service(server, servicer, service)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -92,7 +92,7 @@ class TokenServicer(ServicerBase, token_service_pb2_grpc.TokenServiceServicer):
     ) -> pb.ReserveTokensResponse:
         debit = self._debit(caller, request)
         if request.HasField("ttl"):
-            debit = Debit(**{**debit.__dict__, "ttl": convert.from_duration(request.ttl)})
+            debit = Debit(**{**debit.__dict__, "ttl": convert.from_duration(request.ttl, "ttl")})
         reservation = await self.ledger.reserve(debit)
         return pb.ReserveTokensResponse(reservation=convert.reservation_to_pb(reservation))
 
