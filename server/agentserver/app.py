@@ -87,6 +87,9 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # Executions still in flight (their rpcs gone with the server's grace) get
+        # the same grace to finish; the rest record what they know and stop.
+        await self.executor.drain(self.settings.grace_seconds)
         await self.audit.flush()
         await self.limiter.aclose()
         for closable in (self.agent.engine, self.runner.report_writer):
@@ -200,6 +203,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         clock=clock,
         retry=lambda fn: with_retries(fn, attempts=3),
         reservation_ttl=timedelta(seconds=settings.action_ttl_seconds) + timedelta(hours=1),
+        lease=timedelta(seconds=settings.execution_lease_seconds),
         settler=(
             PgSettler(ledger_store)
             if isinstance(ledger_store, PgLedgerStore)
@@ -231,7 +235,17 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         costs=costs,
         admin=admin,
         ledger=ledger,
-        auth=Authenticator(admin),
+        auth=Authenticator(
+            admin,
+            clock=clock,
+            unvouched=(
+                InProcessRateLimiter(
+                    settings.unauthenticated_per_second, settings.unauthenticated_burst
+                )
+                if settings.unauthenticated_per_second > 0
+                else None
+            ),
+        ),
         registry=registry,
         agent_store=agent_store,
         runner=runner,

@@ -27,6 +27,11 @@ class Settings:
     redis_url: str = ""
     rate_limit_per_second: float = 5000.0
     rate_limit_burst: float = 10000.0
+    unauthenticated_per_second: float = 20.0
+    unauthenticated_burst: float = 100.0
+    # Behind a proxy, the metadata header in which it names the client's address
+    # (Envoy: x-envoy-external-address); empty: the connection's peer.
+    client_address_header: str = ""
     log_level: str = "INFO"
     log_format: str = "json"
     access_log: bool = True
@@ -47,6 +52,7 @@ class Settings:
     llm_temperature: float | None = 0.0
     llm_max_tokens: int = 1024
     action_ttl_seconds: float = 24 * 3600.0
+    execution_lease_seconds: float = 300.0
     policy_cache_seconds: float = 5.0
     default_country_code: str = "+1"
 
@@ -68,6 +74,9 @@ class Settings:
             redis_url=_env("REDIS_URL", ""),
             rate_limit_per_second=float(_env("RATE_LIMIT_PER_SECOND", "5000")),
             rate_limit_burst=float(_env("RATE_LIMIT_BURST", "10000")),
+            unauthenticated_per_second=float(_env("UNAUTHENTICATED_PER_SECOND", "20")),
+            unauthenticated_burst=float(_env("UNAUTHENTICATED_BURST", "100")),
+            client_address_header=_env("CLIENT_ADDRESS_HEADER", "").strip().lower(),
             log_level=_env("LOG_LEVEL", cls.log_level).upper(),
             log_format=_env("LOG_FORMAT", cls.log_format),
             access_log=_bool(_env("ACCESS_LOG", "true")),
@@ -88,6 +97,7 @@ class Settings:
             llm_temperature=float(t) if (t := _env("LLM_TEMPERATURE", "0")) else None,
             llm_max_tokens=int(_env("LLM_MAX_TOKENS", "1024")),
             action_ttl_seconds=float(_env("ACTION_TTL_SECONDS", str(24 * 3600))),
+            execution_lease_seconds=float(_env("EXECUTION_LEASE_SECONDS", "300")),
             default_country_code=_env("DEFAULT_COUNTRY_CODE", "+1"),
             policy_cache_seconds=float(_env("POLICY_CACHE_SECONDS", "5")),
         )

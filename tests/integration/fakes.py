@@ -4,6 +4,7 @@ an SMTP server (aiosmtpd) and a Twilio Messages API (aiohttp) the test controls.
 from __future__ import annotations
 
 import abc
+import asyncio
 import base64
 import email
 import socket
@@ -79,6 +80,7 @@ class FakeTwilio(_Loopback):
     status: int = 201
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    delay: float = 0.0  # seconds between receiving a message and answering
     _runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -94,6 +96,8 @@ class FakeTwilio(_Loopback):
                 "idempotency": request.headers.get("I-Twilio-Idempotency-Token", ""),
             }
         )
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.status >= 400:
             return web.json_response(
                 {"code": 21211, "message": "The 'To' number is not valid.", "status": self.status},

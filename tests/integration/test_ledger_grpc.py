@@ -403,7 +403,7 @@ async def test_revoked_key_is_refused(harness: Harness) -> None:
     now = harness.clock.now()
     key_id, key = await harness.app.admin.create_key(t.id, ["tokens:read"], "short-lived", now)
     await harness.app.admin.revoke_key(key_id, now)
-    harness.app.auth._cache.clear()
+    harness.app.auth.forget()
     async with harness.client(key, t.id) as client:
         with pytest.raises(AgentServerError) as exc:
             await client.get_costs()

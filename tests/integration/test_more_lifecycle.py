@@ -197,10 +197,11 @@ async def test_recovery_never_sends_twice(harness: Harness) -> None:
     a = await harness.app.agent_store.get(t.id, sent)
     b = await harness.app.agent_store.get(t.id, unknown)
     assert a.state is ActionState.SUCCEEDED  # the provider had it: captured
-    assert b.state is ActionState.FAILED  # unknown: released, not re-sent
+    assert b.state is ActionState.OUTCOME_UNKNOWN  # for a person; never re-sent
     assert "not sent again" in b.result["error"]
     balance = await harness.app.ledger.balance(t.id)
-    assert (balance.reserved, balance.used) == (0, 3)  # two processed emails + the recovered one
+    # two processed emails + the recovered one used; the unknown one still held
+    assert (balance.reserved, balance.used) == (1, 3)
     await ledger_invariant(harness, t.id)
 
 

@@ -330,6 +330,18 @@ class AgentServerClient:
         """Rejects a waiting action; errors as `approve_action`. Safe to resend as-is."""
         return await self._unary(self._stubs.agent.RejectAction, request, timeout, metadata)
 
+    async def resolve_action_outcome(
+        self,
+        request: agent_service_pb2.ResolveActionOutcomeRequest,
+        *,
+        timeout: _Timeout = _DEFAULT,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> agent_service_pb2.ResolveActionOutcomeResponse:
+        """Settles an action whose outcome is unknown: HAPPENED captures its tokens,
+        DID_NOT_HAPPEN releases them. PERMISSION_DENIED without `actions:coordinate` or
+        `actions:approve`, FAILED_PRECONDITION if its outcome is known. Safe to resend."""
+        return await self._unary(self._stubs.agent.ResolveActionOutcome, request, timeout, metadata)
+
     async def list_action_definitions(
         self,
         request: agent_service_pb2.ListActionDefinitionsRequest | None = None,

@@ -50,6 +50,11 @@ class _ActionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionSta
     """Rejected by a person; tokens released."""
     ACTION_STATE_EXPIRED: _ActionState.ValueType  # 10
     """Waited too long; tokens released."""
+    ACTION_STATE_OUTCOME_UNKNOWN: _ActionState.ValueType  # 11
+    """The server stopped between calling the provider and storing its answer: it may
+    or may not have happened. Never sent again; its tokens stay held until a person
+    settles it with ResolveActionOutcome.
+    """
 
 class ActionState(_ActionState, metaclass=_ActionStateEnumTypeWrapper):
     """Where an action is in its lifecycle."""
@@ -76,7 +81,36 @@ ACTION_STATE_REJECTED: ActionState.ValueType  # 9
 """Rejected by a person; tokens released."""
 ACTION_STATE_EXPIRED: ActionState.ValueType  # 10
 """Waited too long; tokens released."""
+ACTION_STATE_OUTCOME_UNKNOWN: ActionState.ValueType  # 11
+"""The server stopped between calling the provider and storing its answer: it may
+or may not have happened. Never sent again; its tokens stay held until a person
+settles it with ResolveActionOutcome.
+"""
 Global___ActionState: _TypeAlias = ActionState  # noqa: Y015
+
+class _ActionOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActionOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTION_OUTCOME_UNSPECIFIED: _ActionOutcome.ValueType  # 0
+    """Not set. Rejected with INVALID_ARGUMENT."""
+    ACTION_OUTCOME_HAPPENED: _ActionOutcome.ValueType  # 1
+    """It happened (the message went out, the call was placed): tokens are captured."""
+    ACTION_OUTCOME_DID_NOT_HAPPEN: _ActionOutcome.ValueType  # 2
+    """It did not happen: tokens are released."""
+
+class ActionOutcome(_ActionOutcome, metaclass=_ActionOutcomeEnumTypeWrapper):
+    """What a person found out about an action whose outcome was unknown."""
+
+ACTION_OUTCOME_UNSPECIFIED: ActionOutcome.ValueType  # 0
+"""Not set. Rejected with INVALID_ARGUMENT."""
+ACTION_OUTCOME_HAPPENED: ActionOutcome.ValueType  # 1
+"""It happened (the message went out, the call was placed): tokens are captured."""
+ACTION_OUTCOME_DID_NOT_HAPPEN: ActionOutcome.ValueType  # 2
+"""It did not happen: tokens are released."""
+Global___ActionOutcome: _TypeAlias = ActionOutcome  # noqa: Y015
 
 @_typing.final
 class ProcessContext(_message.Message):
@@ -591,6 +625,66 @@ class RejectActionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RejectActionResponse: _TypeAlias = RejectActionResponse  # noqa: Y015
+
+@_typing.final
+class ResolveActionOutcomeRequest(_message.Message):
+    """Request for ResolveActionOutcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    """Required. The action, in ACTION_STATE_OUTCOME_UNKNOWN."""
+    outcome: Global___ActionOutcome.ValueType
+    """Required. What happened."""
+    note: _builtins.str
+    """Optional. How it was found out, up to 2,000 characters; kept with the action
+    and written into the conversation.
+    """
+    request_id: _builtins.str
+    """Required. Idempotency key: a repeat returns the first result."""
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        outcome: Global___ActionOutcome.ValueType = ...,
+        note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "note", b"note", "outcome", b"outcome", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveActionOutcomeRequest: _TypeAlias = ResolveActionOutcomeRequest  # noqa: Y015
+
+@_typing.final
+class ResolveActionOutcomeResponse(_message.Message):
+    """Response of ResolveActionOutcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def action(self) -> Global___Action:
+        """The action after settlement (succeeded or failed)."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___Action | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveActionOutcomeResponse: _TypeAlias = ResolveActionOutcomeResponse  # noqa: Y015
 
 @_typing.final
 class ActionDefinition(_message.Message):

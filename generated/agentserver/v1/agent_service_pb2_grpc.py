@@ -66,6 +66,11 @@ class AgentServiceStub:
                 request_serializer=agentserver_dot_v1_dot_agent__service__pb2.RejectActionRequest.SerializeToString,
                 response_deserializer=agentserver_dot_v1_dot_agent__service__pb2.RejectActionResponse.FromString,
                 _registered_method=True)
+        self.ResolveActionOutcome = channel.unary_unary(
+                '/agentserver.v1.AgentService/ResolveActionOutcome',
+                request_serializer=agentserver_dot_v1_dot_agent__service__pb2.ResolveActionOutcomeRequest.SerializeToString,
+                response_deserializer=agentserver_dot_v1_dot_agent__service__pb2.ResolveActionOutcomeResponse.FromString,
+                _registered_method=True)
         self.ListActionDefinitions = channel.unary_unary(
                 '/agentserver.v1.AgentService/ListActionDefinitions',
                 request_serializer=agentserver_dot_v1_dot_agent__service__pb2.ListActionDefinitionsRequest.SerializeToString,
@@ -127,6 +132,21 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveActionOutcome(self, request, context):
+        """Settles an action whose outcome is unknown (ACTION_STATE_OUTCOME_UNKNOWN: the
+        server stopped after calling the provider and before its answer was stored, so
+        the send may or may not have happened; it is never sent again). A person who
+        checked says which: HAPPENED captures its tokens and it succeeds; DID_NOT_HAPPEN
+        releases them and it fails. The answer is written into the conversation.
+        Needs `actions:coordinate` or `actions:approve`, else PERMISSION_DENIED.
+        Returns NOT_FOUND for an unknown action, FAILED_PRECONDITION if its outcome is
+        not unknown (or the tokens no longer fit, with a QuotaFailure, when its hold
+        ended meanwhile), INVALID_ARGUMENT for a missing outcome or request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListActionDefinitions(self, request, context):
         """Lists the action registry: every action type the service can propose,
         optionally one category. Returns UNAUTHENTICATED without a valid API key.
@@ -162,6 +182,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.RejectAction,
                     request_deserializer=agentserver_dot_v1_dot_agent__service__pb2.RejectActionRequest.FromString,
                     response_serializer=agentserver_dot_v1_dot_agent__service__pb2.RejectActionResponse.SerializeToString,
+            ),
+            'ResolveActionOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveActionOutcome,
+                    request_deserializer=agentserver_dot_v1_dot_agent__service__pb2.ResolveActionOutcomeRequest.FromString,
+                    response_serializer=agentserver_dot_v1_dot_agent__service__pb2.ResolveActionOutcomeResponse.SerializeToString,
             ),
             'ListActionDefinitions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListActionDefinitions,
@@ -311,6 +336,33 @@ class AgentService:
             '/agentserver.v1.AgentService/RejectAction',
             agentserver_dot_v1_dot_agent__service__pb2.RejectActionRequest.SerializeToString,
             agentserver_dot_v1_dot_agent__service__pb2.RejectActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveActionOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentserver.v1.AgentService/ResolveActionOutcome',
+            agentserver_dot_v1_dot_agent__service__pb2.ResolveActionOutcomeRequest.SerializeToString,
+            agentserver_dot_v1_dot_agent__service__pb2.ResolveActionOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

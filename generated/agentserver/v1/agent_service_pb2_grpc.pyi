@@ -63,6 +63,17 @@ class AgentServiceStub:
     """Rejects a waiting action; the reason is kept and written into the conversation.
     Returns NOT_FOUND, PERMISSION_DENIED or FAILED_PRECONDITION as ApproveAction.
     """
+    ResolveActionOutcome: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ResolveActionOutcomeRequest, _agent_service_pb2.ResolveActionOutcomeResponse]
+    """Settles an action whose outcome is unknown (ACTION_STATE_OUTCOME_UNKNOWN: the
+    server stopped after calling the provider and before its answer was stored, so
+    the send may or may not have happened; it is never sent again). A person who
+    checked says which: HAPPENED captures its tokens and it succeeds; DID_NOT_HAPPEN
+    releases them and it fails. The answer is written into the conversation.
+    Needs `actions:coordinate` or `actions:approve`, else PERMISSION_DENIED.
+    Returns NOT_FOUND for an unknown action, FAILED_PRECONDITION if its outcome is
+    not unknown (or the tokens no longer fit, with a QuotaFailure, when its hold
+    ended meanwhile), INVALID_ARGUMENT for a missing outcome or request_id.
+    """
     ListActionDefinitions: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ListActionDefinitionsRequest, _agent_service_pb2.ListActionDefinitionsResponse]
     """Lists the action registry: every action type the service can propose,
     optionally one category. Returns UNAUTHENTICATED without a valid API key.
@@ -102,6 +113,17 @@ class AgentServiceAsyncStub(AgentServiceStub):
     RejectAction: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.RejectActionRequest, _agent_service_pb2.RejectActionResponse]  # type: ignore[assignment]
     """Rejects a waiting action; the reason is kept and written into the conversation.
     Returns NOT_FOUND, PERMISSION_DENIED or FAILED_PRECONDITION as ApproveAction.
+    """
+    ResolveActionOutcome: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ResolveActionOutcomeRequest, _agent_service_pb2.ResolveActionOutcomeResponse]  # type: ignore[assignment]
+    """Settles an action whose outcome is unknown (ACTION_STATE_OUTCOME_UNKNOWN: the
+    server stopped after calling the provider and before its answer was stored, so
+    the send may or may not have happened; it is never sent again). A person who
+    checked says which: HAPPENED captures its tokens and it succeeds; DID_NOT_HAPPEN
+    releases them and it fails. The answer is written into the conversation.
+    Needs `actions:coordinate` or `actions:approve`, else PERMISSION_DENIED.
+    Returns NOT_FOUND for an unknown action, FAILED_PRECONDITION if its outcome is
+    not unknown (or the tokens no longer fit, with a QuotaFailure, when its hold
+    ended meanwhile), INVALID_ARGUMENT for a missing outcome or request_id.
     """
     ListActionDefinitions: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ListActionDefinitionsRequest, _agent_service_pb2.ListActionDefinitionsResponse]  # type: ignore[assignment]
     """Lists the action registry: every action type the service can propose,
@@ -169,6 +191,23 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.RejectActionResponse, _abc.Awaitable[_agent_service_pb2.RejectActionResponse]]:
         """Rejects a waiting action; the reason is kept and written into the conversation.
         Returns NOT_FOUND, PERMISSION_DENIED or FAILED_PRECONDITION as ApproveAction.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveActionOutcome(
+        self,
+        request: _agent_service_pb2.ResolveActionOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.ResolveActionOutcomeResponse, _abc.Awaitable[_agent_service_pb2.ResolveActionOutcomeResponse]]:
+        """Settles an action whose outcome is unknown (ACTION_STATE_OUTCOME_UNKNOWN: the
+        server stopped after calling the provider and before its answer was stored, so
+        the send may or may not have happened; it is never sent again). A person who
+        checked says which: HAPPENED captures its tokens and it succeeds; DID_NOT_HAPPEN
+        releases them and it fails. The answer is written into the conversation.
+        Needs `actions:coordinate` or `actions:approve`, else PERMISSION_DENIED.
+        Returns NOT_FOUND for an unknown action, FAILED_PRECONDITION if its outcome is
+        not unknown (or the tokens no longer fit, with a QuotaFailure, when its hold
+        ended meanwhile), INVALID_ARGUMENT for a missing outcome or request_id.
         """
 
     @_abc_1.abstractmethod

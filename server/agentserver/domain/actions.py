@@ -3,10 +3,16 @@
     proposed (not executable)
     awaiting_user | awaiting_coordinator | awaiting_approver
         -> approved -> executing -> succeeded | failed
+                                 -> outcome_unknown -> (a person says) succeeded | failed
         -> rejected | expired
 
 Every transition is a compare-and-set on the current state in the store, so two
 approvers, a retried request or two replicas can never run an action twice.
+
+`outcome_unknown` is for a send that may or may not have happened: the executor
+stopped (a crash, a shutdown) after calling the provider and before its answer was
+stored. It is never retried (a duplicate send is worse than a missing one); its
+tokens stay held until a person who checked says whether it happened.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class ActionState(enum.StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    OUTCOME_UNKNOWN = "outcome_unknown"
 
     @property
     def waiting(self) -> bool:
@@ -132,4 +139,8 @@ class ActionStore(Protocol):
 
     async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
 
-    async def stale_executing(self, before: datetime, limit: int) -> list[tuple[str, str]]: ...
+    async def stale(
+        self, state: ActionState, before: datetime, limit: int
+    ) -> list[tuple[str, str]]:
+        """(tenant, action) of actions in `state` that have not changed since `before`."""
+        ...

@@ -57,7 +57,12 @@ from agentserver.domain.errors import (
     NotFound,
     PermissionDenied,
 )
-from agentserver.domain.executor import Executor, Revision
+from agentserver.domain.executor import (
+    OUTCOME_DID_NOT_HAPPEN,
+    OUTCOME_HAPPENED,
+    Executor,
+    Revision,
+)
 from agentserver.domain.identity import MAX_LOCATION_ID, Caller, check_lengths
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, LedgerService, validate_debit, validate_request_id
@@ -672,7 +677,9 @@ class AgentService:
     ) -> Action:
         action = await self._waiting(caller, action_id, request_id)
         if action.decision_request_id == request_id and action.decided_by == caller.user_id:
-            return action  # a repeat of the request that decided it
+            # A repeat of the request that approved it: if its execution was cut short
+            # before it began (approved, not yet executing), this repeat runs it.
+            return await self._resume(action)
         if action.state not in WAITING:
             raise self._not_waiting(action)
         await self._may_decide(caller, action)
@@ -711,11 +718,17 @@ class AgentService:
                 )
             current = await self.store.get(action.tenant_id, action.id)
             if current.decision_request_id == request_id and current.decided_by == caller.user_id:
-                return current
+                return await self._resume(current)
             raise self._not_waiting(current)
         if new_reservation and action.reservation_id:
             await self.executor.release(action)
         return await self.executor.execute(approved)
+
+    async def _resume(self, action: Action) -> Action:
+        """An approved action as it is now, executing it if nobody has started to."""
+        if action.state is ActionState.APPROVED:
+            return await self.executor.execute(action)
+        return action
 
     async def reject(self, caller: Caller, action_id: str, reason: str, request_id: str) -> Action:
         reason = reason.strip()
@@ -757,12 +770,77 @@ class AgentService:
         await self.store.append_messages(rejected.tenant_id, rejected.session_id, [note], now)
         return rejected
 
+    # -- outcomes nobody knows ----------------------------------------------
+
+    async def resolve_outcome(
+        self,
+        caller: Caller,
+        action_id: str,
+        happened: bool | None,
+        note: str,
+        request_id: str,
+    ) -> Action:
+        """A person who checked says whether an `outcome_unknown` action happened: it
+        succeeds and its tokens are captured, or it fails and they are released. The
+        answer is written into the conversation. Coordinators and approvers may."""
+        if happened is None:
+            raise InvalidArgument.field(
+                "outcome", "is required: ACTION_OUTCOME_HAPPENED or ACTION_OUTCOME_DID_NOT_HAPPEN"
+            )
+        note = note.strip()
+        if len(note) > MAX_REASON_CHARS:
+            raise InvalidArgument.field("note", f"must be at most {MAX_REASON_CHARS} characters")
+        action = await self._waiting(caller, action_id, request_id)
+        if _resolved_by(action, caller, request_id):
+            return await self._finish_resolution(action)
+        if action.state is not ActionState.OUTCOME_UNKNOWN:
+            raise _outcome_known(action)
+        perms = await self.permissions_for(
+            caller.tenant(), caller.user_id, action.location_id, None
+        )
+        if not (perms.covers(COORDINATOR_PERMISSION) or perms.covers(APPROVER_PERMISSION)):
+            raise PermissionDenied(
+                f"an unknown outcome is settled by a holder of {COORDINATOR_PERMISSION} "
+                f"or {APPROVER_PERMISSION}",
+                reason="NOT_ALLOWED_TO_DECIDE",
+            )
+        record = {
+            "outcome": OUTCOME_HAPPENED if happened else OUTCOME_DID_NOT_HAPPEN,
+            "outcome_confirmed_by": caller.user_id,
+            "outcome_request_id": request_id,
+            "outcome_note": note,
+        }
+        settled = await self.executor.settle_outcome(action, happened, record)
+        if settled is None:
+            current = await self.store.get(action.tenant_id, action.id)
+            if _resolved_by(current, caller, request_id):
+                return await self._finish_resolution(current)
+            raise _outcome_known(current)
+        now = self.clock.now()
+        said = "happened" if happened else "did not happen"
+        note_text = f"{settled.action_type}: {caller.user_id} confirmed it {said}" + (
+            f": {note}" if note else ""
+        )
+        message = Message(
+            new_id("msg"), settled.session_id, Role.SYSTEM, note_text, now, action_ids=[settled.id]
+        )
+        await self.store.append_messages(settled.tenant_id, settled.session_id, [message], now)
+        return settled
+
+    async def _finish_resolution(self, action: Action) -> Action:
+        """A repeated resolution: settle it now if the first one was cut short."""
+        if action.state is ActionState.EXECUTING:
+            return await self.executor.recover(action)
+        return action
+
     # -- background ----------------------------------------------------------
 
     async def sweep(self, limit: int = 200) -> dict[str, int]:
-        """Expire overdue waiting actions, finish pending ones, recover crashed ones."""
+        """Expire overdue waiting actions; past the execution lease, run approved ones
+        whose execution never began and recover executing ones whose executor is gone
+        (finishing pending calls). Every action reaches an end."""
         now = self.clock.now()
-        counts = {"expired": 0, "recovered": 0}
+        counts = {"expired": 0, "resumed": 0, "recovered": 0}
         for tenant_id, action_id in await self.store.due_for_expiry(now, limit):
             expired = await self.store.transition(
                 tenant_id, action_id, WAITING, ActionState.EXPIRED, now
@@ -770,12 +848,28 @@ class AgentService:
             if expired is not None:
                 await self.executor.release(expired)
                 counts["expired"] += 1
-        lease = now - timedelta(minutes=5)
-        for tenant_id, action_id in await self.store.stale_executing(lease, limit):
-            action = await self.store.get(tenant_id, action_id)
-            await self.executor.recover(action)
+        before = now - self.executor.lease
+        for tenant_id, action_id in await self.store.stale(ActionState.APPROVED, before, limit):
+            await self.executor.execute(await self.store.get(tenant_id, action_id))
+            counts["resumed"] += 1
+        for tenant_id, action_id in await self.store.stale(ActionState.EXECUTING, before, limit):
+            await self.executor.recover(await self.store.get(tenant_id, action_id))
             counts["recovered"] += 1
         return counts
+
+
+def _resolved_by(action: Action, caller: Caller, request_id: str) -> bool:
+    return (
+        action.result.get("outcome_request_id") == request_id
+        and action.result.get("outcome_confirmed_by") == caller.user_id
+    )
+
+
+def _outcome_known(action: Action) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"action {action.id} is {action.state.value}: its outcome is not unknown",
+        reason="OUTCOME_NOT_UNKNOWN",
+    )
 
 
 def _replace(action: Action, **changes: Any) -> Action:
@@ -813,6 +907,7 @@ _STATE_WORDS = {
     ActionState.FAILED: "failed",
     ActionState.REJECTED: "rejected",
     ActionState.EXPIRED: "expired",
+    ActionState.OUTCOME_UNKNOWN: "outcome unknown: a person will confirm whether it happened",
 }
 
 
@@ -825,7 +920,7 @@ def _reply(proposal: Proposal, actions: list[Action]) -> str:
     for action in actions:
         status = _STATE_WORDS[action.state]
         why = "; ".join(b["message"] for b in action.blocked)
-        if action.state is ActionState.FAILED:
+        if action.state in (ActionState.FAILED, ActionState.OUTCOME_UNKNOWN):
             why = str(action.result.get("error", ""))
         lines.append(f"- {action.action_type}: {status}" + (f" ({why})" if why else ""))
     return "\n".join(lines)

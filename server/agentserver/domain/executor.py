@@ -7,23 +7,33 @@
 A success's capture and state change are one step where the store can (a
 `Settler`: one statement on PostgreSQL); elsewhere they follow each other.
 
+An execution is detached from the rpc that started it: a caller that goes away
+(a deadline, a cancelled call) does not stop a send halfway; it runs to its end and
+settles. Only a shutdown stops executions, after letting them finish for a while
+(`drain`), and it is handled like a crash, recording what is known: stopped during
+the provider call, the action is `outcome_unknown` at once; stopped after the
+provider answered, the answer (its provider id) is stored and the sweep settles it.
+
 Crash rule: an action found `executing` for longer than the lease (no live
-executor) is never sent again. If its tokens were captured, or its provider id
-was recorded, the side effect happened: it succeeds (capturing if needed). If
-not, the outcome is unknown: it fails with "interrupted", the tokens are
-released, and a person can propose it again. A duplicate send is worse than a
-missed one for every channel we have. (A crash between the provider accepting
-and the capture therefore under-charges, never double-sends.)
+executor) is never sent again. If its tokens were captured, its provider id was
+recorded, or a person confirmed what happened, that is the outcome: it succeeds
+(capturing if needed) or fails. Otherwise the outcome is unknown: the action moves
+to `outcome_unknown`, its tokens held (for `outcome_hold`) until a person who
+checked says whether it happened (`settle_outcome`). A duplicate send is worse than
+a missed one for every channel we have. An action found `approved` past the lease
+(its approval's execution was interrupted before it started) is executed then,
+exactly once: approved→executing is a compare-and-set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from agentserver.domain.actions import Action, ActionState, ActionStore
 from agentserver.domain.batching import Coalescer
@@ -31,11 +41,15 @@ from agentserver.domain.channels import ChannelError, ChannelResult, PermanentCh
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError, FailedPrecondition, InsufficientTokens
-from agentserver.domain.ledger import Debit, EntryKind, LedgerService
+from agentserver.domain.ledger import MAX_RESERVATION_TTL, Debit, EntryKind, LedgerService
 
 log = logging.getLogger(__name__)
 
-EXECUTION_LEASE = timedelta(minutes=5)
+T = TypeVar("T")
+
+DEFAULT_EXECUTION_LEASE = timedelta(minutes=5)
+# How long a stopped execution may take to record what it knows.
+RECORD_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -116,10 +130,41 @@ class Executor:
     retry: Retry
     reservation_ttl: timedelta = timedelta(days=2)
     settler: Settler | None = None
+    # An action executing this long without a live executor is recovered by the sweep.
+    lease: timedelta = DEFAULT_EXECUTION_LEASE
+    # How long an action's tokens stay held while a person finds out what happened.
+    outcome_hold: timedelta = MAX_RESERVATION_TTL
     _settles: Coalescer[str, Success, Settled | None] = field(init=False)
+    _inflight: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self._settles = Coalescer(self._settle_batch)
+
+    async def _detached(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` in a task of its own, which the caller's cancellation does not
+        stop (see the module docstring); `drain` ends those still running."""
+        task = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and (err := task.exception()) is not None:
+            # Its caller may have gone away: the failure is logged here either way.
+            log.warning("an execution ended with an error: %r", err)
+
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: let executions in flight finish for up to `seconds`, then stop
+        the rest, each recording what it knows."""
+        if not self._inflight:
+            return
+        _, pending = await asyncio.wait(set(self._inflight), timeout=max(seconds, 0.0))
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("stopped %d executions in flight at shutdown", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _settle_batch(self, tenant_id: str, batch: list[Success]) -> Sequence[Settled | None]:
         assert self.settler is not None
@@ -164,6 +209,9 @@ class Executor:
 
     async def execute(self, action: Action) -> Action:
         """Run an APPROVED action. Exactly one caller wins the approved→executing step."""
+        return await self._detached(self._execute(action))
+
+    async def _execute(self, action: Action) -> Action:
         now = self.clock.now()
         reservation_id = action.reservation_id
         if reservation_id is None and action.token_cost > 0:
@@ -190,7 +238,7 @@ class Executor:
         )
         if running is None:  # someone else is running (or ran) it
             return await self.actions.get(action.tenant_id, action.id)
-        return await self.run(running)
+        return (await self._carry_out(running, None))[0]
 
     async def run(self, running: Action) -> Action:
         """Carry out an action this caller moved to EXECUTING (tokens already held)."""
@@ -199,20 +247,52 @@ class Executor:
     async def run_revising(self, running: Action, revision: Revision | None) -> tuple[Action, bool]:
         """`run`, and on success rewrite `revision`'s message in the same step where
         the store can; the flag says whether it was written."""
+        return await self._detached(self._carry_out(running, revision))
+
+    async def _carry_out(self, running: Action, revision: Revision | None) -> tuple[Action, bool]:
         try:
             result = await self.retry(lambda: self.runner.run(running))
+        except asyncio.CancelledError:  # a shutdown, during the provider call
+            await self._record_stop(running, None)
+            raise
         except (ChannelError, DomainError) as err:
             return await self._fail(running, err), False
         except Exception as err:  # a bug in a handler must still settle the tokens
             log.exception("action %s crashed in its runner", running.id)
             failed = await self._fail(running, PermanentChannelError(f"internal error: {err}"))
             return failed, False
-        if result.pending:  # finishes later, through poll_pending
-            pending = await self.actions.update(
-                running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
-            )
-            return pending, False
-        return await self._settle(running, _result_dict(result), revision)
+        try:
+            if result.pending:  # finishes later, through poll_pending
+                pending = await self.actions.update(
+                    running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
+                )
+                return pending, False
+            return await self._settle(running, _result_dict(result), revision)
+        except asyncio.CancelledError:  # a shutdown, after the provider answered
+            await self._record_stop(running, result)
+            raise
+
+    async def _record_stop(self, action: Action, result: ChannelResult | None) -> None:
+        """What a stopped execution knows, recorded (briefly: the server is stopping):
+        without the provider's answer the outcome is unknown; with it, the answer is
+        kept and the sweep settles the action (see the crash rule)."""
+        try:
+            async with asyncio.timeout(RECORD_TIMEOUT_SECONDS):
+                if result is None:
+                    await self._outcome_unknown(
+                        action, "the server stopped while the provider was being called"
+                    )
+                else:
+                    await self.actions.transition(
+                        action.tenant_id,
+                        action.id,
+                        frozenset({ActionState.EXECUTING}),
+                        ActionState.EXECUTING,
+                        self.clock.now(),
+                        result=_result_dict(result),
+                    )
+        except Exception:
+            log.warning("could not record how action %s stopped", action.id, exc_info=True)
 
     async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
         return (await self._settle(action, result, None))[0]
@@ -275,23 +355,99 @@ class Executor:
         return await self._fail(updated, PermanentChannelError("the provider reported failure"))
 
     async def recover(self, action: Action) -> Action:
-        """Settle an action left executing by a crashed executor (see the module rule)."""
+        """Settle an action left executing by a stopped executor (see the crash rule)."""
+        return await self._detached(self._recover(action))
+
+    async def _recover(self, action: Action) -> Action:
         if action.result.get("pending"):
             return await self.poll_pending(action)
+        confirmed = action.result.get("outcome")
+        if confirmed == OUTCOME_DID_NOT_HAPPEN:
+            return await self._fail(action, PermanentChannelError(_did_not_happen(action)))
         if (
-            action.reservation_id
-            and await self.ledger.reservation_state(action.tenant_id, action.reservation_id)
-            == "captured"
+            confirmed == OUTCOME_HAPPENED
+            or action.result.get("provider_id")
+            or (
+                action.reservation_id
+                and await self.ledger.reservation_state(action.tenant_id, action.reservation_id)
+                == "captured"  # it was sent and charged; only the row lagged
+            )
         ):
-            return await self._succeed(action)  # it was sent and charged; only the row lagged
-        if action.result.get("provider_id"):
             return await self._succeed(action)
-        return await self._fail(
-            action,
-            PermanentChannelError(
-                "interrupted before the provider confirmed; not sent again (outcome unknown)"
-            ),
+        return await self._outcome_unknown(
+            action, "interrupted before the provider's answer was stored; not sent again"
         )
+
+    async def _outcome_unknown(self, action: Action, why: str) -> Action:
+        """Park an action whose send may or may not have happened, for a person, its
+        tokens held meanwhile."""
+        if action.reservation_id:
+            with contextlib.suppress(DomainError):
+                await self.ledger.hold_longer(
+                    action.tenant_id, action.reservation_id, self.outcome_hold
+                )
+        moved = await self.actions.transition(
+            action.tenant_id,
+            action.id,
+            frozenset({ActionState.EXECUTING}),
+            ActionState.OUTCOME_UNKNOWN,
+            self.clock.now(),
+            result={**action.result, "pending": False, "error": why},
+        )
+        return moved or await self.actions.get(action.tenant_id, action.id)
+
+    async def settle_outcome(
+        self, action: Action, happened: bool, record: dict[str, Any]
+    ) -> Action | None:
+        """A person says whether an `outcome_unknown` action happened: it succeeds
+        (its tokens captured) or fails (released). `record` (who, why, the request)
+        joins its result. None when another person settled it first.
+
+        The action is claimed back to `executing` with the answer recorded, then
+        settled the way every execution is; a crash in between is finished by the
+        sweep from the recorded answer. If its reservation ended meanwhile, the tokens
+        are held again first (InsufficientTokens when they no longer fit: nothing
+        changes)."""
+        return await self._detached(self._settle_outcome(action, happened, record))
+
+    async def _settle_outcome(
+        self, action: Action, happened: bool, record: dict[str, Any]
+    ) -> Action | None:
+        changes: dict[str, Any] = {"result": {**action.result, **record}}
+        again: Action | None = None
+        if (
+            happened
+            and action.reservation_id
+            and await self.ledger.reservation_state(action.tenant_id, action.reservation_id)
+            != "pending"
+        ):
+            again = replace(action, id=f"{action.id}:confirmed")
+            changes["reservation_id"] = await self.reserve(again)
+        claimed = await self.actions.transition(
+            action.tenant_id,
+            action.id,
+            frozenset({ActionState.OUTCOME_UNKNOWN}),
+            ActionState.EXECUTING,
+            self.clock.now(),
+            **changes,
+        )
+        if claimed is None:
+            if again is not None:
+                await self.release(replace(again, reservation_id=changes["reservation_id"]))
+            return None
+        if happened:
+            return await self._succeed(claimed)
+        return await self._fail(claimed, PermanentChannelError(_did_not_happen(claimed)))
+
+
+OUTCOME_HAPPENED = "happened"
+OUTCOME_DID_NOT_HAPPEN = "did_not_happen"
+
+
+def _did_not_happen(action: Action) -> str:
+    who = action.result.get("outcome_confirmed_by", "a person")
+    note = action.result.get("outcome_note", "")
+    return f"did not happen, as {who} confirmed" + (f": {note}" if note else "")
 
 
 def _result_dict(result: ChannelResult) -> dict[str, Any]:

@@ -11,14 +11,18 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
+from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.errors import (
     FieldViolation,
     InvalidArgument,
     PermissionDenied,
+    RateLimited,
     Unauthenticated,
 )
+from agentserver.domain.lru import LruCache
 
 SCOPE_AGENT = "agent"  # Process, actions, conversations
 SCOPE_TOKENS_READ = "tokens:read"
@@ -34,6 +38,7 @@ class KeyRecord:
     tenant_id: str | None
     scopes: frozenset[str]
     revoked: bool = False
+    expires_at: datetime | None = None  # None: never
 
 
 # The longest ids the store keeps (a longer one is refused, never cut).
@@ -101,20 +106,50 @@ class KeyStore(Protocol):
     async def find_key(self, key_hash: str) -> KeyRecord | None: ...
 
 
+# The longest `authorization` value looked up at all (keys are 55 characters).
+MAX_KEY_CHARS = 200
+# How long a key found valid is remembered as such (its record is trusted for `ttl`):
+# looking it up again needs none of the caller's budget for unvouched calls.
+KNOWN_KEY_SECONDS = 86_400.0
+
+
+class Unvouched(Protocol):
+    """Budget for calls that no known key vouches for, per peer address."""
+
+    async def acquire(self, key: str, cost: float = 1.0) -> float: ...
+
+
 @dataclass
 class Authenticator:
     """Resolves `authorization` + `x-tenant-id`/`x-user-id`/`x-location-id` to a Caller.
 
-    Keys are cached for `ttl` seconds to keep the hot path off the database; a
-    revoked key stops working within that time on every replica.
+    Keys found are trusted for `ttl` seconds to keep the hot path off the database;
+    a revoked key stops working within that time on every replica. Keys not found
+    are cached apart, for `miss_ttl` seconds: a flood of made-up keys costs one
+    lookup each at most once per `miss_ttl` and can never push a valid key out of
+    its cache. Every call carried by no key known to be valid first takes a token
+    from its peer address's `unvouched` budget (if one is set): past it,
+    RESOURCE_EXHAUSTED, before any lookup. A key found valid once is looked up
+    again when its `ttl` ends without touching that budget, so a flood from behind
+    the same address never locks out the keys already in use.
     """
 
     keys: KeyStore
+    clock: Clock = field(default_factory=SystemClock)
     ttl: float = 10.0
-    _cache: dict[str, tuple[float, KeyRecord | None]] = field(default_factory=dict)
+    miss_ttl: float = 2.0
+    max_keys: int = 10_000
+    max_misses: int = 10_000
+    unvouched: Unvouched | None = None
+    _hits: LruCache[str, tuple[KeyRecord, float]] = field(init=False)
+    _misses: LruCache[str, bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._hits = LruCache(self.max_keys)
+        self._misses = LruCache(self.max_misses)
 
     async def authenticate(
-        self, authorization: str, tenant_id: str, user_id: str, location_id: str
+        self, authorization: str, tenant_id: str, user_id: str, location_id: str, peer: str = ""
     ) -> Caller:
         check_lengths(
             ("x-tenant-id", tenant_id, MAX_TENANT_ID),
@@ -122,11 +157,22 @@ class Authenticator:
             ("x-location-id", location_id, MAX_LOCATION_ID),
         )
         scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("send `authorization: Bearer <api key>`")
-        record = await self._lookup(hash_key(key.strip()))
-        if record is None or record.revoked:
-            raise Unauthenticated("unknown or revoked API key")
+        key = key.strip()
+        now = time.monotonic()
+        well_formed = scheme.lower() == "bearer" and 0 < len(key) <= MAX_KEY_CHARS
+        key_hash = hash_key(key) if well_formed else ""
+        known = self._hits.get(key_hash, now) if key_hash else None
+        record = known[0] if known is not None and known[1] > now else None
+        if record is None:
+            if known is None:  # a key valid a moment ago is looked at again for free
+                await self.admit_unvouched(peer)
+            if not key_hash:
+                raise Unauthenticated("send `authorization: Bearer <api key>`")
+            record = await self._lookup(key_hash, now)
+            if record is None:
+                raise Unauthenticated("unknown or revoked API key")
+        if record.expires_at is not None and record.expires_at <= self.clock.now():
+            raise Unauthenticated("this API key has expired", reason="KEY_EXPIRED")
         if record.tenant_id is not None and tenant_id and tenant_id != record.tenant_id:
             raise PermissionDenied(
                 f"x-tenant-id {tenant_id!r} is not this key's tenant", reason="TENANT_MISMATCH"
@@ -140,13 +186,30 @@ class Authenticator:
             location_id=location_id,
         )
 
-    async def _lookup(self, key_hash: str) -> KeyRecord | None:
-        now = time.monotonic()
-        hit = self._cache.get(key_hash)
-        if hit and hit[0] > now:
-            return hit[1]
+    async def admit_unvouched(self, peer: str) -> None:
+        """Take one token of `peer`'s budget for a call no cached key carries."""
+        if self.unvouched is None:
+            return
+        wait = await self.unvouched.acquire(peer or "unknown")
+        if wait > 0:
+            raise RateLimited(
+                "too many calls without a valid API key from this address; retry after the delay",
+                wait,
+            )
+
+    def forget(self) -> None:
+        """Drop every cached key (a change made in this process applies at once)."""
+        self._hits = LruCache(self.max_keys)
+        self._misses = LruCache(self.max_misses)
+
+    async def _lookup(self, key_hash: str, now: float) -> KeyRecord | None:
+        if self._misses.get(key_hash, now):
+            return None
         record = await self.keys.find_key(key_hash)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key_hash] = (now + self.ttl, record)
+        if record is None or record.revoked:
+            self._hits.pop(key_hash)
+            self._misses.put(key_hash, True, now + self.miss_ttl)
+            return None
+        # Trusted for `ttl`; remembered as once valid for a day (see authenticate).
+        self._hits.put(key_hash, (record, now + self.ttl), now + KNOWN_KEY_SECONDS)
         return record

@@ -297,6 +297,13 @@ class LedgerStore(Protocol):
 
     async def get_reservation(self, tenant_id: str, reservation_id: str) -> Reservation: ...
 
+    async def extend_reservation(
+        self, tenant_id: str, reservation_id: str, until: datetime, now: datetime
+    ) -> bool:
+        """Move a pending, unexpired reservation's expiry later, to `until`; False when
+        it has ended, expired or already lasts that long."""
+        ...
+
     async def expired_reservations(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
 
     async def charge_monthly_fee(
@@ -374,6 +381,12 @@ class LedgerService:
 
     async def reservation_state(self, tenant_id: str, reservation_id: str) -> str:
         return (await self.store.get_reservation(tenant_id, reservation_id)).state.value
+
+    async def hold_longer(self, tenant_id: str, reservation_id: str, ttl: timedelta) -> bool:
+        """Keep a pending reservation until at least `ttl` from now (never shorter than
+        it was); True when its expiry moved."""
+        now = self.clock.now()
+        return await self.store.extend_reservation(tenant_id, reservation_id, now + ttl, now)
 
     async def add_tokens(
         self, tenant_id: str, location_id: str, amount: int, request_id: str, description: str

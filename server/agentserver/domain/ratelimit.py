@@ -8,6 +8,7 @@ N times the rate.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,19 +24,27 @@ class RateLimiter(Protocol):
 
 @dataclass
 class InProcessRateLimiter:
+    """Token buckets in this process, at most `max_keys` of them: the least recently
+    used bucket goes first (it would be full again by then, or nearly)."""
+
     rate: float  # tokens per second
     burst: float  # bucket size
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    max_keys: int = 100_000
+    _buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
 
     async def acquire(self, key: str, cost: float = 1.0) -> float:
         now = time.monotonic()
-        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens, last = self._buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
+        wait = 0.0
         if tokens >= cost:
-            self._buckets[key] = (tokens - cost, now)
-            return 0.0
+            tokens -= cost
+        else:
+            wait = (cost - tokens) / self.rate
         self._buckets[key] = (tokens, now)
-        return (cost - tokens) / self.rate
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return wait
 
     async def aclose(self) -> None:
         return None

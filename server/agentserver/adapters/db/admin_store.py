@@ -87,9 +87,17 @@ class SqlAdminStore:
     # -- API keys ------------------------------------------------------------
 
     async def create_key(
-        self, tenant_id: str | None, scopes: Sequence[str], description: str, now: datetime
+        self,
+        tenant_id: str | None,
+        scopes: Sequence[str],
+        description: str,
+        now: datetime,
+        *,
+        expires_at: datetime | None = None,
     ) -> tuple[str, str]:
         """Store a new key's hash; returns (key id, full key). The key is shown once."""
+        if expires_at is not None and expires_at <= now:
+            raise InvalidArgument.field("expires_at", "must be in the future")
         if tenant_id is not None and not await self.tenant_exists(tenant_id):
             raise NotFound(f"tenant {tenant_id!r} not found")
         key_id, key = generate_key()
@@ -102,6 +110,7 @@ class SqlAdminStore:
                     scopes=list(scopes),
                     description=description,
                     created_at=now,
+                    expires_at=expires_at,
                 )
             )
         return key_id, key
@@ -114,7 +123,9 @@ class SqlAdminStore:
 
     async def list_keys(self, tenant_id: str | None) -> list[dict[str, Any]]:
         async with self._read.connect() as conn:
-            query = select(K.c.id, K.c.tenant_id, K.c.scopes, K.c.description, K.c.revoked_at)
+            query = select(
+                K.c.id, K.c.tenant_id, K.c.scopes, K.c.description, K.c.revoked_at, K.c.expires_at
+            )
             if tenant_id is not None:
                 query = query.where(K.c.tenant_id == tenant_id)
             return [dict(r._mapping) for r in await conn.execute(query.order_by(K.c.created_at))]
@@ -129,6 +140,7 @@ class SqlAdminStore:
             tenant_id=row.tenant_id,
             scopes=frozenset(row.scopes or ()),
             revoked=row.revoked_at is not None,
+            expires_at=row.expires_at,
         )
 
     # -- permission rules ----------------------------------------------------

@@ -437,11 +437,13 @@ class SqlAgentStore:
             )
             return [(r.tenant_id, r.id) for r in rows]
 
-    async def stale_executing(self, before: datetime, limit: int) -> list[tuple[str, str]]:
+    async def stale(
+        self, state: ActionState, before: datetime, limit: int
+    ) -> list[tuple[str, str]]:
         async with self._read.connect() as conn:
             rows = await conn.execute(
                 select(A.c.tenant_id, A.c.id)
-                .where(A.c.state == ActionState.EXECUTING.value, A.c.updated_at < before)
+                .where(A.c.state == state.value, A.c.updated_at < before)
                 .limit(limit)
             )
             return [(r.tenant_id, r.id) for r in rows]

@@ -876,6 +876,23 @@ class SqlLedgerStore:
         async with self._read.connect() as conn:
             return to_reservation(await self._reservation_row(conn, tenant_id, reservation_id))
 
+    async def extend_reservation(
+        self, tenant_id: str, reservation_id: str, until: datetime, now: datetime
+    ) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(RS)
+                .where(
+                    RS.c.tenant_id == tenant_id,
+                    RS.c.id == reservation_id,
+                    RS.c.state == ReservationState.PENDING.value,
+                    RS.c.expires_at > now,
+                    RS.c.expires_at < until,
+                )
+                .values(expires_at=until)
+            )
+        return bool(result.rowcount == 1)
+
     async def expired_reservations(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         async with self._read.connect() as conn:
             rows = await conn.execute(

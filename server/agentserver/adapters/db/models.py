@@ -85,6 +85,8 @@ class ApiKey(Base):
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # NULL: never expires.
+    expires_at: Mapped[datetime | None]
 
 
 class Wallet(Base):
@@ -229,6 +231,8 @@ class ActionRecord(Base):
     __table_args__ = (
         Index("ix_actions_tenant_state", "tenant_id", "state", "id"),
         Index("ix_actions_tenant_session", "tenant_id", "session_id", "id"),
+        # The sweep's reads across tenants: stale approved and executing actions.
+        Index("ix_actions_state_updated_at", "state", "updated_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))

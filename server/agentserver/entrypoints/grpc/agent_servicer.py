@@ -13,6 +13,8 @@ from agentserver.entrypoints.grpc.base import ServicerBase, rpc
 from agentserver.v1 import agent_service_pb2 as pb
 from agentserver.v1 import agent_service_pb2_grpc
 
+_HAPPENED = {pb.ACTION_OUTCOME_HAPPENED: True, pb.ACTION_OUTCOME_DID_NOT_HAPPEN: False}
+
 
 class AgentServicer(ServicerBase, agent_service_pb2_grpc.AgentServiceServicer):
     def __init__(
@@ -95,6 +97,19 @@ class AgentServicer(ServicerBase, agent_service_pb2_grpc.AgentServiceServicer):
             caller, request.action_id, request.reason, request.request_id
         )
         return pb.RejectActionResponse(action=convert.action_to_pb(action))
+
+    @rpc(SCOPE_AGENT)
+    async def ResolveActionOutcome(
+        self, request: pb.ResolveActionOutcomeRequest, caller: Caller
+    ) -> pb.ResolveActionOutcomeResponse:
+        action = await self.agent.resolve_outcome(
+            caller,
+            request.action_id,
+            _HAPPENED.get(request.outcome),
+            request.note,
+            request.request_id,
+        )
+        return pb.ResolveActionOutcomeResponse(action=convert.action_to_pb(action))
 
     @rpc(SCOPE_AGENT)
     async def ListActionDefinitions(

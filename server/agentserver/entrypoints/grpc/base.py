@@ -40,6 +40,8 @@ class ServicerBase:
         self.access_log = access_log
         self.limiter: RateLimiter = limiter or NoRateLimit()
         self.audit: AuditSink | None = None
+        # Behind a proxy: the metadata header naming the client's address.
+        self.client_address_header = ""
 
 
 class AuditSink(Protocol):
@@ -60,6 +62,17 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
         if isinstance(value, str):
             out[key.lower()] = value
     return out
+
+
+def _peer(context: grpc.aio.ServicerContext[Any, Any], md: dict[str, str], header: str) -> str:
+    """The caller's address without its port (`ipv4:10.0.0.7`, `ipv6:[::1]`), or what a
+    trusted proxy says it is in `header`."""
+    if header and (named := md.get(header, "").strip()):
+        return named[:64]
+    peer = context.peer() or ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rsplit(":", 1)[0]
+    return peer
 
 
 def rpc(
@@ -91,12 +104,14 @@ def rpc(
             caller: Caller | None = None
             try:
                 if isinstance(request, Unparseable):
+                    await self.auth.admit_unvouched(_peer(context, md, self.client_address_header))
                     raise InvalidArgument(request.violation())
                 caller = await self.auth.authenticate(
                     md.get("authorization", ""),
                     md.get("x-tenant-id", ""),
                     md.get("x-user-id", ""),
                     md.get("x-location-id", ""),
+                    _peer(context, md, self.client_address_header),
                 )
                 if scope:
                     caller.require_scope(scope)

@@ -60,6 +60,7 @@ async def start_server(app: App, listen: str) -> RunningServer:
     ):
         servicer.limiter = app.limiter
         servicer.audit = app.audit
+        servicer.client_address_header = app.settings.client_address_header
         add_service(server, servicer, service)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
