@@ -90,7 +90,7 @@ class App:
         # Executions still in flight (their rpcs gone with the server's grace) get
         # the same grace to finish; the rest record what they know and stop.
         await self.executor.drain(self.settings.grace_seconds)
-        await self.audit.flush()
+        await self.audit.close()
         await self.limiter.aclose()
         for closable in (self.agent.engine, self.runner.report_writer):
             close = getattr(closable, "aclose", None)

@@ -107,6 +107,7 @@ async def test_connections_dropped_under_load_are_unavailable_never_internal(
         codes: Counter[str] = Counter()
         async with t.client("alice") as client:
             session = (await client.process(apb.ProcessRequest(message="hello"))).session_id
+            calls = 1
             stop = asyncio.Event()
             dropper = asyncio.create_task(_drop_connections(fresh_pg_url.rsplit("/", 1)[1], stop))
             for _ in range(25):
@@ -114,6 +115,7 @@ async def test_connections_dropped_under_load_are_unavailable_never_internal(
                     *_calls(client, t.id, session),
                     return_exceptions=True,
                 )
+                calls += len(results)
                 for r in results:
                     if isinstance(r, AgentServerError):
                         codes[r.code.name] += 1
@@ -131,10 +133,17 @@ async def test_connections_dropped_under_load_are_unavailable_never_internal(
                 results = await asyncio.gather(
                     *_calls(client, t.id, session), return_exceptions=True
                 )
+                calls += len(results)
                 if not any(isinstance(r, BaseException) for r in results):
                     break
             else:
                 raise AssertionError(f"still failing after the outage: {results}")
+        # Every rpc's audit event is written once the database is back.
+        await h.app.audit.flush()
+        assert h.app.audit.buffered == 0
+        assert (h.app.audit.shed, h.app.audit.rejected) == (0, 0)
+        events = await h.app.admin.events(t.id, "audit.")
+        assert len(events) == calls, (len(events), calls)
         await ledger_invariant(h, t.id)
     finally:
         await h.server.stop(0)

@@ -53,6 +53,8 @@ class AuditSink(Protocol):
         operation: str,
         outcome: str,
         request_id: str,
+        authenticated: bool = True,
+        payload: dict[str, Any] | None = None,
     ) -> None: ...
 
 
@@ -73,6 +75,37 @@ def _peer(context: grpc.aio.ServicerContext[Any, Any], md: dict[str, str], heade
     if peer.startswith(("ipv4:", "ipv6:")):
         return peer.rsplit(":", 1)[0]
     return peer
+
+
+def _audit(
+    audit: AuditSink,
+    caller: Caller | None,
+    md: dict[str, str],
+    peer: str,
+    operation: str,
+    outcome: str,
+    request_id: str,
+) -> None:
+    """Record an rpc in the caller's tenant's trail or, when no key vouched for the
+    call, in the trail of unauthenticated calls (never the tenant it names)."""
+    if caller is not None:
+        audit.record(
+            tenant_id=caller.tenant_id or None,
+            actor=f"{caller.key_id}/{caller.user_id}",
+            operation=operation,
+            outcome=outcome,
+            request_id=request_id,
+        )
+        return
+    audit.record(
+        tenant_id=None,
+        actor="anonymous",
+        operation=operation,
+        outcome=outcome,
+        request_id=request_id,
+        authenticated=False,
+        payload={"claimed_tenant_id": md.get("x-tenant-id", "")[:64], "peer": peer},
+    )
 
 
 def rpc(
@@ -138,13 +171,8 @@ def rpc(
                     failure = to_grpc_status(unavailable)
             finally:
                 if self.audit is not None:
-                    self.audit.record(
-                        tenant_id=(caller.tenant_id or None) if caller else md.get("x-tenant-id"),
-                        actor=f"{caller.key_id}/{caller.user_id}" if caller else "anonymous",
-                        operation=name,
-                        outcome=code.name,
-                        request_id=request_id,
-                    )
+                    peer = _peer(context, md, self.client_address_header)
+                    _audit(self.audit, caller, md, peer, name, code.name, request_id)
                 if self.access_log or code not in (grpc.StatusCode.OK,):
                     log.info(
                         "rpc",
