@@ -24,6 +24,7 @@ def free_port() -> int:
 def server_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSERVER_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["AGENTSERVER_DRAIN_SECONDS"] = "0"  # tests that drain set it themselves
     env.update({f"AGENTSERVER_{k.upper()}": v for k, v in settings.items()})
     return env
 

@@ -266,7 +266,11 @@ def build_limiter(settings: Settings) -> RateLimiter:
         from agentserver.adapters.redis_ratelimit import RedisRateLimiter
 
         return RedisRateLimiter(
-            settings.redis_url, settings.rate_limit_per_second, settings.rate_limit_burst
+            settings.redis_url,
+            settings.rate_limit_per_second,
+            settings.rate_limit_burst,
+            timeout=settings.redis_timeout_seconds,
+            open_seconds=settings.redis_retry_seconds,
         )
     return InProcessRateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
 
@@ -326,9 +330,23 @@ async def prepare_database(app: App) -> None:
                 f"the database schema is behind ({len(pending)} revisions): "
                 "run `agentserver migrate`"
             )
-    if app.secret_box is None and await app.admin.any_channel_secrets():
+    if app.secret_box is None:
+        if await app.admin.any_channel_secrets():
+            raise SystemExit(
+                "tenants have encrypted provider secrets but AGENTSERVER_SECRET_KEYS is not set"
+            )
+        return
+    # A wrong key would start and then fail every send: refuse to start instead.
+    unreadable = [
+        f"{tenant}/{channel}"
+        for tenant, channel, token in await app.admin.channel_secrets()
+        if not app.secret_box.can_decrypt(token)
+    ]
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
         raise SystemExit(
-            "tenants have encrypted provider secrets but AGENTSERVER_SECRET_KEYS is not set"
+            f"AGENTSERVER_SECRET_KEYS cannot decrypt the stored secrets of {len(unreadable)} "
+            f"channel setting(s) ({shown}): a key is wrong or missing from the list"
         )
 
 

@@ -11,12 +11,13 @@ import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 from agentserver import logs
 from agentserver.app import App, bootstrap_demo, build_app, prepare_database
 from agentserver.config import Settings
-from agentserver.domain.errors import DomainError
+from agentserver.domain.errors import DomainError, InvalidArgument
 from agentserver.domain.identity import PLATFORM_DEFAULT_SCOPES, TENANT_DEFAULT_SCOPES
 
 log = logging.getLogger("agentserver")
@@ -76,14 +77,34 @@ async def cmd_key_create(app: App, args: argparse.Namespace) -> int:
         return 2
     default = PLATFORM_DEFAULT_SCOPES if args.platform else TENANT_DEFAULT_SCOPES
     scopes = args.scopes.split(",") if args.scopes else list(default)
+    now = app.clock.now()
+    expires_at = now + _duration(args.expires_in) if args.expires_in else None
     key_id, key = await app.admin.create_key(
-        None if args.platform else args.tenant, scopes, args.description, app.clock.now()
+        None if args.platform else args.tenant,
+        scopes,
+        args.description,
+        now,
+        expires_at=expires_at,
     )
     if args.quiet:
         print(key)
     else:
-        print(f"key id: {key_id}\nscopes: {','.join(scopes)}\nkey (shown once): {key}")
+        until = f"\nexpires: {expires_at.isoformat()}" if expires_at else ""
+        print(f"key id: {key_id}\nscopes: {','.join(scopes)}{until}\nkey (shown once): {key}")
     return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m` or `45s` as a timedelta."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in _UNITS or not number.isdigit() or int(number) <= 0:
+        raise InvalidArgument.field(
+            "--expires-in", "must be a positive whole number with s, m, h or d (e.g. 90d)"
+        )
+    return timedelta(seconds=int(number) * _UNITS[unit])
 
 
 async def cmd_key_revoke(app: App, args: argparse.Namespace) -> int:
@@ -212,6 +233,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tenant", help="a tenant key for this tenant")
     s.add_argument("--platform", action="store_true", help="a platform (billing) key")
     s.add_argument("--scopes", help="comma-separated scopes (default: the key kind's defaults)")
+    s.add_argument("--expires-in", help="the key stops working after this long: 90d, 12h, 30m")
     s.add_argument("--description", default="")
     s.add_argument("--quiet", action="store_true", help="print only the key")
     s.set_defaults(fn=cmd_key_create)

@@ -25,6 +25,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     db_pool_size: int = 20
     redis_url: str = ""
+    redis_timeout_seconds: float = 0.5
+    redis_retry_seconds: float = 10.0  # after a Redis failure, limit in-process this long
     rate_limit_per_second: float = 5000.0
     rate_limit_burst: float = 10000.0
     unauthenticated_per_second: float = 20.0
@@ -41,6 +43,7 @@ class Settings:
     audit_retention_days: float = 90.0  # 0 keeps audit events forever
     monthly_fee_interval_seconds: float = 3600.0
     grace_seconds: float = 10.0
+    drain_seconds: float = 5.0  # on SIGTERM, before the grace period
     auto_migrate: bool | None = None  # None: yes for SQLite, no for PostgreSQL
     bootstrap_demo: bool = True
     secret_keys: str = ""
@@ -72,6 +75,8 @@ class Settings:
             database_url=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
             db_pool_size=int(_env("DB_POOL_SIZE", str(cls.db_pool_size))),
             redis_url=_env("REDIS_URL", ""),
+            redis_timeout_seconds=float(_env("REDIS_TIMEOUT_SECONDS", "0.5")),
+            redis_retry_seconds=float(_env("REDIS_RETRY_SECONDS", "10")),
             rate_limit_per_second=float(_env("RATE_LIMIT_PER_SECOND", "5000")),
             rate_limit_burst=float(_env("RATE_LIMIT_BURST", "10000")),
             unauthenticated_per_second=float(_env("UNAUTHENTICATED_PER_SECOND", "20")),
@@ -86,6 +91,7 @@ class Settings:
             audit_retention_days=float(_env("AUDIT_RETENTION_DAYS", "90")),
             monthly_fee_interval_seconds=float(_env("MONTHLY_FEE_INTERVAL_SECONDS", "3600")),
             grace_seconds=float(_env("GRACE_SECONDS", "10")),
+            drain_seconds=float(_env("DRAIN_SECONDS", "5")),
             auto_migrate=_bool(auto) if auto else None,
             bootstrap_demo=_bool(_env("BOOTSTRAP_DEMO", "true")),
             secret_keys=_env("SECRET_KEYS", ""),

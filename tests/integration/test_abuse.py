@@ -5,6 +5,8 @@ of the cache; keys may expire."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from agentserver.domain.identity import Authenticator, KeyRecord, hash_key
 from agentserver.domain.lru import LruCache
 from agentserver.domain.ratelimit import InProcessRateLimiter
 from agentserver.v1 import token_service_pb2 as tpb
+from tests import procs
 from tests.conftest import Harness, start_harness
 
 
@@ -167,3 +170,31 @@ async def test_behind_a_proxy_the_address_comes_from_its_header(tmp_path: Path) 
     finally:
         await h.server.stop(0)
         await h.app.close()
+
+
+def test_the_cli_creates_keys_that_expire(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(procs.BIN / "agentserver"), *args],
+            cwd=tmp_path,
+            env=procs.server_env(database_url=db),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert cli("tenant", "create", "acme").returncode == 0
+    made = cli("key", "create", "--tenant", "acme", "--expires-in", "30d")
+    assert made.returncode == 0, made.stderr
+    assert "expires: " in made.stdout
+    listed = [
+        json.loads(line)
+        for line in cli("key", "list", "--tenant", "acme").stdout.split("\n")
+        if line
+    ]
+    assert listed[0]["expires_at"] is not None
+    bad = cli("key", "create", "--tenant", "acme", "--expires-in", "soon")
+    assert bad.returncode == 2
+    assert "--expires-in" in bad.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from agentserver.adapters.secrets import generate_key
 from agentserver.app import build_app, prepare_database
 from agentserver.config import Settings
 from agentserver.domain.actions import ActionState
@@ -263,6 +264,23 @@ def test_channel_secrets_are_encrypted_and_required_at_start(tmp_path: Path) -> 
     )
     assert no_key.returncode != 0
     assert "AGENTSERVER_SECRET_KEYS" in no_key.stderr
+    other_key = subprocess.run(
+        [str(procs.BIN / "agentserver"), "serve"],
+        cwd=tmp_path,
+        env=procs.server_env(
+            database_url=db,
+            listen=f"127.0.0.1:{procs.free_port()}",
+            secret_keys=generate_key(),  # a valid key, but not the one that encrypted
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert other_key.returncode != 0
+    assert "cannot decrypt the stored secrets of 1 channel setting(s) (acme/twilio)" in (
+        other_key.stderr
+    )
+    assert "hunter2" not in other_key.stderr
 
 
 async def test_secrets_at_rest_in_the_database(harness: Harness) -> None:

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -98,6 +99,34 @@ def test_health_per_service_and_graceful_shutdown(served) -> None:  # type: igno
     code, err = procs.stop(proc)
     assert code == 0, err
     assert '"msg": "stopped"' in err
+
+
+def test_sigterm_drains_before_it_stops(tmp_path: Path) -> None:
+    """Health says NOT_SERVING at once while calls are still served for the drain
+    time; then the server stops cleanly."""
+    proc, port = procs.start(tmp_path, drain_seconds="3")
+    key = re.search(r"tenant_key=(\S+)", (tmp_path / "var" / "demo-credentials.env").read_text())
+    assert key is not None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        costs = channel.unary_unary(
+            "/agentserver.v1.TokenService/GetCosts",
+            request_serializer=pb.GetCostsRequest.SerializeToString,
+            response_deserializer=pb.GetCostsResponse.FromString,
+        )
+        metadata = (("authorization", f"Bearer {key.group(1)}"),)
+        proc.terminate()
+        for _ in range(40):
+            status = stub.Check(health_pb2.HealthCheckRequest()).status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            time.sleep(0.05)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert costs(pb.GetCostsRequest(), metadata=metadata, timeout=5).costs
+        assert proc.poll() is None, "still serving while it drains"
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"draining" in err and b'"msg": "stopped"' in err
 
 
 def test_second_server_on_same_port_refuses(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -238,6 +238,14 @@ class SqlAdminStore:
             ).first()
         return None if row is None else (dict(row.config or {}), row.secret)
 
+    async def channel_secrets(self) -> list[tuple[str, str, str]]:
+        """(tenant, channel, encrypted secret) of every channel setting that has one."""
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(CS.c.tenant_id, CS.c.channel, CS.c.secret).where(CS.c.secret.is_not(None))
+            )
+            return [(r.tenant_id, r.channel, r.secret) for r in rows]
+
     async def any_channel_secrets(self) -> bool:
         async with self._read.connect() as conn:
             row = (

@@ -4,6 +4,7 @@ graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agentserver.adapters.redis_ratelimit import RedisRateLimiter
 from agentserver.app import App
 from agentserver.entrypoints.grpc.agent_servicer import AgentServicer
 from agentserver.entrypoints.grpc.conversation_servicer import ConversationServicer
@@ -76,18 +78,52 @@ async def start_server(app: App, listen: str) -> RunningServer:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _report_redis_health(app, health_servicer)
     return RunningServer(server=server, health=health_servicer, port=port)
 
 
+# Health of the shared rate limiter's Redis (NOT_SERVING while its breaker is open and
+# each replica limits on its own); the server as a whole keeps serving meanwhile.
+REDIS_HEALTH = "agentserver.redis"
+
+
+def _report_redis_health(app: App, health_servicer: health.aio.HealthServicer) -> None:
+    if not isinstance(app.limiter, RedisRateLimiter):
+        return
+    statuses = {
+        True: health_pb2.HealthCheckResponse.SERVING,
+        False: health_pb2.HealthCheckResponse.NOT_SERVING,
+    }
+    tasks: set[asyncio.Task[None]] = set()
+
+    def report(healthy: bool) -> None:
+        task = asyncio.ensure_future(health_servicer.set(REDIS_HEALTH, statuses[healthy]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    app.limiter.on_health = report
+    report(app.limiter.healthy)
+
+
 async def serve_until_signalled(app: App, listen: str) -> None:
+    """Serve until SIGTERM or SIGINT. On SIGTERM (an orchestrator) health says
+    NOT_SERVING for `drain_seconds` while calls are still served, so load balancers
+    move traffic away before anything is refused; SIGINT (a person at a terminal)
+    and a second signal skip the drain. Then in-flight calls get the grace period."""
     running = await start_server(app, listen)
     app.start_background()
     log.info("serving", extra={"listen": listen, "port": running.port})
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    received = await signals.get()
+    drain = app.settings.drain_seconds if received is signal.SIGTERM else 0.0
+    await running.health.enter_graceful_shutdown()
+    if drain > 0:
+        log.info("draining: health NOT_SERVING, still serving", extra={"drain_seconds": drain})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signals.get(), drain)
     log.info("shutting down", extra={"grace_seconds": app.settings.grace_seconds})
     await running.stop(app.settings.grace_seconds)
     await app.close()
