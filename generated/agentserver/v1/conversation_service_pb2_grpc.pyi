@@ -33,6 +33,13 @@ class ConversationServiceStub:
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     @_typing.overload
@@ -59,6 +66,13 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,6 +95,13 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     @_abc_1.abstractmethod

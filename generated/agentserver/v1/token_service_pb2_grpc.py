@@ -40,6 +40,13 @@ class TokenServiceStub:
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     def __init__(self, channel):
@@ -105,6 +112,13 @@ class TokenServiceServicer:
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     def GetBalance(self, request, context):
@@ -252,6 +266,13 @@ class TokenService:
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     @staticmethod

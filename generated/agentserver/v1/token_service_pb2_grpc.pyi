@@ -41,6 +41,13 @@ class TokenServiceStub:
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     @_typing.overload
@@ -111,6 +118,13 @@ class TokenServiceAsyncStub(TokenServiceStub):
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -177,6 +191,13 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
 
     @_abc_1.abstractmethod
