@@ -305,3 +305,41 @@ async def test_a_shutdown_during_the_provider_call_records_an_unknown_outcome(
         await ledger_invariant(app.engine, t.id)
     finally:
         await app.close()
+
+
+async def test_a_shutdown_after_the_provider_answered_keeps_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while settling: the provider's answer is stored, and the sweep settles
+    the action as sent (captured), never as unknown and never sent again."""
+    h = await start_harness(f"sqlite+aiosqlite:///{tmp_path / 'settle.db'}", "sqlite")
+    try:
+        t = await h.tenant(5)
+        settling = asyncio.Event()
+
+        async def settle_forever(*_args: object) -> tuple[object, bool]:
+            settling.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(h.app.executor, "_settle", settle_forever)
+        async with t.client("alice") as client:
+            call = asyncio.create_task(client.process(apb.ProcessRequest(message=TEXT)))
+            await asyncio.wait_for(settling.wait(), 10)
+            await h.app.executor.drain(0.05)  # the shutdown's drain, cut short
+            with pytest.raises(AgentServerError) as err:
+                await call
+            assert err.value.code is StatusCode.UNAVAILABLE, "answered, not left hanging"
+            monkeypatch.undo()
+            (action,) = (await client.list_actions(apb.ListActionsRequest())).actions
+            assert action.state == apb.ACTION_STATE_EXECUTING
+            assert action.result.provider_id, "the provider's answer was kept"
+            h.clock.advance(timedelta(minutes=6))
+            await h.app.agent.sweep()
+            done = (await client.get_action(apb.GetActionRequest(action_id=action.id))).action
+            assert done.state == apb.ACTION_STATE_SUCCEEDED
+            assert (await balance(client, t.id)).used_tokens == 1
+        await ledger_invariant(h, t.id)
+    finally:
+        await h.server.stop(0)
+        await h.app.close()

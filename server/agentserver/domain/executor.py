@@ -40,7 +40,12 @@ from agentserver.domain.batching import Coalescer
 from agentserver.domain.channels import ChannelError, ChannelResult, PermanentChannelError
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import OperationType
-from agentserver.domain.errors import DomainError, FailedPrecondition, InsufficientTokens
+from agentserver.domain.errors import (
+    DomainError,
+    FailedPrecondition,
+    InsufficientTokens,
+    Unavailable,
+)
 from agentserver.domain.ledger import MAX_RESERVATION_TTL, Debit, EntryKind, LedgerService
 
 log = logging.getLogger(__name__)
@@ -146,12 +151,26 @@ class Executor:
         task = asyncio.ensure_future(work)
         self._inflight.add(task)
         task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current and current.cancelling()):
+                # Stopped by a shutdown, not by this caller: answer, don't vanish.
+                raise Unavailable(
+                    "the server is stopping; what is known of this action is recorded"
+                ) from None
+            raise
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._inflight.discard(task)
-        if not task.cancelled() and (err := task.exception()) is not None:
-            # Its caller may have gone away: the failure is logged here either way.
+        if task.cancelled() or (err := task.exception()) is None:
+            return
+        # Its caller may have gone away: an unexpected failure is logged here either
+        # way (a domain error is an answer, which a caller still waiting receives).
+        if isinstance(err, DomainError):
+            log.debug("an execution ended with %r", err)
+        else:
             log.warning("an execution ended with an error: %r", err)
 
     async def drain(self, seconds: float) -> None:
