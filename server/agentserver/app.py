@@ -223,8 +223,8 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         offline=offline,
         action_ttl=timedelta(seconds=settings.action_ttl_seconds),
         holder=(
-            PgExchangeHolder(pg_pool)
-            if pg_pool is not None
+            PgExchangeHolder(pg_pool, ledger_store)
+            if pg_pool is not None and isinstance(ledger_store, PgLedgerStore)
             else SqlExchangeHolder(engine, ledger_store, agent_store)
         ),
     )

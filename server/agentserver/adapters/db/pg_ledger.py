@@ -1,43 +1,58 @@
-"""The ledger's hot writes on PostgreSQL, one statement per batch (see pg.py).
+"""The ledger's hot writes on PostgreSQL: a plan made without reading first, applied
+in one statement (see pg.py for why asyncpg directly).
 
-Each fast statement does what the general path in `SqlLedgerStore` does, for the
-common case only, and gives up without writing anything otherwise:
+The kernel plans the same way for every store; what differs here is the snapshot.
+The hot path plans *blind*: from the tenant's wallet directory (which wallets
+exist, cached: wallets are never deleted) but not their balances, and with no
+prior writes. The plan then carries its assumptions as guards, and the statement
+checks them as it writes: the wallet has `need` tokens available, the batch does
+not cross its low-balance threshold, a location charged to the tenant's wallet
+still has none of its own, the request ids are unused (the unique key). When a
+guard fails nothing is written, and the batch goes the general way
+(`SqlLedgerStore`): a full snapshot under the wallet's lock, and the same kernel,
+which explains each item (a replay, a conflict, a refusal, a crossing).
 
-* debits: when every debit of the batch is new and the batch fits the wallet
-  whole. The conditional UPDATE of the wallet is the check; entries and
-  reservations are inserted in the same statement from the wallet's new row. A
-  replayed request_id fails the statement on the unique key.
-* reservation ends: every reservation that is pending, unexpired and big enough
-  is claimed, its wallet moved once, its entry appended.
+Successes of actions (a capture, the action marked succeeded and its reply
+rewritten) are planned the same way from what the executor knows of each
+reservation; the statement guards each end (pending, of that amount, on that
+wallet, unexpired), and what it could not end goes the general way.
 
-What the fast statement did not settle goes through the general path, which
-explains each item (replay, conflict, partial fit, ended, expired, not found).
+Only guards and arithmetic over the plan's numbers are written in SQL here: which
+wallet pays, what fits, each entry's deltas and kind, and what an end captures
+are the kernel's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentserver.adapters.db.ledger_store import SqlLedgerStore, to_reservation
+from agentserver.adapters.db.ledger_store import IDS, SqlLedgerStore, to_reservation
 from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
 from agentserver.domain.actions import ActionState
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError
-from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import (
-    DEFAULT_RESERVATION_TTL,
     Debit,
     DebitResult,
     EndRequest,
     Entry,
-    EntryKind,
     Reservation,
     ReservationState,
+)
+from agentserver.domain.ledger_kernel import (
+    Columns,
+    Fresh,
+    Plan,
+    Snapshot,
+    Wallet,
+    debit_results,
+    plan_debits,
+    plan_ends,
 )
 
 _ENTRY_COLUMNS = (
@@ -46,138 +61,143 @@ _ENTRY_COLUMNS = (
     "reserved_after, arrears_after, description, request_id, request_hash, reservation_id, "
     "created_at"
 )
+_PENDING = ReservationState.PENDING.value
 
-# Debits of one wallet that fit it whole: $1 tenant, $2 location, $3 now, $4 used_add,
-# $5 reserved_add, $6 need; $7..$18 per debit (see `DebitPlan.args`). Nothing is
-# written unless the wallet's conditional UPDATE (`w`) matched.
+# A blind debit plan of one wallet: $1 tenant, $2 now, $3 wallet, $4 used delta,
+# $5 reserved delta, $6 need, $7 a location that must have no wallet ('' none);
+# per entry $8..$20; per new reservation $21..$26 (see `debit_args`). Nothing is
+# written unless the wallet's guarded UPDATE (`w`) matched.
 DEBIT_CTES = f"""
 w AS (
   UPDATE business_tokens
-     SET used_tokens = used_tokens + $4, reserved_tokens = reserved_tokens + $5, updated_at = $3
-   WHERE id = (SELECT id FROM business_tokens
-                WHERE tenant_id = $1 AND location_id IN ($2, '')
-                ORDER BY location_id DESC LIMIT 1)
+     SET used_tokens = used_tokens + $4, reserved_tokens = reserved_tokens + $5, updated_at = $2
+   WHERE id = $3
      AND total_tokens - used_tokens - reserved_tokens >= $6
-  RETURNING id, tenant_id, location_id, total_tokens, used_tokens, reserved_tokens,
-            arrears_tokens, low_balance_threshold
-), d AS (
-  SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                       $12::bigint[], $13::text[], $14::text[], $15::text[],
-                       $16::timestamptz[], $17::bigint[], $18::bigint[])
-    AS d(entry_id, request_id, request_hash, kind, operation_type, tokens, location_id,
-         description, reservation_id, expires_at, used_later, reserved_later)
+     AND NOT (total_tokens - used_tokens - reserved_tokens >= low_balance_threshold
+              AND low_balance_threshold > total_tokens - used_tokens - reserved_tokens - $6)
+     AND ($7 = '' OR NOT EXISTS (SELECT 1 FROM business_tokens o
+                                  WHERE o.tenant_id = $1 AND o.location_id = $7))
+  RETURNING id, location_id, total_tokens, used_tokens, reserved_tokens, arrears_tokens,
+            low_balance_threshold
 ), r AS (
   INSERT INTO reservations (id, tenant_id, wallet_id, location_id, wallet_location_id,
                             operation_type, amount, captured_amount, state, description,
                             expires_at, created_at, ended_at)
-  SELECT d.reservation_id, w.tenant_id, w.id, d.location_id, w.location_id, d.operation_type,
-         d.tokens, 0, 'pending', d.description, d.expires_at, $3, NULL
-    FROM d CROSS JOIN w
-   WHERE d.reservation_id IS NOT NULL
+  SELECT d.id, $1, w.id, d.location_id, w.location_id, d.operation_type, d.amount, 0,
+         '{_PENDING}', d.description, d.expires_at, $2, NULL
+    FROM unnest($21::text[], $22::text[], $23::text[], $24::bigint[], $25::text[],
+                $26::timestamptz[])
+      AS d(id, location_id, operation_type, amount, description, expires_at)
+   CROSS JOIN w
 ), e AS (
   INSERT INTO token_usage_logs ({_ENTRY_COLUMNS})
-  SELECT d.entry_id, w.tenant_id, d.location_id, w.id, w.location_id, d.operation_type, d.kind,
-         d.tokens, 0,
-         CASE WHEN d.kind = 'charge' THEN d.tokens ELSE 0 END,
-         CASE WHEN d.kind = 'reserve' THEN d.tokens ELSE 0 END,
-         0, w.total_tokens, w.used_tokens - d.used_later, w.reserved_tokens - d.reserved_later,
-         w.arrears_tokens, d.description, d.request_id, d.request_hash, d.reservation_id, $3
-    FROM d CROSS JOIN w
-), low AS (
-  INSERT INTO events (tenant_id, kind, actor, subject, outcome, payload, created_at)
-  SELECT w.tenant_id, 'ledger.low_balance', '',
-         'tenants/' || w.tenant_id || '/wallets/'
-           || CASE WHEN w.location_id = '' THEN '-' ELSE w.location_id END,
-         '',
-         jsonb_build_object('available', w.total_tokens - w.used_tokens - w.reserved_tokens,
-                            'threshold', w.low_balance_threshold)::json,
-         $3
-    FROM w
-   WHERE w.total_tokens - w.used_tokens - w.reserved_tokens + $6 >= w.low_balance_threshold
-     AND w.low_balance_threshold > w.total_tokens - w.used_tokens - w.reserved_tokens
+  SELECT d.id, $1, d.location_id, w.id, w.location_id, d.operation_type, d.kind, d.tokens,
+         0, d.used_delta, d.reserved_delta, 0,
+         w.total_tokens, w.used_tokens - d.used_later, w.reserved_tokens - d.reserved_later,
+         w.arrears_tokens, d.description, d.request_id, d.request_hash, d.reservation_id, $2
+    FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
+                $14::text[], $15::text[], $16::text[], $17::bigint[], $18::bigint[],
+                $19::bigint[], $20::bigint[])
+      AS d(id, request_id, request_hash, kind, operation_type, tokens, location_id,
+           description, reservation_id, used_delta, reserved_delta, used_later, reserved_later)
+   CROSS JOIN w
 )
 """
 _DEBITS = f"""
 WITH {DEBIT_CTES}
-SELECT id, location_id, total_tokens, used_tokens, reserved_tokens FROM w
+SELECT id, location_id, total_tokens, used_tokens, reserved_tokens, arrears_tokens,
+       low_balance_threshold FROM w
 """
 
 
-def _ends_statement(*, succeed_actions: bool) -> str:
-    """End reservations: $1 tenant, $2 now, then arrays per request in reservation-id
-    order (the lock order of the general path, so the two never deadlock).
+def debit_args(plan: Plan) -> list[Any]:
+    """The 26 parameters of `DEBIT_CTES` for a blind plan of one wallet."""
+    (move,) = plan.moves
+    assert move.blind and move.delta.total == 0 and move.delta.arrears == 0
+    entries = plan.entries
+    return [
+        plan.tenant_id,
+        plan.now,
+        move.wallet_id,
+        move.delta.used,
+        move.delta.reserved,
+        move.need,
+        move.absent_location,
+        [e.id for e in entries],
+        [e.request_id for e in entries],
+        [e.request_hash for e in entries],
+        [e.kind.value for e in entries],
+        [e.operation_type.value for e in entries],
+        [e.tokens for e in entries],
+        [e.location_id for e in entries],
+        [e.description for e in entries],
+        [e.reservation_id for e in entries],
+        [e.delta.used for e in entries],
+        [e.delta.reserved for e in entries],
+        [e.later.used for e in entries],
+        [e.later.reserved for e in entries],
+        [r.id for r in plan.reservations],
+        [r.location_id for r in plan.reservations],
+        [r.operation_type.value for r in plan.reservations],
+        [r.amount for r in plan.reservations],
+        [r.description for r in plan.reservations],
+        [r.expires_at for r in plan.reservations],
+    ]
 
-    Rows are reached by primary key only: `id = ANY(<the ids>)` besides the join,
-    and the other conditions written so that no index matches them (`col || ''`).
-    PostgreSQL soon reuses a generic plan, which cannot size the arrays; given an
-    indexable `tenant_id = $1` or `state = 'pending'` it walked every row of the
-    tenant, or every pending reservation (measured: most of the database's CPU).
 
-    With `succeed_actions`, each request also names an action ($10) and its result
-    ($11, JSON text or NULL to keep it): an action whose reservation was captured
-    moves from executing to succeeded in the same statement, so the tokens and the
-    state change commit together; and, when it did, the message $12 (or NULL) gets
-    the content $13: the reply that reports the success."""
-    action_columns = action_names = returned = ""
-    if succeed_actions:
-        action_columns = ", $10::text[], $11::text[], $12::text[], $13::text[]"
-        action_names = ", action_id, result, message_id, content"
-        returned = ", q.action_id, q.result, q.message_id, q.content"
-    succeed = final = ""
-    if succeed_actions:
-        succeed = f"""
-, a AS (
-  UPDATE actions t
-     SET state = '{ActionState.SUCCEEDED.value}', updated_at = $2, version = t.version + 1,
-         result = coalesce(x.result::json, t.result)
-    FROM x
-   WHERE t.id = ANY($10::text[]) AND t.id = x.action_id AND t.tenant_id || '' = $1
-     AND t.state || '' = '{ActionState.EXECUTING.value}'
-  RETURNING t.id
-), rv AS (
-  UPDATE messages mm SET content = x.content
-    FROM x
-   WHERE mm.id = ANY($12::text[]) AND mm.id = x.message_id AND mm.tenant_id || '' = $1
-     AND EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id)
-  RETURNING mm.id
-)"""
-        final = (
-            ", EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id) AS advanced"
-            ", EXISTS (SELECT 1 FROM rv WHERE rv.id = x.message_id) AS revised"
-        )
-    return f"""
+def final_columns(row: Any) -> Columns:
+    return Columns(
+        row["total_tokens"],
+        row["used_tokens"],
+        row["reserved_tokens"],
+        row["arrears_tokens"],
+        row["low_balance_threshold"],
+    )
+
+
+# Reservation ends, and with them (when an end names one) an action's success: $1
+# tenant, $2 now, per end (in reservation-id order, the lock order of the general path)
+# $3 reservation, $4 amount, $5 wallet, $6 new state, $7 captured, $8 used delta,
+# $9 reserved delta, $10 entry id, $11 kind, $12 tokens, $13 request id, $14 request
+# hash, $15 position in the plan, $16 action to mark succeeded (or NULL), $17 its
+# result (JSON, NULL keeps it), $18 a message to rewrite (or NULL), $19 its content.
+# Each end is guarded on its own; the wallets move by what the claimed ends' planned
+# deltas add up to, and each entry's after-values are the final columns less what
+# later claimed entries add. An entry's descriptive fields are copied from its row.
+_ENDS = f"""
 WITH q AS (
-  SELECT * FROM unnest($3::text[], $4::bool[], $5::bigint[], $6::text[], $7::text[],
-                       $8::text[], $9::int[]{action_columns})
-    AS q(reservation_id, capture, amount, entry_id, request_id, request_hash, ord{action_names})
+  SELECT * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[],
+                       $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::bigint[],
+                       $13::text[], $14::text[], $15::int[], $16::text[], $17::text[],
+                       $18::text[], $19::text[])
+    AS q(reservation_id, amount, wallet_id, to_state, captured, used_delta, reserved_delta,
+         entry_id, kind, tokens, request_id, request_hash, ord, action_id, result,
+         message_id, content)
 ), c AS (
   UPDATE reservations r
-     SET state = CASE WHEN q.capture THEN 'captured' ELSE 'released' END,
-         captured_amount = CASE WHEN q.capture THEN coalesce(q.amount, r.amount) ELSE 0 END,
-         ended_at = $2
+     SET state = q.to_state, captured_amount = q.captured, ended_at = $2
     FROM q
    WHERE r.id = ANY($3::text[]) AND r.id = q.reservation_id AND r.tenant_id || '' = $1
-     AND r.state || '' = 'pending' AND r.expires_at > $2
-     AND (q.amount IS NULL OR r.amount >= q.amount)
-  RETURNING r.id, r.tenant_id, r.wallet_id, r.location_id, r.wallet_location_id,
-            r.operation_type, r.amount, r.captured_amount, r.state, r.description,
-            r.expires_at, r.created_at, r.ended_at,
-            q.entry_id, q.request_id, q.request_hash, q.ord{returned}
+     AND r.state || '' = '{_PENDING}' AND r.amount = q.amount AND r.wallet_id = q.wallet_id
+     AND r.expires_at > $2
+  RETURNING r.id, r.tenant_id, r.location_id, r.wallet_location_id, r.operation_type,
+            r.description, q.*
 ), s AS (
-  SELECT wallet_id, sum(captured_amount)::bigint AS used_add,
-         sum(amount)::bigint AS reserved_sub
+  SELECT wallet_id, sum(used_delta)::bigint AS used_add,
+         sum(reserved_delta)::bigint AS reserved_add
     FROM c GROUP BY wallet_id
 ), m AS (
   UPDATE business_tokens w
      SET used_tokens = w.used_tokens + s.used_add,
-         reserved_tokens = w.reserved_tokens - s.reserved_sub, updated_at = $2
+         reserved_tokens = w.reserved_tokens + s.reserved_add, updated_at = $2
     FROM s
    WHERE w.id = s.wallet_id
   RETURNING w.id, w.total_tokens, w.used_tokens, w.reserved_tokens, w.arrears_tokens
 ), x AS (
   SELECT c.*, m.total_tokens AS total_after,
-         m.used_tokens - coalesce(sum(c.captured_amount) OVER later, 0)::bigint AS used_after,
-         m.reserved_tokens + coalesce(sum(c.amount) OVER later, 0)::bigint AS reserved_after,
+         m.used_tokens - coalesce(sum(c.used_delta) OVER later, 0)::bigint AS used_after,
+         m.reserved_tokens - coalesce(sum(c.reserved_delta) OVER later, 0)::bigint
+           AS reserved_after,
          m.arrears_tokens AS arrears_after
     FROM c JOIN m ON m.id = c.wallet_id
   WINDOW later AS (PARTITION BY c.wallet_id ORDER BY c.ord DESC
@@ -185,253 +205,266 @@ WITH q AS (
 ), e AS (
   INSERT INTO token_usage_logs ({_ENTRY_COLUMNS})
   SELECT entry_id, tenant_id, location_id, wallet_id, wallet_location_id, operation_type,
-         CASE WHEN state = 'captured' THEN 'capture' ELSE 'release' END,
-         CASE WHEN state = 'captured' THEN captured_amount ELSE amount END,
-         0, captured_amount, -amount, 0, total_after, used_after, reserved_after, arrears_after,
-         description, request_id, request_hash, id, $2
+         kind, tokens, 0, used_delta, reserved_delta, 0, total_after, used_after,
+         reserved_after, arrears_after, description, request_id, request_hash, id, $2
     FROM x
-){succeed}
-SELECT x.*{final} FROM x
+), a AS (
+  UPDATE actions t
+     SET state = '{ActionState.SUCCEEDED.value}', updated_at = $2, version = t.version + 1,
+         result = coalesce(x.result::json, t.result)
+    FROM x
+   WHERE t.id = ANY($16::text[]) AND t.id = x.action_id AND t.tenant_id || '' = $1
+     AND t.state || '' = '{ActionState.EXECUTING.value}'
+  RETURNING t.id
+), rv AS (
+  UPDATE messages mm SET content = x.content
+    FROM x
+   WHERE mm.id = ANY($18::text[]) AND mm.id = x.message_id AND mm.tenant_id || '' = $1
+     AND EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id)
+  RETURNING mm.id
+)
+SELECT x.ord, x.total_after, x.used_after, x.reserved_after,
+       EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id) AS advanced,
+       EXISTS (SELECT 1 FROM rv WHERE rv.id = x.message_id) AS revised
+  FROM x
 """
-
-
-_ENDS = _ends_statement(succeed_actions=False)
-_ENDS_SUCCEEDING = _ends_statement(succeed_actions=True)
-
-
-@dataclass(frozen=True)
-class DebitPlan:
-    """What the debit CTEs need besides the debits: ids, and each entry's offsets
-    from the wallet's final columns (what the debits after it add)."""
-
-    debits: Sequence[Debit]
-    entry_ids: list[str]
-    reservation_ids: list[str | None]
-    expires: list[datetime | None]
-    used_later: list[int]
-    reserved_later: list[int]
-    used_add: int
-    reserved_add: int
-
-    @classmethod
-    def of(cls, debits: Sequence[Debit], now: datetime) -> DebitPlan:
-        n = len(debits)
-        used_later = [0] * n
-        reserved_later = [0] * n
-        used_add = reserved_add = 0
-        for i in range(n - 1, -1, -1):
-            used_later[i], reserved_later[i] = used_add, reserved_add
-            if debits[i].kind is EntryKind.RESERVE:
-                reserved_add += debits[i].amount
-            else:
-                used_add += debits[i].amount
-        reserving = [d.kind is EntryKind.RESERVE for d in debits]
-        return cls(
-            debits=debits,
-            entry_ids=[new_id("ent") for _ in range(n)],
-            reservation_ids=[
-                (d.reservation_id or new_id("res")) if r else None
-                for d, r in zip(debits, reserving, strict=True)
-            ],
-            expires=[
-                now + (d.ttl or DEFAULT_RESERVATION_TTL) if r else None
-                for d, r in zip(debits, reserving, strict=True)
-            ],
-            used_later=used_later,
-            reserved_later=reserved_later,
-            used_add=used_add,
-            reserved_add=reserved_add,
-        )
-
-    def args(self, tenant_id: str, location_id: str, now: datetime) -> list[Any]:
-        """The 18 parameters of `DEBIT_CTES`."""
-        debits = self.debits
-        return [
-            tenant_id,
-            location_id,
-            now,
-            self.used_add,
-            self.reserved_add,
-            self.used_add + self.reserved_add,
-            self.entry_ids,
-            [d.request_id for d in debits],
-            [d.request_hash() for d in debits],
-            [d.kind.value for d in debits],
-            [d.operation_type.value for d in debits],
-            [d.amount for d in debits],
-            [d.location_id for d in debits],
-            [d.description for d in debits],
-            self.reservation_ids,
-            self.expires,
-            self.used_later,
-            self.reserved_later,
-        ]
+_RESERVATIONS = "SELECT * FROM reservations WHERE id = ANY($2::text[]) AND tenant_id || '' = $1"
 
 
 @dataclass(frozen=True)
 class SuccessItem:
-    """An action's success for `succeed_actions`: the capture of its reservation,
-    its result (JSON text, None keeps it) and a message to rewrite (or None)."""
+    """An action's success for `succeed_actions`: the capture of its reservation as
+    the executor knows it (id, amount, the location it was held for, what it pays
+    for), its result (JSON text, None keeps it) and a message to rewrite (or None)."""
 
     end: EndRequest
+    amount: int
+    location_id: str
+    operation_type: OperationType
     action_id: str
     result: str | None
     message_id: str | None = None
     content: str | None = None
 
 
+# Where an expected reservation's real expiry is checked: by the statement's guard.
+_UNKNOWN_EXPIRY = datetime.max.replace(tzinfo=UTC)
+
+
 class PgLedgerStore(SqlLedgerStore):
-    """SqlLedgerStore with the batch writes as single asyncpg statements."""
+    """SqlLedgerStore with blind plans applied in one asyncpg statement each."""
 
     def __init__(
         self, engine: AsyncEngine, pool: PgPool, *, low_balance_threshold: int = 50
     ) -> None:
         super().__init__(engine, low_balance_threshold=low_balance_threshold)
         self._pool = pool
+        self._directories: dict[str, tuple[Wallet, ...]] = {}
+
+    async def directory(self, tenant_id: str) -> Snapshot:
+        """A blind snapshot: the tenant's wallets without their balances. Cached (a
+        wallet once created is never deleted); a failed guard drops the cache."""
+        wallets = self._directories.get(tenant_id)
+        if wallets is None:
+            rows = await self._pool.fetch(
+                "SELECT id, tenant_id, location_id FROM business_tokens WHERE tenant_id = $1",
+                tenant_id,
+            )
+            wallets = tuple(Wallet(r["id"], r["tenant_id"], r["location_id"]) for r in rows)
+            if wallets:
+                self._directories[tenant_id] = wallets
+        return Snapshot(tenant_id, wallets)
+
+    def forget(self, tenant_id: str) -> None:
+        self._directories.pop(tenant_id, None)
+
+    async def blind_debits(
+        self, tenant_id: str, location_id: str, debits: Sequence[Debit], now: datetime
+    ) -> Plan | None:
+        """The blind plan of a batch of debits, or None when the general path must
+        take it (a request id repeated inside the batch, which it pairs up; no wallet,
+        which it explains)."""
+        if len({d.request_id for d in debits}) != len(debits):
+            return None
+        plan = plan_debits(await self.directory(tenant_id), location_id, debits, now, IDS)
+        return plan if plan.moves else None
 
     async def apply_debits(
         self, tenant_id: str, location_id: str, debits: Sequence[Debit], now: datetime
     ) -> list[DebitResult | DomainError]:
-        fast = await self._fast_debits(tenant_id, location_id, debits, now)
-        if fast is not None:
-            return list(fast)
+        plan = await self.blind_debits(tenant_id, location_id, debits, now)
+        if plan is not None:
+            try:
+                rows = await self._pool.fetch(_DEBITS, *debit_args(plan))
+            except RETRY_ALONE:
+                rows = []  # a request id used before: the general path explains it
+            if rows:
+                return debit_results(plan, {plan.moves[0].wallet_id: final_columns(rows[0])})
+            self.forget(tenant_id)
         return await super().apply_debits(tenant_id, location_id, debits, now)
 
-    async def _fast_debits(
-        self, tenant_id: str, location_id: str, debits: Sequence[Debit], now: datetime
-    ) -> list[DebitResult] | None:
-        if len({d.request_id for d in debits}) != len(debits):
-            return None  # a retry inside the batch: the general path pairs them up
-        plan = DebitPlan.of(debits, now)
-        try:
-            rows = await self._pool.fetch(_DEBITS, *plan.args(tenant_id, location_id, now))
-        except RETRY_ALONE:
-            return None
-        if not rows:
-            return None  # no wallet, or the batch does not fit whole
-        wallet = rows[0]
-        results = []
-        for i, d in enumerate(debits):
-            entry = Entry(
-                id=plan.entry_ids[i],
-                tenant_id=tenant_id,
-                location_id=d.location_id,
-                wallet_location_id=wallet["location_id"],
-                operation_type=d.operation_type,
-                kind=d.kind,
-                tokens=d.amount,
-                description=d.description,
-                request_id=d.request_id,
-                reservation_id=plan.reservation_ids[i],
-                total_after=wallet["total_tokens"],
-                used_after=wallet["used_tokens"] - plan.used_later[i],
-                reserved_after=wallet["reserved_tokens"] - plan.reserved_later[i],
-                created_at=now,
-            )
-            reservation = None
-            res_id, expires_at = plan.reservation_ids[i], plan.expires[i]
-            if res_id is not None and expires_at is not None:
-                reservation = Reservation(
-                    id=res_id,
-                    tenant_id=tenant_id,
-                    location_id=d.location_id,
-                    wallet_location_id=wallet["location_id"],
-                    operation_type=d.operation_type,
-                    amount=d.amount,
-                    captured_amount=0,
-                    state=ReservationState.PENDING,
-                    description=d.description,
-                    expires_at=expires_at,
-                    created_at=now,
-                    ended_at=None,
-                )
-            results.append(DebitResult(entry=entry, reservation=reservation))
-        return results
-
     async def end_reservations(
-        self, tenant_id: str, requests: Sequence[EndRequest], now: datetime
-    ) -> list[tuple[Reservation, Entry] | DomainError]:
-        results: list[tuple[Reservation, Entry] | DomainError | None] = [None] * len(requests)
-        for row in await self._fast_ends(tenant_id, requests, now) or []:
-            results[row["ord"]] = (to_reservation(_Row(row)), _end_entry(row, now))
-        return await self._end_rest(tenant_id, requests, now, results)
-
-    async def succeed_actions(
         self,
         tenant_id: str,
-        items: Sequence[SuccessItem],
+        requests: Sequence[EndRequest],
         now: datetime,
+        *,
+        expiring: bool = False,
+    ) -> list[tuple[Reservation, Entry] | DomainError]:
+        """Ends planned from the reservations as read (one query), written in one
+        guarded statement; what it could not end, or an end the plan refuses,
+        replays or expires, goes the general way, which explains it."""
+        results: list[tuple[Reservation, Entry] | DomainError | None] = [None] * len(requests)
+        order = _first_per_reservation([r.reservation_id for r in requests])
+        if not expiring and order:
+            rows = await self._pool.fetch(
+                _RESERVATIONS, tenant_id, [requests[i].reservation_id for i in order]
+            )
+            read = {r["id"]: to_reservation(_Row(r)) for r in rows}
+            snap = await self.directory(tenant_id)
+            plan = plan_ends(
+                Snapshot(tenant_id, snap.wallets, reservations=read),
+                [requests[i] for i in order],
+                now,
+                IDS,
+            )
+            for pos, entry, _, _ in await self._write_ends(plan, None) or []:
+                outcome = plan.outcomes[pos]
+                assert isinstance(outcome, Fresh) and outcome.reservation is not None
+                results[order[pos]] = (outcome.reservation, entry)
+        rest = [i for i, r in enumerate(results) if r is None]
+        if rest:
+            done = await super().end_reservations(
+                tenant_id, [requests[i] for i in rest], now, expiring=expiring
+            )
+            for i, result in zip(rest, done, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    async def succeed_actions(
+        self, tenant_id: str, items: Sequence[SuccessItem], now: datetime
     ) -> list[tuple[bool, bool] | None]:
         """Capture each item's reservation and move its action from executing to
         succeeded (rewriting its message, if it names one), in one statement. Per
         item: (advanced, revised) when the tokens were captured, where `advanced` is
         False if the action had left executing; None when nothing was done (the
         caller goes the general way, which explains)."""
-        rows = await self._fast_ends(
-            tenant_id,
-            [item.end for item in items],
-            now,
-            [(i.action_id, i.result, i.message_id, i.content) for i in items],
-        )
         out: list[tuple[bool, bool] | None] = [None] * len(items)
-        for row in rows or []:
-            out[row["ord"]] = (bool(row["advanced"]), bool(row["revised"]))
+        order = _first_per_reservation([item.end.reservation_id for item in items])
+        snap = await self.directory(tenant_id)
+        expected: dict[str, Reservation] = {}
+        for i in order:
+            item = items[i]
+            wallet = snap.paying_wallet(item.location_id)
+            if wallet is None:
+                return out
+            expected[item.end.reservation_id] = Reservation(
+                id=item.end.reservation_id,
+                tenant_id=tenant_id,
+                location_id=item.location_id,
+                wallet_location_id=wallet.location_id,
+                operation_type=item.operation_type,
+                amount=item.amount,
+                captured_amount=0,
+                state=ReservationState.PENDING,
+                description="",  # the statement copies it from the reservation's row
+                expires_at=_UNKNOWN_EXPIRY,
+                created_at=now,
+                ended_at=None,
+            )
+        plan = plan_ends(
+            Snapshot(tenant_id, snap.wallets, reservations=expected),
+            [items[i].end for i in order],
+            now,
+            IDS,
+        )
+        written = await self._write_ends(plan, [items[i] for i in order])
+        for pos, _, advanced, revised in written or []:
+            out[order[pos]] = (advanced, revised)
         return out
 
-    async def _fast_ends(
-        self,
-        tenant_id: str,
-        requests: Sequence[EndRequest],
-        now: datetime,
-        actions: Sequence[tuple[str, str | None, str | None, str | None]] | None = None,
-    ) -> list[Any] | None:
-        """The claimed rows (with `ord`, the request's index), or None when the
-        statement failed whole (a reused request_id, a lock cycle)."""
-        order: list[int] = []
-        seen: set[str] = set()
-        for i in sorted(range(len(requests)), key=lambda i: requests[i].reservation_id):
-            if requests[i].reservation_id not in seen:  # a second end is explained alone
-                seen.add(requests[i].reservation_id)
-                order.append(i)
-        reqs = [requests[i] for i in order]
-        entry_ids = {i: new_id("ent") for i in sorted(order)}  # ids in arrival order
-        args: list[Any] = [
-            tenant_id,
-            now,
-            [r.reservation_id for r in reqs],
-            [r.capture for r in reqs],
-            [r.amount if r.capture else None for r in reqs],
-            [entry_ids[i] for i in order],
-            [r.request_id for r in reqs],
-            [self._end_hash(r) for r in reqs],
-            order,
+    async def _write_ends(
+        self, plan: Plan, items: Sequence[SuccessItem] | None
+    ) -> list[tuple[int, Entry, bool, bool]] | None:
+        """Write a plan of fresh ends (with `items`' successes): per end written, its
+        position in the plan, its entry, and whether its action advanced and its
+        message was rewritten. None when the plan is not all fresh ends, or the
+        statement failed whole (a request id used before)."""
+        if not plan.ends or not all(isinstance(o, Fresh) for o in plan.outcomes):
+            return None
+        if len(plan.ends) != len(plan.outcomes):
+            return None  # an end the plan added (an expiry): the general path writes it
+        n = len(plan.ends)
+        # Rows in reservation-id order (the lock order of the general path, so the two
+        # never wait on each other in a cycle); `ord` keeps the plan's order, which
+        # the entries' after-values follow.
+        perm = sorted(range(n), key=lambda k: plan.ends[k].reservation.id)
+        ends = [plan.ends[k] for k in perm]
+        entries = [plan.entries[k] for k in perm]
+        picked = [items[k] for k in perm] if items else None
+        none: list[str | None] = [None] * n
+        args = [
+            plan.tenant_id,
+            plan.now,
+            [e.reservation.id for e in ends],
+            [e.amount for e in ends],
+            [e.wallet_id for e in ends],
+            [e.reservation.state.value for e in ends],
+            [e.reservation.captured_amount for e in ends],
+            [e.delta.used for e in entries],
+            [e.delta.reserved for e in entries],
+            [e.id for e in entries],
+            [e.kind.value for e in entries],
+            [e.tokens for e in entries],
+            [e.request_id for e in entries],
+            [e.request_hash for e in entries],
+            perm,
+            [i.action_id for i in picked] if picked else none,
+            [i.result for i in picked] if picked else none,
+            [i.message_id for i in picked] if picked else none,
+            [i.content for i in picked] if picked else none,
         ]
-        if actions is not None:
-            args += [[actions[i][k] for i in order] for k in range(4)]
         try:
-            return await self._pool.fetch(_ENDS if actions is None else _ENDS_SUCCEEDING, *args)
+            rows = await self._pool.fetch(_ENDS, *args)
         except RETRY_ALONE:
             return None
+        if len(rows) < n:
+            self.forget(plan.tenant_id)  # perhaps a reservation on another wallet
+        out = []
+        for row in rows:
+            pos = row["ord"]
+            planned = plan.entries[pos]
+            reservation = plan.ends[pos].reservation
+            entry = Entry(
+                id=planned.id,
+                tenant_id=plan.tenant_id,
+                location_id=reservation.location_id,
+                wallet_location_id=reservation.wallet_location_id,
+                operation_type=reservation.operation_type,
+                kind=planned.kind,
+                tokens=planned.tokens,
+                description=reservation.description,
+                request_id=planned.request_id,
+                reservation_id=reservation.id,
+                total_after=row["total_after"],
+                used_after=row["used_after"],
+                reserved_after=row["reserved_after"],
+                created_at=plan.now,
+            )
+            out.append((pos, entry, bool(row["advanced"]), bool(row["revised"])))
+        return out
 
 
-def _end_entry(row: Any, now: datetime) -> Entry:
-    captured = row["state"] == ReservationState.CAPTURED.value
-    return Entry(
-        id=row["entry_id"],
-        tenant_id=row["tenant_id"],
-        location_id=row["location_id"],
-        wallet_location_id=row["wallet_location_id"],
-        operation_type=OperationType(row["operation_type"]),
-        kind=EntryKind.CAPTURE if captured else EntryKind.RELEASE,
-        tokens=row["captured_amount"] if captured else row["amount"],
-        description=row["description"],
-        request_id=row["request_id"],
-        reservation_id=row["id"],
-        total_after=row["total_after"],
-        used_after=row["used_after"],
-        reserved_after=row["reserved_after"],
-        created_at=now,
-    )
+def _first_per_reservation(reservation_ids: Sequence[str]) -> list[int]:
+    """Request indexes in arrival order, the first per reservation (a second end of one
+    reservation is explained by the general path)."""
+    seen: set[str] = set()
+    order = []
+    for i, reservation_id in enumerate(reservation_ids):
+        if reservation_id not in seen:
+            seen.add(reservation_id)
+            order.append(i)
+    return order
 
 
 class _Row:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from agentserver.adapters.db.pg_ledger import PgLedgerStore, SuccessItem
 from agentserver.domain.actions import ActionState
+from agentserver.domain.costs import OperationType
 from agentserver.domain.executor import Settled, Success
 from agentserver.domain.ledger import EndRequest
 
@@ -39,12 +40,16 @@ class PgSettler:
         successes = []
         for i in eligible:
             s = batch[i]
-            assert s.action.reservation_id is not None
+            action = s.action
+            assert action.reservation_id is not None
             revise = s.revision if s.revision and last_of[s.revision.message_id] == i else None
             successes.append(
                 SuccessItem(
-                    end=EndRequest(s.action.reservation_id, s.capture_request_id, capture=True),
-                    action_id=s.action.id,
+                    end=EndRequest(action.reservation_id, s.capture_request_id, capture=True),
+                    amount=action.token_cost,
+                    location_id=action.location_id,
+                    operation_type=OperationType(action.operation_type or OperationType.CUSTOM),
+                    action_id=action.id,
                     result=json.dumps(s.changes["result"]) if "result" in s.changes else None,
                     message_id=revise.message_id if revise else None,
                     content=revise.content if revise else None,

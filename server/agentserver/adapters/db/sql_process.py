@@ -13,12 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.agent_store import SqlAgentStore
-from agentserver.adapters.db.ledger_store import SqlLedgerStore
+from agentserver.adapters.db.ledger_store import IDS, GuardFailed, SqlLedgerStore
 from agentserver.domain.actions import ActionState
 from agentserver.domain.conversations import Exchange
-from agentserver.domain.errors import DomainError
 from agentserver.domain.executor import Settled, Success
-from agentserver.domain.ledger import Debit, DebitResult, EntryKind, request_hash
+from agentserver.domain.ledger import Debit, EndRequest
+from agentserver.domain.ledger_kernel import Fresh, plan_debits, plan_ends
 
 _EXECUTING = frozenset({ActionState.EXECUTING})
 
@@ -45,14 +45,16 @@ class SqlExchangeHolder:
         debits = [d for _, held in batch for d in held]
         try:
             async with self._engine.begin() as conn:
-                results = await self._ledger.apply_debits_on(
-                    conn, tenant_id, location_id, debits, now
-                )
-                if not all(_held_as_asked(r, d) for r, d in zip(results, debits, strict=True)):
-                    raise _Undo  # refused, or a replay: the long way explains it
+                snap = await self._ledger.debit_snapshot_on(conn, tenant_id, location_id, debits)
+                plan = plan_debits(snap, location_id, debits, now, IDS)
+                if not all(
+                    _held_as_asked(o, d) for o, d in zip(plan.outcomes, debits, strict=True)
+                ):
+                    raise _Undo  # refused, a replay or no wallet: the long way explains it
+                await self._ledger.apply_on(conn, plan)
                 await self._agent.insert_exchanges_on(conn, [exchange for exchange, _ in batch])
-        except (_Undo, DomainError):
-            return [False] * len(batch)  # does not fit whole, or no wallet: the long way
+        except (_Undo, GuardFailed):
+            return [False] * len(batch)
         except IntegrityError as err:
             if _reused_key(err):
                 return [False] * len(batch)  # the long way explains it
@@ -67,11 +69,11 @@ def _reused_key(err: IntegrityError) -> bool:
     return code == "23505" if code else "UNIQUE" in str(orig)
 
 
-def _held_as_asked(result: DebitResult | DomainError, debit: Debit) -> bool:
+def _held_as_asked(outcome: object, debit: Debit) -> bool:
     return (
-        isinstance(result, DebitResult)
-        and result.reservation is not None
-        and result.reservation.id == debit.reservation_id
+        isinstance(outcome, Fresh)
+        and outcome.reservation is not None
+        and outcome.reservation.id == debit.reservation_id
     )
 
 
@@ -88,25 +90,19 @@ class SqlSettler:
         try:
             async with self._engine.begin() as conn:
                 return [await self._settle_one(conn, s) for s in batch]
-        except IntegrityError:
+        except (IntegrityError, GuardFailed):
             return [None] * len(batch)  # a reused key: the long way explains each
 
     async def _settle_one(self, conn: Any, s: Success) -> Settled | None:
         action, reservation_id = s.action, s.action.reservation_id
         if reservation_id is None:
             return None
-        claimed = await self._ledger.claim_on(
-            conn,
-            action.tenant_id,
-            reservation_id,
-            s.capture_request_id,
-            request_hash("capture", reservation_id, None),
-            s.now,
-            EntryKind.CAPTURE,
-            None,
-        )
-        if claimed is None:
-            return None  # ended, expired or unknown: the long way explains it
+        capture = EndRequest(reservation_id, s.capture_request_id, capture=True)
+        snap = await self._ledger.end_snapshot_on(conn, action.tenant_id, [capture])
+        plan = plan_ends(snap, [capture], s.now, IDS)
+        if not isinstance(plan.outcomes[0], Fresh):
+            return None  # ended, expired, unknown or replayed: the long way explains it
+        await self._ledger.apply_on(conn, plan)
         if not await self._agent.advance_on(
             conn, action, _EXECUTING, ActionState.SUCCEEDED, s.now, s.changes
         ):
