@@ -77,6 +77,9 @@ async def cmd_key_create(app: App, args: argparse.Namespace) -> int:
         return 2
     default = PLATFORM_DEFAULT_SCOPES if args.platform else TENANT_DEFAULT_SCOPES
     scopes = args.scopes.split(",") if args.scopes else list(default)
+    if args.user is not None and args.platform:
+        print("error: --user binds a tenant key to a person; not with --platform", file=sys.stderr)
+        return 2
     now = app.clock.now()
     expires_at = now + _duration(args.expires_in) if args.expires_in else None
     key_id, key = await app.admin.create_key(
@@ -85,12 +88,16 @@ async def cmd_key_create(app: App, args: argparse.Namespace) -> int:
         args.description,
         now,
         expires_at=expires_at,
+        user_id=args.user,
     )
     if args.quiet:
         print(key)
     else:
         until = f"\nexpires: {expires_at.isoformat()}" if expires_at else ""
-        print(f"key id: {key_id}\nscopes: {','.join(scopes)}{until}\nkey (shown once): {key}")
+        bound = f"\nspeaks for: {args.user} only" if args.user is not None else ""
+        print(
+            f"key id: {key_id}\nscopes: {','.join(scopes)}{bound}{until}\nkey (shown once): {key}"
+        )
     return 0
 
 
@@ -232,6 +239,10 @@ def parser() -> argparse.ArgumentParser:
     s = keys.add_parser("create", help="create an API key (printed once)")
     s.add_argument("--tenant", help="a tenant key for this tenant")
     s.add_argument("--platform", action="store_true", help="a platform (billing) key")
+    s.add_argument(
+        "--user",
+        help="bind the key to this person: it speaks for them only (what a browser gets)",
+    )
     s.add_argument("--scopes", help="comma-separated scopes (default: the key kind's defaults)")
     s.add_argument("--expires-in", help="the key stops working after this long: 90d, 12h, 30m")
     s.add_argument("--description", default="")
