@@ -57,5 +57,7 @@ clean:
 
 define protoc
 mkdir -p $(1) && $(BIN)/python -m grpc_tools.protoc -Iprotos \
-  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
+  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+  --plugin=protoc-gen-connectrpc=$(BIN)/protoc-gen-connectrpc \
+  --connectrpc_out=$(1) --connectrpc_opt=protobuf=google $(PROTOS)
 endef

@@ -16,6 +16,7 @@ from agentserver.domain.costs import CostTable, OperationCost, OperationType
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import InvalidArgument
 from agentserver.domain.ledger import Balance, Entry, EntryKind, Reservation, ReservationState
+from agentserver.domain.people import DecisionRight
 from agentserver.domain.registry import ActionDefinition, Registry
 from agentserver.v1 import (
     agent_service_pb2,
@@ -208,7 +209,37 @@ def state_from_pb(value: int) -> ActionState:
     ]
 
 
-def action_to_pb(a: Action) -> agent_service_pb2.Action:
+def level_from_pb(value: int) -> DecisionLevel:
+    return DecisionLevel[
+        _enum_name(
+            common_pb2.DecisionLevel,
+            value,
+            "DECISION_LEVEL_",
+            "levels",
+            f"{value} is not a decision level",
+        )
+    ]
+
+
+def reservation_state_from_pb(value: int) -> ReservationState:
+    return ReservationState[
+        _enum_name(
+            token_service_pb2.ReservationState,
+            value,
+            "RESERVATION_STATE_",
+            "states",
+            f"{value} is not a reservation state",
+        )
+    ]
+
+
+def right_to_pb(r: DecisionRight) -> agent_service_pb2.DecisionRight:
+    return agent_service_pb2.DecisionRight(
+        allowed=r.allowed, reason=r.reason, explanation=r.explanation, deciders=r.deciders
+    )
+
+
+def action_to_pb(a: Action, right: DecisionRight | None = None) -> agent_service_pb2.Action:
     result = a.result or {}
     return agent_service_pb2.Action(
         id=a.id,
@@ -245,6 +276,7 @@ def action_to_pb(a: Action) -> agent_service_pb2.Action:
         create_time=ts(a.created_at),
         update_time=ts(a.updated_at),
         expire_time=ts(a.expires_at),
+        decision_right=right_to_pb(right) if right is not None else None,
     )
 
 

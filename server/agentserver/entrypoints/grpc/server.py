@@ -54,7 +54,7 @@ async def start_server(app: App, listen: str) -> RunningServer:
     access_log = app.settings.access_log
     tokens = TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log)
     agent = AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log)
-    conversations = ConversationServicer(app.auth, app.agent_store, access_log=access_log)
+    conversations = ConversationServicer(app.auth, app.agent, access_log=access_log)
     for servicer, service in (
         (tokens, TOKEN_SERVICE),
         (agent, AGENT_SERVICE),
