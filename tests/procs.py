@@ -52,6 +52,7 @@ def wait_serving(
 def start(cwd: Path, **settings: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     settings.setdefault("listen", f"127.0.0.1:{port}")
+    settings.setdefault("web_listen", f"127.0.0.1:{free_port()}")
     proc = subprocess.Popen(
         [str(BIN / "agentserver"), "serve"],
         cwd=cwd,
