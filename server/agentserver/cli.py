@@ -208,6 +208,22 @@ async def cmd_policy_set(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_envoy_config(args: argparse.Namespace) -> int:
+    from agentserver.entrypoints.web.envoy import render_envoy
+
+    settings = Settings.from_env()
+    print(
+        render_envoy(
+            upstream=args.upstream or settings.listen,
+            listen=args.listen,
+            admin=args.admin,
+            origins=settings.web_origins,
+        ),
+        end="",
+    )
+    return 0
+
+
 def cmd_secret_key(args: argparse.Namespace) -> int:
     from agentserver.adapters.secrets import generate_key
 
@@ -294,6 +310,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tenant", required=True)
     s.add_argument("policy", help='e.g. \'{"level_overrides": {"sms.send": "approval_required"}}\'')
     s.set_defaults(fn=cmd_policy_set)
+
+    s = sub.add_parser(
+        "envoy-config",
+        help="print an Envoy configuration (gRPC-web, CORS from AGENTSERVER_WEB_ORIGINS)",
+    )
+    s.add_argument("--listen", default="0.0.0.0:8081", help="Envoy's address for browsers")
+    s.add_argument("--admin", default="127.0.0.1:9901", help="Envoy's admin address")
+    s.add_argument("--upstream", default="", help="the gRPC server (default AGENTSERVER_LISTEN)")
+    s.set_defaults(offline=cmd_envoy_config)
 
     s = sub.add_parser("secret-key", help="print a new key for AGENTSERVER_SECRET_KEYS")
     s.set_defaults(offline=cmd_secret_key)
