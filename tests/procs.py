@@ -124,3 +124,27 @@ def start_envoy(
         time.sleep(0.1)
     proc.kill()
     raise TimeoutError(f"envoy not ready: {(workdir / 'envoy.log').read_text()[-3000:]}")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def ensure_chromium() -> Path | None:
+    """Debian's chromium (Playwright cannot download browsers here): installed with
+    apt-get when absent. None when that is not possible."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        try:
+            subprocess.run(command, env=env, capture_output=True, timeout=900, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return CHROMIUM if CHROMIUM.exists() else None

@@ -50,7 +50,7 @@ export function conversationsView(ctx: Context): HTMLElement {
 
   async function open(sessionId: string, name: string): Promise<void> {
     current = sessionId;
-    title.textContent = name || sessionId;
+    title.textContent = name || "Conversation";
     clear(thread);
     await loadMessages(false);
     input.focus();
@@ -123,6 +123,8 @@ export function conversationsView(ctx: Context): HTMLElement {
   older.addEventListener("click", () => void loadMessages(true));
   moreSessions.addEventListener("click", () => void loadSessions(true));
   void loadSessions(false);
+  const wanted = ctx.takeSession();
+  if (wanted) void open(wanted, "");
   const fresh = () => {
     current = "";
     title.textContent = "New conversation";

@@ -10,7 +10,13 @@ import { MessageRole } from "./gen/agentserver/v1/conversation_service_pb";
 import { levelName, LEVELS, stateName, STATES, WAITING } from "./labels";
 import { schemaForm, type Schema } from "./schema";
 
-export type Context = { api: Api; onError: (err: unknown) => void; refreshBalance: () => void };
+export type Context = {
+  api: Api;
+  onError: (err: unknown) => void;
+  refreshBalance: () => void;
+  openSession: (sessionId: string) => void;
+  takeSession: () => string;
+};
 
 let definitions: Map<string, ActionDefinition> | undefined;
 
@@ -109,7 +115,7 @@ function card(ctx: Context, action: Action, reload: () => void): HTMLElement {
       "dl",
       { class: "facts" },
       h("dt", {}, "Cost"),
-      h("dd", {}, `${action.tokenCost} tokens`),
+      h("dd", {}, `${action.tokenCost} ${action.tokenCost === 1n ? "token" : "tokens"}`),
       h("dt", {}, "Confidence"),
       h("dd", {}, `${action.confidence} / 100`),
       h("dt", {}, "Reasoning"),
@@ -123,6 +129,7 @@ function card(ctx: Context, action: Action, reload: () => void): HTMLElement {
     h("p", { class: "label" }, "Parameters"),
     h("pre", { class: "params" }, JSON.stringify(action.parameters ?? {}, null, 2)),
     decide,
+    h("button", { type: "button", class: "link", onclick: () => ctx.openSession(action.sessionId) }, "Open conversation"),
   );
   if (right?.allowed) {
     decide.append(

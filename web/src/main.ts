@@ -48,8 +48,18 @@ function signIn(baseUrl: string, reason = ""): void {
 
 function start(baseUrl: string, api: Api): void {
   nav.hidden = false;
+  let pendingSession = "";
   const ctx: Context = {
     api,
+    openSession(sessionId: string) {
+      pendingSession = sessionId;
+      show("conversations");
+    },
+    takeSession() {
+      const id = pendingSession;
+      pendingSession = "";
+      return id;
+    },
     onError(err: unknown) {
       const why = explain(err);
       if (why.signInAgain) {

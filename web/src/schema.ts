@@ -53,7 +53,7 @@ export function schemaForm(schema: Schema, initial: JsonObject, idPrefix: string
       if (typeof current === "number") input.value = String(current);
     } else if (t[0] === "array" || t[0] === "object") {
       input = h("textarea", { id, name, rows: 3 });
-      input.value = current === undefined ? "" : JSON.stringify(current);
+      input.value = current === undefined || current === null ? "" : JSON.stringify(current);
     } else {
       const long = typeof current === "string" && current.length > 60;
       input = long ? h("textarea", { id, name, rows: 3 }) : h("input", { id, name, type: "text" });
@@ -94,7 +94,8 @@ export function schemaForm(schema: Schema, initial: JsonObject, idPrefix: string
         }
       } else v = input.value;
       if (v === undefined) {
-        if (required.has(name)) errors.set(name, "is required");
+        if (types(prop).includes("null")) value[name] = null;
+        else if (required.has(name)) errors.set(name, "is required");
         continue;
       }
       const problem = check(prop, v);
@@ -116,6 +117,7 @@ export function schemaForm(schema: Schema, initial: JsonObject, idPrefix: string
 }
 
 function check(s: Schema, v: JsonValue): string {
+  if (v === null) return types(s).includes("null") ? "" : "must not be empty";
   const t = types(s).filter((x) => x !== "null");
   if (s.enum && !s.enum.includes(v)) return `must be one of ${s.enum.join(", ")}`;
   if (t.includes("integer") && !(typeof v === "number" && Number.isInteger(v))) return "must be a whole number";
@@ -128,9 +130,17 @@ function check(s: Schema, v: JsonValue): string {
   if (typeof v === "string") {
     if (s.minLength !== undefined && v.length < s.minLength) return `must be at least ${s.minLength} characters`;
     if (s.maxLength !== undefined && v.length > s.maxLength) return `must be at most ${s.maxLength} characters`;
-    if (s.pattern && !new RegExp(s.pattern, "u").test(v)) return "is not in the expected form";
+    if (s.pattern && !matches(s.pattern, v)) return "is not in the expected form";
     if (s.format === "email" && !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(v)) return "must be an email address";
   }
   if (t.includes("array") && !Array.isArray(v)) return "must be a list";
   return "";
+}
+
+function matches(pattern: string, value: string): boolean {
+  try {
+    return new RegExp(pattern, "u").test(value);
+  } catch {
+    return true; // a pattern this browser cannot read: the server checks it
+  }
 }

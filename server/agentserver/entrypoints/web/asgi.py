@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.staticfiles import StaticFiles
@@ -100,7 +101,12 @@ class WebApp:
         elif path == "/console-config.json":
             await JSONResponse(json.loads(self.config))(scope, receive, send)
         elif self.console is not None and scope["method"] in ("GET", "HEAD"):
-            await self.console(scope, receive, send)
+            try:
+                await self.console(scope, receive, send)
+            except HTTPException as exc:  # StaticFiles' 404, 405, ...
+                await PlainTextResponse(exc.detail, status_code=exc.status_code)(
+                    scope, receive, send
+                )
         elif self.console is None and path == "/":
             await PlainTextResponse(
                 "The console is not built: run `make web` (make serve does).", status_code=404
