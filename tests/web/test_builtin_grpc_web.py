@@ -185,6 +185,13 @@ async def test_bad_http_input_is_refused_and_changes_nothing(
         assert response.status_code < 500, (path, h.get("content-type"), response.status_code)
         assert response.status_code == http_status, (path, response.status_code, response.text)
         assert reply.grpc_status == grpc_status, (path, reply.grpc_status, reply.grpc_message)
+    # A body that does not parse is answered as the gRPC server answers it (same parser).
+    garbled = await grpcweb.call(
+        http, web, f"{TOKEN}/ChargeTokens", grpcweb.frame(b"\xff\xff\xff"), hdrs
+    )
+    bad_request = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad_request) for d in garbled.status_details().details)
+    assert bad_request.field_violations[0].field == "request"
     get = await http.get(f"{web}/{TOKEN}/ChargeTokens", headers=hdrs)
     assert 400 <= get.status_code < 500
     async with t.client() as client:

@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from connectrpc.compat import google_protobuf_json_codec
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentserver.entrypoints.web.bridge import ServicerBridge
+from agentserver.entrypoints.web.bridge import ServicerBridge, TolerantProtoCodec
 from agentserver.v1 import (
     agent_service_connect,
     agent_service_pb2,
@@ -59,7 +60,11 @@ def service_apps(servicers: Mapping[str, object], max_bytes: int) -> dict[str, A
     for name, (application, module) in made.items():
         descriptor = module.DESCRIPTOR.services_by_name[name]
         bridge = ServicerBridge(servicers[name], descriptor)
-        apps[descriptor.full_name] = application(bridge, read_max_bytes=max_bytes)
+        apps[descriptor.full_name] = application(
+            bridge,
+            read_max_bytes=max_bytes,
+            codecs=[TolerantProtoCodec(), google_protobuf_json_codec()],
+        )
     return apps
 
 

@@ -19,8 +19,11 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
 from connectrpc.request import RequestContext
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 from protobuf.wkt import Any as WireAny
+
+from agentserver.entrypoints.grpc.requests import tolerant
 
 _DETAILS_KEY = "grpc-status-details-bin"
 _CODES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -93,6 +96,21 @@ def to_connect_error(
                 ErrorDetail(WireAny(type_url=d.type_url, value=d.value)) for d in status.details
             ]
     return ConnectError(connect_code(code), message, details)
+
+
+class TolerantProtoCodec:
+    """connectrpc's binary protobuf codec, parsing as the gRPC server does
+    (`requests.tolerant`): a body that does not parse reaches `@rpc` as an
+    `Unparseable` marker and is answered there, with the same status and details."""
+
+    def name(self) -> str:
+        return "proto"
+
+    def encode(self, message: Message) -> bytes:
+        return message.SerializeToString()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Message]) -> Any:
+        return tolerant(message_class)(bytes(data))
 
 
 Handler = Callable[[Any, Any], Awaitable[Any]]

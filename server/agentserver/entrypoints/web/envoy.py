@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (Envoy type URLs in the template are as long as they are)
 """deploy/envoy.yaml, rendered from the server's own figures: the message size limit,
 the headers a browser may send and read, and the allowed origins (one list:
 AGENTSERVER_WEB_ORIGINS, the same the built-in endpoint allows). `agentserver
