@@ -61,10 +61,9 @@ static_resources:
                         - match: {prefix: "/agentserver.v1."}
                           route:
                             cluster: agentserver
-                            # The call's own deadline (grpc-timeout) applies, up to this.
+                            # A call's own deadline (grpc-timeout) travels to the server,
+                            # which enforces it (DEADLINE_EXCEEDED); this caps the rest.
                             timeout: ${route_timeout}s
-                            max_stream_duration:
-                              grpc_timeout_header_max: ${route_timeout}s
                 http_filters:
                   - name: envoy.filters.http.grpc_web
                     typed_config:
