@@ -4,32 +4,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from pathlib import Path
 
 from tests import procs
-from tests.integration.test_operator import readme_block
+from tests.integration.test_operator import readme_block, run_lines
 
 
 def test_readme_console_commands_work_as_written(tmp_path: Path) -> None:
     web_port = procs.free_port()
     proc, _ = procs.start(tmp_path, web_listen=f"127.0.0.1:{web_port}")
     try:
-        lines = readme_block("## The console")
-        script = "\n".join(
-            line.replace("127.0.0.1:8080", f"127.0.0.1:{web_port}").replace(
-                '"$PWD/.venv/bin', f'"{procs.BIN}'
-            )
-            for line in lines
-        )
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=tmp_path,
-            env=procs.server_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        result = run_lines(
+            readme_block("## The console"),
+            tmp_path,
+            **{"127.0.0.1:8080": f"127.0.0.1:{web_port}", '"$PWD/.venv/bin': f'"{procs.BIN}'},
         )
         assert result.returncode == 0, result.stderr
         balance = json.loads(result.stdout)["balance"]

@@ -377,8 +377,8 @@ class Action(_message.Message):
 
     @_builtins.property
     def decision_right(self) -> Global___DecisionRight:
-        """Output only. Whether the caller of the rpc that returned this action may
-        decide it now, and who may. Computed per caller; not stored.
+        """Output only. Whether the caller may decide it now, and who may. Set by
+        GetAction and ListActions for their caller; computed, not stored.
         """
 
     def __init__(
