@@ -221,3 +221,27 @@ async def test_cors_allows_the_configured_origins_only(harness: Harness) -> None
             assert "access-control-allow-origin" not in refused.headers
     finally:
         await running.stop(0)
+
+
+async def test_calls_without_a_valid_key_share_the_address_budget(
+    harness: Harness, web: str, http: httpx.AsyncClient
+) -> None:
+    # The built-in endpoint tells @rpc the caller's address the way grpc does, so the
+    # per-address budget for calls no valid key carries applies to it as well.
+    seen: list[str] = []
+
+    class Budget:
+        async def acquire(self, key: str) -> float:
+            seen.append(key)
+            return 0.0
+
+    auth = harness.app.auth
+    before, auth.unvouched = auth.unvouched, Budget()  # type: ignore[assignment]
+    try:
+        reply = await grpcweb.call(
+            http, web, f"{TOKEN}/GetCosts", tpb.GetCostsRequest(), grpcweb.headers("ask_nope")
+        )
+    finally:
+        auth.unvouched = before
+    assert reply.grpc_status == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert seen == ["ipv4:127.0.0.1"]
