@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import playwright.async_api as playwright_api
 import pytest
 
 from agentserver.domain.identity import TENANT_DEFAULT_SCOPES
@@ -22,7 +23,6 @@ from tests import procs
 from tests.conftest import IN_CI, Harness, Tenant
 
 ROOT = Path(__file__).resolve().parents[2]
-playwright_api = pytest.importorskip("playwright.async_api")
 
 
 @pytest.fixture(scope="module")

@@ -58,11 +58,13 @@ export function conversationsView(ctx: Context): HTMLElement {
 
   async function loadMessages(append: boolean): Promise<void> {
     if (!current) return;
+    const asked = current;
     try {
       const page = await ctx.api.conversations.listMessages(
         { sessionId: current, pageSize: 30, pageToken: append ? messagesToken : "" },
         CALL,
       );
+      if (asked !== current) return; // another conversation was opened meanwhile
       messagesToken = page.nextPageToken;
       older.hidden = !messagesToken;
       // Newest first from the server; shown oldest at the top.

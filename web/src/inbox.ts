@@ -49,8 +49,10 @@ export function inboxView(ctx: Context): HTMLElement {
   );
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "More");
   let token = "";
+  let latest = 0; // answers to an older choice of filters are dropped, not shown
 
   async function load(append: boolean): Promise<void> {
+    const asked = ++latest;
     const mine = which.value === "mine";
     const states = mine || which.value === "waiting" ? WAITING : [Number(which.value)];
     const levels = level.value ? [Number(level.value) as DecisionLevel] : [];
@@ -59,6 +61,7 @@ export function inboxView(ctx: Context): HTMLElement {
         { decidableOnly: mine, states, levels, pageSize: 20, pageToken: append ? token : "" },
         CALL,
       );
+      if (asked !== latest) return;
       token = page.nextPageToken;
       more.hidden = !token;
       if (!append) clear(list);
