@@ -46,6 +46,13 @@ class AgentService(Protocol):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when the caller's metadata names another tenant or the key lacks the `agent`
     scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     async def process(self, request: ProcessRequest, ctx: RequestContext[ProcessRequest, ProcessResponse], /) -> ProcessResponse:
         """
@@ -226,6 +233,13 @@ class AgentServiceClient(ConnectClient):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when the caller's metadata names another tenant or the key lacks the `agent`
     scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def __init__(
         self,
@@ -446,6 +460,13 @@ class AgentServiceSync(Protocol):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when the caller's metadata names another tenant or the key lacks the `agent`
     scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def process(self, request: ProcessRequest, ctx: RequestContext[ProcessRequest, ProcessResponse], /) -> ProcessResponse:
         """
@@ -624,6 +645,13 @@ class AgentServiceClientSync(ConnectClientSync):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when the caller's metadata names another tenant or the key lacks the `agent`
     scope, and RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def __init__(
         self,

@@ -50,6 +50,13 @@ class ConversationService(Protocol):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     async def list_user_sessions(self, request: ListUserSessionsRequest, ctx: RequestContext[ListUserSessionsRequest, ListUserSessionsResponse], /) -> ListUserSessionsResponse:
         """
@@ -148,6 +155,13 @@ class ConversationServiceClient(ConnectClient):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def __init__(
         self,
@@ -262,6 +276,13 @@ class ConversationServiceSync(Protocol):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def list_user_sessions(self, request: ListUserSessionsRequest, ctx: RequestContext[ListUserSessionsRequest, ListUserSessionsResponse], /) -> ListUserSessionsResponse:
         """
@@ -358,6 +379,13 @@ class ConversationServiceClientSync(ConnectClientSync):
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def __init__(
         self,

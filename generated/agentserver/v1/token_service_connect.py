@@ -53,6 +53,13 @@ class TokenService(Protocol):
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     async def get_balance(self, request: GetBalanceRequest, ctx: RequestContext[GetBalanceRequest, GetBalanceResponse], /) -> GetBalanceResponse:
         """
@@ -297,6 +304,13 @@ class TokenServiceClient(ConnectClient):
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def __init__(
         self,
@@ -599,6 +613,13 @@ class TokenServiceSync(Protocol):
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def get_balance(self, request: GetBalanceRequest, ctx: RequestContext[GetBalanceRequest, GetBalanceResponse], /) -> GetBalanceResponse:
         """
@@ -841,6 +862,13 @@ class TokenServiceClientSync(ConnectClientSync):
     when `tenant_id` is not the caller's tenant (platform keys may name any tenant)
     or the key lacks the rpc's scope, and RESOURCE_EXHAUSTED (with RetryInfo) over
     the tenant's rate limit.
+
+    Limits: every request field's limits are stated on it as `(limits)` options;
+    past one, INVALID_ARGUMENT names the field. A body that does not parse is
+    INVALID_ARGUMENT (field `request`). Metadata may take at most 8 KiB; a call
+    without a valid key takes from its address's budget and past it is
+    RESOURCE_EXHAUSTED with RetryInfo. A database that is away for a moment is
+    UNAVAILABLE: retry with the same `request_id`.
     """
     def __init__(
         self,
