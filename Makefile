@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/agentserver/v1/*.proto)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup serve test test-fast lint gen check-generated bench clean
+WEB_SOURCES := $(wildcard web/src/*.ts) web/index.html web/style.css web/build.mjs \
+  web/buf.gen.yaml web/tsconfig.json $(wildcard web/vendor/google/rpc/*.proto) $(PROTOS)
+
+.PHONY: setup serve test test-fast lint gen check-generated bench clean web
 
 setup: $(STAMP)
 
@@ -19,12 +22,24 @@ $(STAMP): pyproject.toml requirements.lock
 	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/agentserver-roots.pth"
 	touch $(STAMP)
 
-## Run the server on its embedded defaults (SQLite file, dry-run channels, offline engine).
-serve: $(STAMP)
+## Run the server on its embedded defaults (SQLite file, dry-run channels, offline engine),
+## with the console and gRPC-web on 127.0.0.1:8080.
+serve: $(STAMP) web
 	$(BIN)/agentserver serve
 
+## The console (web/dist): npm ci from the lockfile, buf generate with the local
+## protoc-gen-es, tsc, esbuild. Built here, not committed.
+web: web/dist/app.js
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web/dist/app.js: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && npm run --silent build
+
 ## The whole suite: generated-code freshness, lint, then tests on SQLite, PostgreSQL and Redis.
-test: $(STAMP) check-generated lint
+test: $(STAMP) check-generated lint web
 	$(BIN)/pytest -q
 
 ## Tests only.
@@ -53,9 +68,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/ledger.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache agentserver.db
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache agentserver.db web/node_modules web/dist web/src/gen
 
 define protoc
 mkdir -p $(1) && $(BIN)/python -m grpc_tools.protoc -Iprotos \
-  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
+  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+  --plugin=protoc-gen-connectrpc=$(BIN)/protoc-gen-connectrpc \
+  --connectrpc_out=$(1) --connectrpc_opt=protobuf=google $(PROTOS)
 endef

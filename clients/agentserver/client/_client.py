@@ -414,6 +414,26 @@ class AgentServerClient:
         """Lists a wallet's usage entries, newest first."""
         return await self._unary(self._stubs.token.ListUsage, request, timeout, metadata)
 
+    async def list_reservations(
+        self,
+        request: token_service_pb2.ListReservationsRequest,
+        *,
+        timeout: _Timeout = _DEFAULT,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> token_service_pb2.ListReservationsResponse:
+        """Lists a wallet's reservations, newest first, optionally by state."""
+        return await self._unary(self._stubs.token.ListReservations, request, timeout, metadata)
+
+    async def summarize_usage(
+        self,
+        request: token_service_pb2.SummarizeUsageRequest,
+        *,
+        timeout: _Timeout = _DEFAULT,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> token_service_pb2.SummarizeUsageResponse:
+        """Tokens spent per UTC day and operation type over the last days."""
+        return await self._unary(self._stubs.token.SummarizeUsage, request, timeout, metadata)
+
     async def add_tokens(
         self,
         request: token_service_pb2.AddTokensRequest,

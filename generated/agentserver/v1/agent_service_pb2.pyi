@@ -322,6 +322,7 @@ class Action(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    DECISION_RIGHT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id; also the idempotency key towards providers."""
     session_id: _builtins.str
@@ -374,6 +375,12 @@ class Action(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When a waiting action expires."""
 
+    @_builtins.property
+    def decision_right(self) -> Global___DecisionRight:
+        """Output only. Whether the caller may decide it now, and who may. Set by
+        GetAction and ListActions for their caller; computed, not stored.
+        """
+
     def __init__(
         self,
         *,
@@ -397,14 +404,54 @@ class Action(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        decision_right: Global___DecisionRight | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "parameters", b"parameters", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decision_right", b"decision_right", "expire_time", b"expire_time", "parameters", b"parameters", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_type", b"action_type", "blocked_reasons", b"blocked_reasons", "category", b"category", "confidence", b"confidence", "create_time", b"create_time", "decided_by", b"decided_by", "decision_level", b"decision_level", "executable", b"executable", "expire_time", b"expire_time", "id", b"id", "location_id", b"location_id", "parameters", b"parameters", "reasoning", b"reasoning", "rejection_reason", b"rejection_reason", "requested_by", b"requested_by", "result", b"result", "session_id", b"session_id", "state", b"state", "token_cost", b"token_cost", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_type", b"action_type", "blocked_reasons", b"blocked_reasons", "category", b"category", "confidence", b"confidence", "create_time", b"create_time", "decided_by", b"decided_by", "decision_level", b"decision_level", "decision_right", b"decision_right", "executable", b"executable", "expire_time", b"expire_time", "id", b"id", "location_id", b"location_id", "parameters", b"parameters", "reasoning", b"reasoning", "rejection_reason", b"rejection_reason", "requested_by", b"requested_by", "result", b"result", "session_id", b"session_id", "state", b"state", "token_cost", b"token_cost", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Action: _TypeAlias = Action  # noqa: Y015
+
+@_typing.final
+class DecisionRight(_message.Message):
+    """Whether a person may decide an action, and who may."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    DECIDERS_FIELD_NUMBER: _builtins.int
+    allowed: _builtins.bool
+    """Output only. True when the caller may approve or reject the action now."""
+    reason: _builtins.str
+    """Output only. Why not, machine-readable: `ACTION_NOT_WAITING`,
+    `USER_REQUIRED`, `NOT_ALLOWED_TO_DECIDE` or `REQUESTER_CANNOT_APPROVE`
+    (the same reason ApproveAction's PERMISSION_DENIED carries); empty when allowed.
+    """
+    explanation: _builtins.str
+    """Output only. The same in words, for people; empty when allowed."""
+    deciders: _builtins.str
+    """Output only. Who may decide it, in words (for example "a coordinator (holder
+    of actions:coordinate)"); empty once the action no longer waits.
+    """
+    def __init__(
+        self,
+        *,
+        allowed: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        explanation: _builtins.str = ...,
+        deciders: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "deciders", b"deciders", "explanation", b"explanation", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecisionRight: _TypeAlias = DecisionRight  # noqa: Y015
 
 @_typing.final
 class GetActionRequest(_message.Message):
@@ -462,15 +509,26 @@ class ListActionsRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    DECIDABLE_ONLY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Optional. Only actions of this session."""
     page_size: _builtins.int
     """Actions per page, 1 to 200; 0 means the default of 20."""
     page_token: _builtins.str
     """A `next_page_token` from a previous call; empty for the first page."""
+    decidable_only: _builtins.bool
+    """Optional. Only waiting actions the caller may decide now (the inbox). A page
+    may then hold fewer than `page_size` actions while a `next_page_token` says
+    more may follow: the server scans a bounded number of actions per call.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___ActionState.ValueType]:
         """Optional. Only actions in these states."""
+
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.DecisionLevel.ValueType]:
+        """Optional. Only actions at these decision levels."""
 
     def __init__(
         self,
@@ -479,10 +537,12 @@ class ListActionsRequest(_message.Message):
         session_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        levels: _abc.Iterable[_common_pb2.DecisionLevel.ValueType] | None = ...,
+        decidable_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decidable_only", b"decidable_only", "levels", b"levels", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -113,15 +113,21 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAction(self, request, context):
-        """Returns one action. Returns NOT_FOUND for an unknown id or another tenant's.
+        """Returns one action, with the caller's right to decide it.
+        Returns NOT_FOUND for an unknown id or another tenant's, PERMISSION_DENIED for
+        another user's action that the caller may neither read nor decide (reason
+        `NOT_OWNER`; see ConversationService for who reads others' conversations).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListActions(self, request, context):
-        """Lists the tenant's actions newest first, optionally filtered by state and
-        session; filtered by waiting states it is the approval inbox.
+        """Lists actions newest first, each with the caller's right to decide it,
+        optionally filtered by state, level and session. A person who may not read
+        others' conversations sees the actions they asked for; coordinators,
+        approvers and service keys see the tenant's. With `decidable_only` it is the
+        inbox: the waiting actions the caller may decide now, whoever asked.
         Returns INVALID_ARGUMENT for a bad page size or page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

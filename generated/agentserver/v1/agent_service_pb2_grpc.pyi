@@ -54,10 +54,17 @@ class AgentServiceStub:
     unknown `session_id` (including another tenant's).
     """
     GetAction: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.GetActionRequest, _agent_service_pb2.GetActionResponse]
-    """Returns one action. Returns NOT_FOUND for an unknown id or another tenant's."""
+    """Returns one action, with the caller's right to decide it.
+    Returns NOT_FOUND for an unknown id or another tenant's, PERMISSION_DENIED for
+    another user's action that the caller may neither read nor decide (reason
+    `NOT_OWNER`; see ConversationService for who reads others' conversations).
+    """
     ListActions: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ListActionsRequest, _agent_service_pb2.ListActionsResponse]
-    """Lists the tenant's actions newest first, optionally filtered by state and
-    session; filtered by waiting states it is the approval inbox.
+    """Lists actions newest first, each with the caller's right to decide it,
+    optionally filtered by state, level and session. A person who may not read
+    others' conversations sees the actions they asked for; coordinators,
+    approvers and service keys see the tenant's. With `decidable_only` it is the
+    inbox: the waiting actions the caller may decide now, whoever asked.
     Returns INVALID_ARGUMENT for a bad page size or page token.
     """
     ApproveAction: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ApproveActionRequest, _agent_service_pb2.ApproveActionResponse]
@@ -112,10 +119,17 @@ class AgentServiceAsyncStub(AgentServiceStub):
     unknown `session_id` (including another tenant's).
     """
     GetAction: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.GetActionRequest, _agent_service_pb2.GetActionResponse]  # type: ignore[assignment]
-    """Returns one action. Returns NOT_FOUND for an unknown id or another tenant's."""
+    """Returns one action, with the caller's right to decide it.
+    Returns NOT_FOUND for an unknown id or another tenant's, PERMISSION_DENIED for
+    another user's action that the caller may neither read nor decide (reason
+    `NOT_OWNER`; see ConversationService for who reads others' conversations).
+    """
     ListActions: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ListActionsRequest, _agent_service_pb2.ListActionsResponse]  # type: ignore[assignment]
-    """Lists the tenant's actions newest first, optionally filtered by state and
-    session; filtered by waiting states it is the approval inbox.
+    """Lists actions newest first, each with the caller's right to decide it,
+    optionally filtered by state, level and session. A person who may not read
+    others' conversations sees the actions they asked for; coordinators,
+    approvers and service keys see the tenant's. With `decidable_only` it is the
+    inbox: the waiting actions the caller may decide now, whoever asked.
     Returns INVALID_ARGUMENT for a bad page size or page token.
     """
     ApproveAction: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ApproveActionRequest, _agent_service_pb2.ApproveActionResponse]  # type: ignore[assignment]
@@ -179,7 +193,11 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.GetActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.GetActionResponse, _abc.Awaitable[_agent_service_pb2.GetActionResponse]]:
-        """Returns one action. Returns NOT_FOUND for an unknown id or another tenant's."""
+        """Returns one action, with the caller's right to decide it.
+        Returns NOT_FOUND for an unknown id or another tenant's, PERMISSION_DENIED for
+        another user's action that the caller may neither read nor decide (reason
+        `NOT_OWNER`; see ConversationService for who reads others' conversations).
+        """
 
     @_abc_1.abstractmethod
     def ListActions(
@@ -187,8 +205,11 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.ListActionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.ListActionsResponse, _abc.Awaitable[_agent_service_pb2.ListActionsResponse]]:
-        """Lists the tenant's actions newest first, optionally filtered by state and
-        session; filtered by waiting states it is the approval inbox.
+        """Lists actions newest first, each with the caller's right to decide it,
+        optionally filtered by state, level and session. A person who may not read
+        others' conversations sees the actions they asked for; coordinators,
+        approvers and service keys see the tenant's. With `decidable_only` it is the
+        inbox: the waiting actions the caller may decide now, whoever asked.
         Returns INVALID_ARGUMENT for a bad page size or page token.
         """
 

@@ -29,6 +29,11 @@ class ConversationServiceStub:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
+    Conversations belong to the user who started them. A person reads their own;
+    another user's only with `actions:coordinate`, `actions:approve` or
+    `conversations:read_any`, else PERMISSION_DENIED (reason `NOT_OWNER`). A
+    service key that names no user reads the tenant's conversations.
+
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
@@ -68,6 +73,11 @@ class ConversationServiceServicer:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
+    Conversations belong to the user who started them. A person reads their own;
+    another user's only with `actions:coordinate`, `actions:approve` or
+    `conversations:read_any`, else PERMISSION_DENIED (reason `NOT_OWNER`). A
+    service key that names no user reads the tenant's conversations.
+
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
@@ -82,14 +92,16 @@ class ConversationServiceServicer:
 
     def ListUserSessions(self, request, context):
         """Lists a user's sessions, newest activity first.
-        Returns INVALID_ARGUMENT for a missing user or a bad page size or token.
+        Returns INVALID_ARGUMENT for a missing user or a bad page size or token,
+        PERMISSION_DENIED for another user's sessions without a permission to read them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Returns one session. Returns NOT_FOUND for an unknown or foreign session.
+        """Returns one session. Returns NOT_FOUND for an unknown or foreign session,
+        PERMISSION_DENIED for another user's session without a permission to read it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,8 +109,9 @@ class ConversationServiceServicer:
 
     def ListMessages(self, request, context):
         """Lists a session's messages, newest first.
-        Returns NOT_FOUND for an unknown or foreign session, INVALID_ARGUMENT for a
-        bad page size or token.
+        Returns NOT_FOUND for an unknown or foreign session, PERMISSION_DENIED for
+        another user's session without a permission to read it, INVALID_ARGUMENT for
+        a bad page size or token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +146,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
 class ConversationService:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
+
+    Conversations belong to the user who started them. A person reads their own;
+    another user's only with `actions:coordinate`, `actions:approve` or
+    `conversations:read_any`, else PERMISSION_DENIED (reason `NOT_OWNER`). A
+    service key that names no user reads the tenant's conversations.
 
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and

@@ -30,6 +30,11 @@ class ConversationServiceStub:
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
 
+    Conversations belong to the user who started them. A person reads their own;
+    another user's only with `actions:coordinate`, `actions:approve` or
+    `conversations:read_any`, else PERMISSION_DENIED (reason `NOT_OWNER`). A
+    service key that names no user reads the tenant's conversations.
+
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
     RESOURCE_EXHAUSTED (with RetryInfo) over the tenant's rate limit.
@@ -48,20 +53,29 @@ class ConversationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ConversationServiceAsyncStub: ...
     ListUserSessions: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.ListUserSessionsRequest, _conversation_service_pb2.ListUserSessionsResponse]
     """Lists a user's sessions, newest activity first.
-    Returns INVALID_ARGUMENT for a missing user or a bad page size or token.
+    Returns INVALID_ARGUMENT for a missing user or a bad page size or token,
+    PERMISSION_DENIED for another user's sessions without a permission to read them.
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetSessionRequest, _conversation_service_pb2.GetSessionResponse]
-    """Returns one session. Returns NOT_FOUND for an unknown or foreign session."""
+    """Returns one session. Returns NOT_FOUND for an unknown or foreign session,
+    PERMISSION_DENIED for another user's session without a permission to read it.
+    """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.ListMessagesRequest, _conversation_service_pb2.ListMessagesResponse]
     """Lists a session's messages, newest first.
-    Returns NOT_FOUND for an unknown or foreign session, INVALID_ARGUMENT for a
-    bad page size or token.
+    Returns NOT_FOUND for an unknown or foreign session, PERMISSION_DENIED for
+    another user's session without a permission to read it, INVALID_ARGUMENT for
+    a bad page size or token.
     """
 
 @_typing.type_check_only
 class ConversationServiceAsyncStub(ConversationServiceStub):
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
+
+    Conversations belong to the user who started them. A person reads their own;
+    another user's only with `actions:coordinate`, `actions:approve` or
+    `conversations:read_any`, else PERMISSION_DENIED (reason `NOT_OWNER`). A
+    service key that names no user reads the tenant's conversations.
 
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
@@ -78,19 +92,28 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListUserSessions: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.ListUserSessionsRequest, _conversation_service_pb2.ListUserSessionsResponse]  # type: ignore[assignment]
     """Lists a user's sessions, newest activity first.
-    Returns INVALID_ARGUMENT for a missing user or a bad page size or token.
+    Returns INVALID_ARGUMENT for a missing user or a bad page size or token,
+    PERMISSION_DENIED for another user's sessions without a permission to read them.
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetSessionRequest, _conversation_service_pb2.GetSessionResponse]  # type: ignore[assignment]
-    """Returns one session. Returns NOT_FOUND for an unknown or foreign session."""
+    """Returns one session. Returns NOT_FOUND for an unknown or foreign session,
+    PERMISSION_DENIED for another user's session without a permission to read it.
+    """
     ListMessages: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.ListMessagesRequest, _conversation_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists a session's messages, newest first.
-    Returns NOT_FOUND for an unknown or foreign session, INVALID_ARGUMENT for a
-    bad page size or token.
+    Returns NOT_FOUND for an unknown or foreign session, PERMISSION_DENIED for
+    another user's session without a permission to read it, INVALID_ARGUMENT for
+    a bad page size or token.
     """
 
 class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConversationService reads conversation history back. Strictly tenant-scoped:
     another tenant's session is NOT_FOUND.
+
+    Conversations belong to the user who started them. A person reads their own;
+    another user's only with `actions:coordinate`, `actions:approve` or
+    `conversations:read_any`, else PERMISSION_DENIED (reason `NOT_OWNER`). A
+    service key that names no user reads the tenant's conversations.
 
     All rpcs return UNAUTHENTICATED without a valid API key, PERMISSION_DENIED
     when a tenant id in the request or metadata is not the caller's tenant, and
@@ -111,7 +134,8 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_conversation_service_pb2.ListUserSessionsResponse, _abc.Awaitable[_conversation_service_pb2.ListUserSessionsResponse]]:
         """Lists a user's sessions, newest activity first.
-        Returns INVALID_ARGUMENT for a missing user or a bad page size or token.
+        Returns INVALID_ARGUMENT for a missing user or a bad page size or token,
+        PERMISSION_DENIED for another user's sessions without a permission to read them.
         """
 
     @_abc_1.abstractmethod
@@ -120,7 +144,9 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversation_service_pb2.GetSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversation_service_pb2.GetSessionResponse, _abc.Awaitable[_conversation_service_pb2.GetSessionResponse]]:
-        """Returns one session. Returns NOT_FOUND for an unknown or foreign session."""
+        """Returns one session. Returns NOT_FOUND for an unknown or foreign session,
+        PERMISSION_DENIED for another user's session without a permission to read it.
+        """
 
     @_abc_1.abstractmethod
     def ListMessages(
@@ -129,8 +155,9 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_conversation_service_pb2.ListMessagesResponse, _abc.Awaitable[_conversation_service_pb2.ListMessagesResponse]]:
         """Lists a session's messages, newest first.
-        Returns NOT_FOUND for an unknown or foreign session, INVALID_ARGUMENT for a
-        bad page size or token.
+        Returns NOT_FOUND for an unknown or foreign session, PERMISSION_DENIED for
+        another user's session without a permission to read it, INVALID_ARGUMENT for
+        a bad page size or token.
         """
 
 def add_ConversationServiceServicer_to_server(servicer: ConversationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

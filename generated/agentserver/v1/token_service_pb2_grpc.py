@@ -65,6 +65,16 @@ class TokenServiceStub:
                 request_serializer=agentserver_dot_v1_dot_token__service__pb2.ListUsageRequest.SerializeToString,
                 response_deserializer=agentserver_dot_v1_dot_token__service__pb2.ListUsageResponse.FromString,
                 _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/agentserver.v1.TokenService/ListReservations',
+                request_serializer=agentserver_dot_v1_dot_token__service__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=agentserver_dot_v1_dot_token__service__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
+        self.SummarizeUsage = channel.unary_unary(
+                '/agentserver.v1.TokenService/SummarizeUsage',
+                request_serializer=agentserver_dot_v1_dot_token__service__pb2.SummarizeUsageRequest.SerializeToString,
+                response_deserializer=agentserver_dot_v1_dot_token__service__pb2.SummarizeUsageResponse.FromString,
+                _registered_method=True)
         self.AddTokens = channel.unary_unary(
                 '/agentserver.v1.TokenService/AddTokens',
                 request_serializer=agentserver_dot_v1_dot_token__service__pb2.AddTokensRequest.SerializeToString,
@@ -134,6 +144,27 @@ class TokenServiceServicer:
         """Lists usage entries of a wallet, newest first.
         Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
         tenant has no wallet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """Lists the reservations of the wallet that serves the tenant (and location),
+        newest first, optionally only those in some states (pending: the open holds).
+        Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
+        tenant has no wallet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SummarizeUsage(self, request, context):
+        """Sums the tokens spent from the wallet that serves the tenant (and location)
+        per UTC day and operation type, over the last `days` days including today:
+        charges, captures and fees (what `used_tokens` grew by).
+        Returns INVALID_ARGUMENT for `days` outside 1 to 366, NOT_FOUND if the tenant
+        has no wallet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +243,16 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.ListUsage,
                     request_deserializer=agentserver_dot_v1_dot_token__service__pb2.ListUsageRequest.FromString,
                     response_serializer=agentserver_dot_v1_dot_token__service__pb2.ListUsageResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=agentserver_dot_v1_dot_token__service__pb2.ListReservationsRequest.FromString,
+                    response_serializer=agentserver_dot_v1_dot_token__service__pb2.ListReservationsResponse.SerializeToString,
+            ),
+            'SummarizeUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SummarizeUsage,
+                    request_deserializer=agentserver_dot_v1_dot_token__service__pb2.SummarizeUsageRequest.FromString,
+                    response_serializer=agentserver_dot_v1_dot_token__service__pb2.SummarizeUsageResponse.SerializeToString,
             ),
             'AddTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.AddTokens,
@@ -319,6 +360,60 @@ class TokenService:
             '/agentserver.v1.TokenService/ListUsage',
             agentserver_dot_v1_dot_token__service__pb2.ListUsageRequest.SerializeToString,
             agentserver_dot_v1_dot_token__service__pb2.ListUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentserver.v1.TokenService/ListReservations',
+            agentserver_dot_v1_dot_token__service__pb2.ListReservationsRequest.SerializeToString,
+            agentserver_dot_v1_dot_token__service__pb2.ListReservationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SummarizeUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentserver.v1.TokenService/SummarizeUsage',
+            agentserver_dot_v1_dot_token__service__pb2.SummarizeUsageRequest.SerializeToString,
+            agentserver_dot_v1_dot_token__service__pb2.SummarizeUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

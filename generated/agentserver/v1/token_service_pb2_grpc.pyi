@@ -64,6 +64,19 @@ class TokenServiceStub:
     Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
     tenant has no wallet.
     """
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.ListReservationsRequest, _token_service_pb2.ListReservationsResponse]
+    """Lists the reservations of the wallet that serves the tenant (and location),
+    newest first, optionally only those in some states (pending: the open holds).
+    Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
+    tenant has no wallet.
+    """
+    SummarizeUsage: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.SummarizeUsageRequest, _token_service_pb2.SummarizeUsageResponse]
+    """Sums the tokens spent from the wallet that serves the tenant (and location)
+    per UTC day and operation type, over the last `days` days including today:
+    charges, captures and fees (what `used_tokens` grew by).
+    Returns INVALID_ARGUMENT for `days` outside 1 to 366, NOT_FOUND if the tenant
+    has no wallet.
+    """
     AddTokens: _grpc.UnaryUnaryMultiCallable[_token_service_pb2.AddTokensRequest, _token_service_pb2.AddTokensResponse]
     """Adds purchased tokens to the tenant's wallet, or to a location's own wallet
     (creating it) when `location_id` is set. Outstanding monthly-fee arrears of
@@ -137,6 +150,19 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """Lists usage entries of a wallet, newest first.
     Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
     tenant has no wallet.
+    """
+    ListReservations: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ListReservationsRequest, _token_service_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """Lists the reservations of the wallet that serves the tenant (and location),
+    newest first, optionally only those in some states (pending: the open holds).
+    Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
+    tenant has no wallet.
+    """
+    SummarizeUsage: _aio.UnaryUnaryMultiCallable[_token_service_pb2.SummarizeUsageRequest, _token_service_pb2.SummarizeUsageResponse]  # type: ignore[assignment]
+    """Sums the tokens spent from the wallet that serves the tenant (and location)
+    per UTC day and operation type, over the last `days` days including today:
+    charges, captures and fees (what `used_tokens` grew by).
+    Returns INVALID_ARGUMENT for `days` outside 1 to 366, NOT_FOUND if the tenant
+    has no wallet.
     """
     AddTokens: _aio.UnaryUnaryMultiCallable[_token_service_pb2.AddTokensRequest, _token_service_pb2.AddTokensResponse]  # type: ignore[assignment]
     """Adds purchased tokens to the tenant's wallet, or to a location's own wallet
@@ -220,6 +246,31 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists usage entries of a wallet, newest first.
         Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
         tenant has no wallet.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _token_service_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_service_pb2.ListReservationsResponse, _abc.Awaitable[_token_service_pb2.ListReservationsResponse]]:
+        """Lists the reservations of the wallet that serves the tenant (and location),
+        newest first, optionally only those in some states (pending: the open holds).
+        Returns INVALID_ARGUMENT for a bad page size or page token, NOT_FOUND if the
+        tenant has no wallet.
+        """
+
+    @_abc_1.abstractmethod
+    def SummarizeUsage(
+        self,
+        request: _token_service_pb2.SummarizeUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_service_pb2.SummarizeUsageResponse, _abc.Awaitable[_token_service_pb2.SummarizeUsageResponse]]:
+        """Sums the tokens spent from the wallet that serves the tenant (and location)
+        per UTC day and operation type, over the last `days` days including today:
+        charges, captures and fees (what `used_tokens` grew by).
+        Returns INVALID_ARGUMENT for `days` outside 1 to 366, NOT_FOUND if the tenant
+        has no wallet.
         """
 
     @_abc_1.abstractmethod

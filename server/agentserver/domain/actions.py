@@ -100,6 +100,8 @@ class Action:
 class ActionFilter:
     states: frozenset[ActionState] = frozenset()
     session_id: str = ""
+    levels: frozenset[DecisionLevel] = frozenset()
+    requested_by: str = ""  # '' means anyone's
 
 
 class ActionStore(Protocol):

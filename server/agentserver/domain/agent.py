@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
+from agentserver.domain import people
 from agentserver.domain.actions import (
     WAITING,
     WAITING_STATE_FOR_LEVEL,
@@ -63,10 +64,11 @@ from agentserver.domain.executor import (
     Executor,
     Revision,
 )
-from agentserver.domain.identity import MAX_LOCATION_ID, Caller, check_lengths
+from agentserver.domain.identity import MAX_LOCATION_ID, MAX_USER_ID, Caller, check_lengths
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, LedgerService, validate_debit, validate_request_id
-from agentserver.domain.paging import PageRequest
+from agentserver.domain.paging import PageRequest, encode_token
+from agentserver.domain.people import DecisionRight
 from agentserver.domain.permissions import (
     APPROVER_PERMISSION,
     COORDINATOR_PERMISSION,
@@ -78,6 +80,10 @@ from agentserver.domain.registry import Registry
 log = logging.getLogger(__name__)
 
 HISTORY_MESSAGES = 10
+# The inbox filters by who may decide, which the store cannot: it scans pages of
+# waiting actions, at most INBOX_SCAN per call.
+INBOX_SCAN_PAGE = 200
+INBOX_SCAN = 2000
 MAX_REASON_CHARS = 2000
 
 
@@ -276,8 +282,7 @@ class AgentService:
         history: list[HistoryMessage] = []
         if request.session_id:
             session = await self.store.get_session(tenant, request.session_id)
-            if session.user_id != user:
-                raise PermissionDenied("this session belongs to another user", reason="NOT_OWNER")
+            people.check_may_write(caller, session.user_id)
             new_session = False
             recent = await self.store.recent_messages(tenant, session.id, HISTORY_MESSAGES)
             history = [HistoryMessage(m.role.value, m.content) for m in recent]
@@ -586,59 +591,121 @@ class AgentService:
             expires_at=now + self.action_ttl,
         )
 
+    # -- reading conversations -------------------------------------------------
+
+    async def _check_may_read(self, caller: Caller, owner: str) -> None:
+        if owner == caller.user_id or caller.is_service:
+            return
+        perms = await self.permissions_for(caller.tenant(), caller.user_id, "", None)
+        people.check_may_read(caller, owner, perms)
+
+    async def get_session(self, caller: Caller, session_id: str) -> Session:
+        if not session_id:
+            raise InvalidArgument.field("session_id", "is required")
+        session = await self.store.get_session(caller.tenant(), session_id)
+        await self._check_may_read(caller, session.user_id)
+        return session
+
+    async def list_sessions(
+        self, caller: Caller, user_id: str, page: PageRequest
+    ) -> tuple[list[Session], str]:
+        user = user_id or caller.user_id
+        if not user:
+            raise InvalidArgument.field("user_id", "is required (or send x-user-id)")
+        check_lengths(("user_id", user, MAX_USER_ID))
+        await self._check_may_read(caller, user)
+        return await self.store.list_sessions(caller.tenant(), user, page)
+
+    async def list_messages(
+        self, caller: Caller, session_id: str, before: datetime | None, page: PageRequest
+    ) -> tuple[list[Message], str]:
+        session = await self.get_session(caller, session_id)
+        return await self.store.list_messages(session.tenant_id, session.id, before, page)
+
     # -- reading actions -----------------------------------------------------
 
-    async def get_action(self, caller: Caller, action_id: str) -> Action:
+    async def get_action(self, caller: Caller, action_id: str) -> tuple[Action, DecisionRight]:
+        """The action and whether the caller may decide it. Someone else's action is
+        PERMISSION_DENIED unless the caller may read their conversation or decide it."""
         if not action_id:
             raise InvalidArgument.field("action_id", "is required")
         action = await self.store.get(caller.tenant(), action_id)
+        (right,) = await self.decision_rights(caller, [action])
+        if not right.allowed:
+            await self._check_may_read(caller, action.requested_by)
         if action.state is ActionState.EXECUTING and action.result.get("pending"):
             action = await self.executor.poll_pending(action)
-        return action
+        return action, right
 
     async def list_actions(
-        self, caller: Caller, flt: ActionFilter, page: PageRequest
-    ) -> tuple[list[Action], str]:
-        return await self.store.find(caller.tenant(), flt, page)
+        self, caller: Caller, flt: ActionFilter, page: PageRequest, *, decidable: bool = False
+    ) -> tuple[list[tuple[Action, DecisionRight]], str]:
+        """The tenant's actions newest first (a person without the right to read
+        others' conversations sees their own), each with the caller's right to decide
+        it. `decidable` keeps only waiting actions the caller may decide now: the
+        inbox. Such a page scans at most `INBOX_SCAN` actions; a short page with a
+        token means "more may follow"."""
+        tenant = caller.tenant()
+        if not caller.is_service:
+            perms = await self.permissions_for(tenant, caller.user_id, "", None)
+            if not people.reads_others(caller, perms) and not decidable:
+                flt = replace(flt, requested_by=caller.user_id)
+        if not decidable:
+            actions, token = await self.store.find(tenant, flt, page)
+            rights = await self.decision_rights(caller, actions)
+            return list(zip(actions, rights, strict=True)), token
+        flt = replace(flt, states=(flt.states & WAITING) if flt.states else WAITING)
+        if not flt.states:
+            return [], ""
+        found: list[tuple[Action, DecisionRight]] = []
+        after = page.after
+        scanned = 0
+        while True:
+            actions, token = await self.store.find(tenant, flt, PageRequest(INBOX_SCAN_PAGE, after))
+            for action, right in zip(
+                actions, await self.decision_rights(caller, actions), strict=True
+            ):
+                scanned += 1
+                if right.allowed:
+                    found.append((action, right))
+                    if len(found) == page.size:
+                        last_of_all = not token and action is actions[-1]
+                        return found, "" if last_of_all else _action_token(action)
+            if not token:
+                return found, ""
+            after = {"id": actions[-1].id}
+            if scanned >= INBOX_SCAN:
+                return found, _action_token(actions[-1])
+
+    async def decision_rights(self, caller: Caller, actions: list[Action]) -> list[DecisionRight]:
+        """For each action, whether the caller may decide it now, and who may."""
+        perms: dict[str, PermissionSet] = {}
+        rights = []
+        for action in actions:
+            if action.state.waiting and action.location_id not in perms:
+                perms[action.location_id] = await self.permissions_for(
+                    action.tenant_id, caller.user_id, action.location_id, None
+                )
+            known = action.action_type in self.registry
+            required = self.registry.get(action.action_type).required_permissions if known else []
+            rights.append(
+                people.decision_right(
+                    caller.user_id,
+                    perms.get(action.location_id, PermissionSet.nothing()),
+                    action,
+                    required,
+                )
+            )
+        return rights
 
     # -- deciding ------------------------------------------------------------
 
     async def _may_decide(self, caller: Caller, action: Action) -> None:
         if not caller.user_id:
             raise InvalidArgument.field("x-user-id", "metadata is required to decide an action")
-        perms = await self.permissions_for(
-            caller.tenant(), caller.user_id, action.location_id, None
-        )
-        state = action.state
-        if state is ActionState.AWAITING_USER:
-            definition = self.registry.get(action.action_type)
-            if caller.user_id == action.requested_by or not perms.missing(
-                definition.required_permissions
-            ):
-                return
-            raise PermissionDenied(
-                "a suggestion is decided by the requesting user or a holder of "
-                f"{', '.join(definition.required_permissions)}",
-                reason="NOT_ALLOWED_TO_DECIDE",
-            )
-        if state is ActionState.AWAITING_COORDINATOR:
-            if perms.covers(COORDINATOR_PERMISSION):
-                return
-            raise PermissionDenied(
-                f"a consultation is decided by a holder of {COORDINATOR_PERMISSION}",
-                reason="NOT_ALLOWED_TO_DECIDE",
-            )
-        if state is ActionState.AWAITING_APPROVER:
-            if caller.user_id == action.requested_by:
-                raise PermissionDenied(
-                    "the requester cannot approve their own request",
-                    reason="REQUESTER_CANNOT_APPROVE",
-                )
-            if perms.covers(APPROVER_PERMISSION):
-                return
-            raise PermissionDenied(
-                f"an approval needs {APPROVER_PERMISSION}", reason="NOT_ALLOWED_TO_DECIDE"
-            )
+        (right,) = await self.decision_rights(caller, [action])
+        if not right.allowed:
+            raise PermissionDenied(right.explanation, reason=right.reason)
 
     async def _waiting(self, caller: Caller, action_id: str, request_id: str) -> Action:
         if not action_id:
@@ -870,6 +937,10 @@ def _outcome_known(action: Action) -> FailedPrecondition:
         f"action {action.id} is {action.state.value}: its outcome is not unknown",
         reason="OUTCOME_NOT_UNKNOWN",
     )
+
+
+def _action_token(action: Action) -> str:
+    return encode_token("actions", {"id": action.id})
 
 
 def _replace(action: Action, **changes: Any) -> Action:

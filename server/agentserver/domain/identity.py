@@ -3,6 +3,11 @@
 Keys look like `ask_<key id>_<secret>`; only a SHA-256 of the whole key is stored
 (the secret is 256 random bits, so a slow hash adds nothing). A key belongs to a
 tenant, or to the platform (tenant None) for billing operations such as AddTokens.
+
+A tenant key is either a service key, which vouches for whichever user its caller
+names in `x-user-id` (internal services speak for their users), or a key bound to
+one person, which speaks for that person only: `x-user-id` may be left out or
+repeat the key's user, anything else is PERMISSION_DENIED. Browsers get the latter.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class KeyRecord:
     scopes: frozenset[str]
     revoked: bool = False
     expires_at: datetime | None = None  # None: never
+    user_id: str | None = None  # set for a key bound to one person
 
 
 # The longest ids the store keeps (a longer one is refused, never cut).
@@ -68,10 +74,16 @@ class Caller:
     tenant_id: str  # the tenant acted for ('' for a platform key that named none)
     user_id: str = ""
     location_id: str = ""
+    person_bound: bool = False  # the key speaks for `user_id` only
 
     @property
     def is_platform(self) -> bool:
         return self.key_tenant_id is None
+
+    @property
+    def is_service(self) -> bool:
+        """A service acting for itself: a key not bound to a person, naming no user."""
+        return not self.person_bound and not self.user_id
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes and "*" not in self.scopes:
@@ -177,6 +189,13 @@ class Authenticator:
             raise PermissionDenied(
                 f"x-tenant-id {tenant_id!r} is not this key's tenant", reason="TENANT_MISMATCH"
             )
+        if record.user_id is not None:
+            if user_id and user_id != record.user_id:
+                raise PermissionDenied(
+                    f"this API key speaks for {record.user_id!r} only, not {user_id!r}",
+                    reason="USER_MISMATCH",
+                )
+            user_id = record.user_id
         return Caller(
             key_id=record.id,
             key_tenant_id=record.tenant_id,
@@ -184,6 +203,7 @@ class Authenticator:
             tenant_id=record.tenant_id or tenant_id,
             user_id=user_id,
             location_id=location_id,
+            person_bound=record.user_id is not None,
         )
 
     async def admit_unvouched(self, peer: str) -> None:

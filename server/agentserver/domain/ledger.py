@@ -29,7 +29,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from agentserver.domain.batching import Coalescer
@@ -45,6 +45,7 @@ MAX_AMOUNT = 1_000_000_000
 MAX_REQUEST_ID = 128
 DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
 MAX_RESERVATION_TTL = timedelta(days=7)
+MAX_SUMMARY_DAYS = 366
 # Operation types the server charges itself; callers may not.
 SERVER_ONLY = frozenset({OperationType.PURCHASE, OperationType.MONTHLY_FEE})
 
@@ -304,6 +305,21 @@ class LedgerStore(Protocol):
         it has ended, expired or already lasts that long."""
         ...
 
+    async def list_reservations(
+        self,
+        tenant_id: str,
+        location_id: str,
+        states: frozenset[ReservationState],
+        page: PageRequest,
+    ) -> tuple[list[Reservation], str]: ...
+
+    async def spent_by_day(
+        self, tenant_id: str, location_id: str, since: datetime
+    ) -> list[tuple[str, str, int]]:
+        """(YYYY-MM-DD in UTC, operation type, tokens) of the spending wallet's entries
+        since `since`: what its used_tokens grew by, per day and operation type."""
+        ...
+
     async def expired_reservations(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
 
     async def charge_monthly_fee(
@@ -407,6 +423,29 @@ class LedgerService:
     ) -> tuple[list[Entry], str]:
         validate_tenant(tenant_id)
         return await self.store.list_entries(tenant_id, location_id, page)
+
+    async def reservations(
+        self,
+        tenant_id: str,
+        location_id: str,
+        states: frozenset[ReservationState],
+        page: PageRequest,
+    ) -> tuple[list[Reservation], str]:
+        validate_tenant(tenant_id, location_id)
+        return await self.store.list_reservations(tenant_id, location_id, states, page)
+
+    async def spent_by_day(
+        self, tenant_id: str, location_id: str, days: int
+    ) -> list[tuple[str, OperationType, int]]:
+        """Tokens spent per UTC day and operation type over the last `days` days
+        (today included), oldest first; days without spending are left out."""
+        validate_tenant(tenant_id, location_id)
+        if not 1 <= days <= MAX_SUMMARY_DAYS:
+            raise InvalidArgument.field("days", f"must be between 1 and {MAX_SUMMARY_DAYS}")
+        today = self.clock.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = today - timedelta(days=days - 1)
+        rows = await self.store.spent_by_day(tenant_id, location_id, since)
+        return [(day, OperationType(op), tokens) for day, op, tokens in sorted(rows) if tokens > 0]
 
     async def sweep_expired(self, limit: int = 500) -> int:
         """Release every pending reservation past its expiry; returns how many."""

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
 from agentserver.domain.errors import Conflict, InvalidArgument, NotFound
-from agentserver.domain.identity import KeyRecord, generate_key, hash_key
+from agentserver.domain.identity import MAX_USER_ID, KeyRecord, generate_key, hash_key
 from agentserver.domain.ids import new_id
 
 K = models.api_keys
@@ -94,10 +94,17 @@ class SqlAdminStore:
         now: datetime,
         *,
         expires_at: datetime | None = None,
+        user_id: str | None = None,
     ) -> tuple[str, str]:
-        """Store a new key's hash; returns (key id, full key). The key is shown once."""
+        """Store a new key's hash; returns (key id, full key). The key is shown once.
+        With `user_id` the key is bound to that person of the tenant."""
         if expires_at is not None and expires_at <= now:
             raise InvalidArgument.field("expires_at", "must be in the future")
+        if user_id is not None:
+            if tenant_id is None:
+                raise InvalidArgument.field("user_id", "only a tenant key can be bound to a user")
+            if not user_id or len(user_id) > MAX_USER_ID or "\x00" in user_id:
+                raise InvalidArgument.field("user_id", f"must be 1 to {MAX_USER_ID} characters")
         if tenant_id is not None and not await self.tenant_exists(tenant_id):
             raise NotFound(f"tenant {tenant_id!r} not found")
         key_id, key = generate_key()
@@ -107,6 +114,7 @@ class SqlAdminStore:
                     id=key_id,
                     tenant_id=tenant_id,
                     key_hash=hash_key(key),
+                    user_id=user_id,
                     scopes=list(scopes),
                     description=description,
                     created_at=now,
@@ -124,7 +132,13 @@ class SqlAdminStore:
     async def list_keys(self, tenant_id: str | None) -> list[dict[str, Any]]:
         async with self._read.connect() as conn:
             query = select(
-                K.c.id, K.c.tenant_id, K.c.scopes, K.c.description, K.c.revoked_at, K.c.expires_at
+                K.c.id,
+                K.c.tenant_id,
+                K.c.user_id,
+                K.c.scopes,
+                K.c.description,
+                K.c.revoked_at,
+                K.c.expires_at,
             )
             if tenant_id is not None:
                 query = query.where(K.c.tenant_id == tenant_id)
@@ -141,6 +155,7 @@ class SqlAdminStore:
             scopes=frozenset(row.scopes or ()),
             revoked=row.revoked_at is not None,
             expires_at=row.expires_at,
+            user_id=row.user_id,
         )
 
     # -- permission rules ----------------------------------------------------

@@ -339,6 +339,10 @@ class SqlAgentStore:
             query = query.where(A.c.state.in_(sorted(s.value for s in flt.states)))
         if flt.session_id:
             query = query.where(A.c.session_id == flt.session_id)
+        if flt.levels:
+            query = query.where(A.c.decision_level.in_(sorted(int(v) for v in flt.levels)))
+        if flt.requested_by:
+            query = query.where(A.c.requested_by == flt.requested_by)
         if page.after:
             query = query.where(A.c.id < str(page.after["id"]))
         query = query.order_by(A.c.id.desc()).limit(page.size + 1)

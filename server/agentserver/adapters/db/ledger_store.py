@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, exists, insert, select, update
+from sqlalchemy import Row, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -639,6 +639,46 @@ class SqlLedgerStore:
         entries = [to_entry(r) for r in rows[: page.size]]
         token = encode_token("usage", {"id": entries[-1].id}) if len(rows) > page.size else ""
         return entries, token
+
+    async def list_reservations(
+        self,
+        tenant_id: str,
+        location_id: str,
+        states: frozenset[ReservationState],
+        page: PageRequest,
+    ) -> tuple[list[Reservation], str]:
+        async with self._read.connect() as conn:
+            wallet = await self._paying_row(conn, tenant_id, location_id)
+            query = select(RS).where(RS.c.tenant_id == tenant_id, RS.c.wallet_id == wallet.id)
+            if states:
+                query = query.where(RS.c.state.in_(sorted(s.value for s in states)))
+            if page.after:
+                query = query.where(RS.c.id < str(page.after.get("id", "")))
+            rows = (await conn.execute(query.order_by(RS.c.id.desc()).limit(page.size + 1))).all()
+        found = [to_reservation(r) for r in rows[: page.size]]
+        more = len(rows) > page.size
+        return found, encode_token("reservations", {"id": found[-1].id}) if more else ""
+
+    async def spent_by_day(
+        self, tenant_id: str, location_id: str, since: datetime
+    ) -> list[tuple[str, str, int]]:
+        async with self._read.connect() as conn:
+            wallet = await self._paying_row(conn, tenant_id, location_id)
+            if conn.dialect.name == "postgresql":
+                day: Any = func.to_char(func.timezone("UTC", E.c.created_at), "YYYY-MM-DD")
+            else:  # SQLite keeps UTC without a zone
+                day = func.strftime("%Y-%m-%d", E.c.created_at)
+            rows = await conn.execute(
+                select(day.label("day"), E.c.operation_type, func.sum(E.c.used_delta))
+                .where(
+                    E.c.tenant_id == tenant_id,
+                    E.c.wallet_id == wallet.id,
+                    E.c.created_at >= since,
+                    E.c.used_delta > 0,
+                )
+                .group_by(day, E.c.operation_type)
+            )
+            return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     async def tenant_ids(self) -> list[str]:
         async with self._read.connect() as conn:

@@ -81,6 +81,8 @@ class ApiKey(Base):
     # NULL for platform keys (billing operations across tenants).
     tenant_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("tenants.id"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Set for a key bound to one person: it speaks for that user only.
+    user_id: Mapped[str | None] = mapped_column(String(120))
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]

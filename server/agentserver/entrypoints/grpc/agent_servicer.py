@@ -58,8 +58,8 @@ class AgentServicer(ServicerBase, agent_service_pb2_grpc.AgentServiceServicer):
 
     @rpc(SCOPE_AGENT)
     async def GetAction(self, request: pb.GetActionRequest, caller: Caller) -> pb.GetActionResponse:
-        action = await self.agent.get_action(caller, request.action_id)
-        return pb.GetActionResponse(action=convert.action_to_pb(action))
+        action, right = await self.agent.get_action(caller, request.action_id)
+        return pb.GetActionResponse(action=convert.action_to_pb(action, right))
 
     @rpc(SCOPE_AGENT)
     async def ListActions(
@@ -71,10 +71,14 @@ class AgentServicer(ServicerBase, agent_service_pb2_grpc.AgentServiceServicer):
         flt = ActionFilter(
             states=frozenset(convert.state_from_pb(s) for s in request.states),
             session_id=request.session_id,
+            levels=frozenset(convert.level_from_pb(v) for v in request.levels),
         )
-        actions, token = await self.agent.list_actions(caller, flt, page)
+        actions, token = await self.agent.list_actions(
+            caller, flt, page, decidable=request.decidable_only
+        )
         return pb.ListActionsResponse(
-            actions=[convert.action_to_pb(a) for a in actions], next_page_token=token
+            actions=[convert.action_to_pb(a, right) for a, right in actions],
+            next_page_token=token,
         )
 
     @rpc(SCOPE_AGENT)

@@ -1,9 +1,9 @@
-"""ConversationService: sessions and messages, strictly tenant-scoped."""
+"""ConversationService: sessions and messages, strictly tenant-scoped; who may read
+whose conversation is the domain's rule (`domain/people.py`)."""
 
 from __future__ import annotations
 
-from agentserver.domain.conversations import ConversationStore
-from agentserver.domain.errors import InvalidArgument
+from agentserver.domain.agent import AgentService
 from agentserver.domain.identity import SCOPE_AGENT, Authenticator, Caller
 from agentserver.domain.paging import page_request
 from agentserver.entrypoints.grpc import convert
@@ -13,20 +13,15 @@ from agentserver.v1 import conversation_service_pb2_grpc
 
 
 class ConversationServicer(ServicerBase, conversation_service_pb2_grpc.ConversationServiceServicer):
-    def __init__(
-        self, auth: Authenticator, conversations: ConversationStore, *, access_log: bool
-    ) -> None:
+    def __init__(self, auth: Authenticator, agent: AgentService, *, access_log: bool) -> None:
         super().__init__(auth, access_log=access_log)
-        self.conversations = conversations
+        self.agent = agent
 
     @rpc(SCOPE_AGENT)
     async def ListUserSessions(
         self, request: pb.ListUserSessionsRequest, caller: Caller
     ) -> pb.ListUserSessionsResponse:
-        tenant = caller.tenant(request.tenant_id)
-        user = request.user_id or caller.user_id
-        if not user:
-            raise InvalidArgument.field("user_id", "is required (or send x-user-id)")
+        caller.tenant(request.tenant_id)
         page = page_request(
             request.page_size,
             request.page_token,
@@ -35,7 +30,7 @@ class ConversationServicer(ServicerBase, conversation_service_pb2_grpc.Conversat
             kind="sessions",
             keys=("t", "id"),
         )
-        sessions, token = await self.conversations.list_sessions(tenant, user, page)
+        sessions, token = await self.agent.list_sessions(caller, request.user_id, page)
         return pb.ListUserSessionsResponse(
             sessions=[convert.session_to_pb(s) for s in sessions], next_page_token=token
         )
@@ -44,24 +39,18 @@ class ConversationServicer(ServicerBase, conversation_service_pb2_grpc.Conversat
     async def GetSession(
         self, request: pb.GetSessionRequest, caller: Caller
     ) -> pb.GetSessionResponse:
-        if not request.session_id:
-            raise InvalidArgument.field("session_id", "is required")
-        session = await self.conversations.get_session(caller.tenant(), request.session_id)
+        session = await self.agent.get_session(caller, request.session_id)
         return pb.GetSessionResponse(session=convert.session_to_pb(session))
 
     @rpc(SCOPE_AGENT)
     async def ListMessages(
         self, request: pb.ListMessagesRequest, caller: Caller
     ) -> pb.ListMessagesResponse:
-        if not request.session_id:
-            raise InvalidArgument.field("session_id", "is required")
         page = page_request(
             request.page_size, request.page_token, default=20, maximum=200, kind="messages"
         )
         before = convert.from_ts(request.before, "before") if request.HasField("before") else None
-        messages, token = await self.conversations.list_messages(
-            caller.tenant(), request.session_id, before, page
-        )
+        messages, token = await self.agent.list_messages(caller, request.session_id, before, page)
         return pb.ListMessagesResponse(
             messages=[convert.message_to_pb(m) for m in messages], next_page_token=token
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
@@ -16,6 +18,7 @@ from agentserver.domain.costs import CostTable, OperationCost, OperationType
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import InvalidArgument
 from agentserver.domain.ledger import Balance, Entry, EntryKind, Reservation, ReservationState
+from agentserver.domain.people import DecisionRight
 from agentserver.domain.registry import ActionDefinition, Registry
 from agentserver.v1 import (
     agent_service_pb2,
@@ -26,6 +29,8 @@ from agentserver.v1 import (
 
 # google.protobuf.Duration's range: about 10,000 years either way.
 MAX_DURATION_SECONDS = 315_576_000_000
+
+E = TypeVar("E", bound=enum.Enum)
 
 
 def ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -196,19 +201,34 @@ def state_to_pb(state: ActionState) -> agent_service_pb2.ActionState.ValueType:
     return agent_service_pb2.ActionState.Value(f"ACTION_STATE_{state.name}")
 
 
+def _from_pb(domain: type[E], wrapper: Any, value: int, field: str, what: str) -> E:
+    """The domain enum member of a proto enum value named alike (the proto's prefix
+    is its UPPER_SNAKE type name); INVALID_ARGUMENT naming `field` otherwise."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", wrapper.DESCRIPTOR.name).upper() + "_"
+    return domain[_enum_name(wrapper, value, prefix, field, f"{value} is not {what}")]
+
+
 def state_from_pb(value: int) -> ActionState:
-    return ActionState[
-        _enum_name(
-            agent_service_pb2.ActionState,
-            value,
-            "ACTION_STATE_",
-            "states",
-            f"{value} is not an action state",
-        )
-    ]
+    return _from_pb(ActionState, agent_service_pb2.ActionState, value, "states", "an action state")
 
 
-def action_to_pb(a: Action) -> agent_service_pb2.Action:
+def level_from_pb(value: int) -> DecisionLevel:
+    return _from_pb(DecisionLevel, common_pb2.DecisionLevel, value, "levels", "a decision level")
+
+
+def reservation_state_from_pb(value: int) -> ReservationState:
+    return _from_pb(
+        ReservationState, token_service_pb2.ReservationState, value, "states", "a reservation state"
+    )
+
+
+def right_to_pb(r: DecisionRight) -> agent_service_pb2.DecisionRight:
+    return agent_service_pb2.DecisionRight(
+        allowed=r.allowed, reason=r.reason, explanation=r.explanation, deciders=r.deciders
+    )
+
+
+def action_to_pb(a: Action, right: DecisionRight | None = None) -> agent_service_pb2.Action:
     result = a.result or {}
     return agent_service_pb2.Action(
         id=a.id,
@@ -245,6 +265,7 @@ def action_to_pb(a: Action) -> agent_service_pb2.Action:
         create_time=ts(a.created_at),
         update_time=ts(a.updated_at),
         expire_time=ts(a.expires_at),
+        decision_right=right_to_pb(right) if right is not None else None,
     )
 
 

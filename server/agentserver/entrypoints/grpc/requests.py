@@ -34,7 +34,7 @@ class Unparseable:
         return FieldViolation("request", f"is not a valid {self.type_name} message")
 
 
-def _tolerant(cls: type[Message]) -> Callable[[bytes], Message | Unparseable]:
+def tolerant(cls: type[Message]) -> Callable[[bytes], Message | Unparseable]:
     parse = cls.FromString
     name = cls.DESCRIPTOR.full_name
 
@@ -56,7 +56,7 @@ def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescript
         response_cls = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=_tolerant(request_cls),
+            request_deserializer=tolerant(request_cls),
             response_serializer=response_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers(

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +23,10 @@ from agentserver.v1 import agent_service_pb2, conversation_service_pb2, token_se
 
 log = logging.getLogger("agentserver.server")
 
+# The largest request message either way in (gRPC and the built-in gRPC-web endpoint;
+# deploy/envoy.yaml is rendered with the same figure).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
 CONVERSATION_SERVICE = conversation_service_pb2.DESCRIPTOR.services_by_name["ConversationService"]
 TOKEN_SERVICE = token_service_pb2.DESCRIPTOR.services_by_name["TokenService"]
@@ -35,6 +39,8 @@ class RunningServer:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    # The servicers by service name; the gRPC-web endpoint calls these same objects.
+    servicers: dict[str, object] = field(default_factory=dict)
 
     async def stop(self, grace: float) -> None:
         """Health goes NOT_SERVING first (load balancers stop sending), then in-flight
@@ -48,13 +54,13 @@ async def start_server(app: App, listen: str) -> RunningServer:
         options=[
             # Never share a port silently with another process.
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ]
     )
     access_log = app.settings.access_log
     tokens = TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log)
     agent = AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log)
-    conversations = ConversationServicer(app.auth, app.agent_store, access_log=access_log)
+    conversations = ConversationServicer(app.auth, app.agent, access_log=access_log)
     for servicer, service in (
         (tokens, TOKEN_SERVICE),
         (agent, AGENT_SERVICE),
@@ -79,7 +85,16 @@ async def start_server(app: App, listen: str) -> RunningServer:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _report_redis_health(app, health_servicer)
-    return RunningServer(server=server, health=health_servicer, port=port)
+    return RunningServer(
+        server=server,
+        health=health_servicer,
+        port=port,
+        servicers={
+            "AgentService": agent,
+            "ConversationService": conversations,
+            "TokenService": tokens,
+        },
+    )
 
 
 # Health of the shared rate limiter's Redis (NOT_SERVING while its breaker is open and
@@ -111,6 +126,12 @@ async def serve_until_signalled(app: App, listen: str) -> None:
     move traffic away before anything is refused; SIGINT (a person at a terminal)
     and a second signal skip the drain. Then in-flight calls get the grace period."""
     running = await start_server(app, listen)
+    web = None
+    if app.settings.web_listen:
+        from agentserver.entrypoints.web.server import start_web
+
+        web = await start_web(app, running, app.settings.web_listen)
+        log.info("serving the console and gRPC-web", extra={"listen": app.settings.web_listen})
     app.start_background()
     log.info("serving", extra={"listen": listen, "port": running.port})
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
@@ -125,6 +146,11 @@ async def serve_until_signalled(app: App, listen: str) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(signals.get(), drain)
     log.info("shutting down", extra={"grace_seconds": app.settings.grace_seconds})
-    await running.stop(app.settings.grace_seconds)
+    if web is not None:
+        await asyncio.gather(
+            running.stop(app.settings.grace_seconds), web.stop(app.settings.grace_seconds)
+        )
+    else:
+        await running.stop(app.settings.grace_seconds)
     await app.close()
     log.info("stopped")

@@ -46,6 +46,33 @@ class TokenServicer(ServicerBase, token_service_pb2_grpc.TokenServiceServicer):
             entries=[convert.entry_to_pb(e) for e in entries], next_page_token=token
         )
 
+    @rpc(SCOPE_TOKENS_READ)
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, caller: Caller
+    ) -> pb.ListReservationsResponse:
+        tenant = caller.tenant(request.tenant_id)
+        page = page_request(
+            request.page_size, request.page_token, default=50, maximum=200, kind="reservations"
+        )
+        states = frozenset(convert.reservation_state_from_pb(s) for s in request.states)
+        found, token = await self.ledger.reservations(tenant, request.location_id, states, page)
+        return pb.ListReservationsResponse(
+            reservations=[convert.reservation_to_pb(r) for r in found], next_page_token=token
+        )
+
+    @rpc(SCOPE_TOKENS_READ)
+    async def SummarizeUsage(
+        self, request: pb.SummarizeUsageRequest, caller: Caller
+    ) -> pb.SummarizeUsageResponse:
+        tenant = caller.tenant(request.tenant_id)
+        rows = await self.ledger.spent_by_day(tenant, request.location_id, request.days or 30)
+        return pb.SummarizeUsageResponse(
+            days=[
+                pb.DailyUsage(day=day, operation_type=convert.op_to_pb(op), tokens=tokens)
+                for day, op, tokens in rows
+            ]
+        )
+
     @rpc(SCOPE_BILLING)
     async def AddTokens(self, request: pb.AddTokensRequest, caller: Caller) -> pb.AddTokensResponse:
         if not caller.is_platform:
