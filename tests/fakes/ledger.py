@@ -216,8 +216,8 @@ class MemoryLedger:
                     planned.after(final).arrears,
                 )
             )
-        for event in plan.events:
-            self.events.append((plan.tenant_id, event.kind, event.payload))
+        for event in plan.outbox():
+            self.events.append((plan.tenant_id, event.type, event.payload))
         return finals
 
     def _wallet_of(self, reservation: Reservation) -> str:

@@ -346,9 +346,10 @@ async def test_low_balance_event_recorded_once_when_crossing(harness: Harness) -
         await client.charge_tokens(charge(t.id, 5))  # 55: above
         await client.charge_tokens(charge(t.id, 10))  # 45: crosses
         await client.charge_tokens(charge(t.id, 10))  # 35: already below
-    events = await harness.app.admin.events(t.id, "ledger.low_balance")
+    events = await harness.app.admin.outbox(t.id, "ledger.low_balance")
     assert len(events) == 1
-    assert events[0]["payload"] == {"available": 45, "threshold": 50}
+    payload = events[0]["payload"]
+    assert (payload["available"], payload["threshold"], payload["location_id"]) == (45, 50, "")
 
 
 async def test_authentication_and_tenant_isolation(harness: Harness) -> None:

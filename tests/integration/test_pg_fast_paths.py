@@ -151,7 +151,8 @@ class Pair:
         if isinstance(value, enum.Enum):
             return value.value
         if isinstance(value, str):
-            return re.sub(r"\bres_[0-9a-f]{24}\b", "res_*", value.replace(tenant, "T"))
+            value = re.sub(r"\b(res|ent)_[0-9a-f]{24}\b", r"\1_*", value.replace(tenant, "T"))
+            return value
         return value
 
     async def rows(self, tenant: str) -> dict[str, Any]:
@@ -194,8 +195,8 @@ class Pair:
             events = (
                 await conn.execute(
                     text(
-                        "SELECT kind, actor, replace(subject, :t, 'T'), outcome,"
-                        " payload::text, created_at FROM events WHERE tenant_id = :t"
+                        "SELECT seq, aggregate_type, type, payload::text, created_at"
+                        " FROM outbox WHERE tenant_id = :t"
                     ),
                     {"t": tenant},
                 )

@@ -136,7 +136,7 @@ def test_crossing_the_threshold_is_an_event_once() -> None:
         NOW,
         counter(),
     )
-    assert [(e.kind, e.payload["available"]) for e in plan.events] == [("ledger.low_balance", 45)]
+    assert [(e.type, e.payload["available"]) for e in plan.events] == [("ledger.low_balance", 45)]
     assert crosses_threshold(50, 49, 50) and not crosses_threshold(49, 40, 50)
     assert not crosses_threshold(60, 50, 50)
 
@@ -343,6 +343,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert all(n == 1 for n in self.fees.values())
         keys = Counter(e.entry.request_id for e in self.ledger.entries)
         assert all(n == 1 for n in keys.values()), "one entry per request id"
+        told = [p["entry_id"] for _, kind, p in self.ledger.events if kind == "ledger.entry"]
+        assert told == [e.entry.id for e in self.ledger.entries], "one event per entry, in order"
 
 
 class BlindLedgerMachine(LedgerMachine):

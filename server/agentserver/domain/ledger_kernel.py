@@ -46,6 +46,13 @@ from agentserver.domain.errors import (
     InvalidArgument,
     NotFound,
 )
+from agentserver.domain.events import (
+    FEE_CHARGED,
+    LEDGER_ENTRY,
+    LOW_BALANCE,
+    TOKENS_ADDED,
+    DomainEvent,
+)
 from agentserver.domain.ledger import (
     DEFAULT_RESERVATION_TTL,
     Debit,
@@ -257,16 +264,6 @@ class PlannedEnd:
 
 
 @dataclass(frozen=True)
-class LedgerEvent:
-    """Something another system may care about, decided by the plan."""
-
-    kind: str  # "ledger.low_balance", "ledger.fee_charged"
-    wallet_id: str
-    subject: str
-    payload: dict[str, object]
-
-
-@dataclass(frozen=True)
 class Fresh:
     """A request this plan writes: its entry (index into `Plan.entries`) and the
     reservation it made or ended."""
@@ -293,13 +290,17 @@ class Plan:
     entries: list[PlannedEntry] = field(default_factory=list)
     reservations: list[Reservation] = field(default_factory=list)  # new, pending
     ends: list[PlannedEnd] = field(default_factory=list)
-    events: list[LedgerEvent] = field(default_factory=list)
+    events: list[DomainEvent] = field(default_factory=list)  # for the outbox
     outcomes: list[Outcome] = field(default_factory=list)  # one per request, in order
     wallets: dict[str, Wallet] = field(default_factory=dict)  # every wallet it touches
 
     @property
     def writes(self) -> bool:
         return bool(self.entries)
+
+    def outbox(self) -> list[DomainEvent]:
+        """Everything this plan tells other systems: each entry, then the rest."""
+        return [entry_event(e) for e in self.entries] + self.events
 
     def move(self, wallet_id: str) -> Move | None:
         for m in self.moves:
@@ -327,6 +328,32 @@ def _conflict(request_id: str) -> Conflict:
     return Conflict(f"request_id {request_id!r} was already used for a different request")
 
 
+def entry_event(e: PlannedEntry) -> DomainEvent:
+    """A balance changed: the entry as planned (its after-values are in the usage log
+    under `entry_id`)."""
+    return DomainEvent(
+        LEDGER_ENTRY,
+        "wallet",
+        e.wallet_id,
+        {
+            "entry_id": e.id,
+            "kind": e.kind.value,
+            "operation_type": e.operation_type.value,
+            "tokens": e.tokens,
+            "location_id": e.location_id,
+            "wallet_location_id": e.wallet_location_id,
+            "request_id": e.request_id,
+            "reservation_id": e.reservation_id,
+            "delta": {
+                "total": e.delta.total,
+                "used": e.delta.used,
+                "reserved": e.delta.reserved,
+                "arrears": e.delta.arrears,
+            },
+        },
+    )
+
+
 def _entries_with_later(entries: list[PlannedEntry]) -> list[PlannedEntry]:
     """Fill each entry's `later`: what the entries after it add to its wallet."""
     running: dict[str, Delta] = {}
@@ -347,11 +374,16 @@ def _low_balance(plan: Plan, wallet: Wallet, delta: Delta) -> None:
     threshold = wallet.columns.low_balance_threshold
     if crosses_threshold(before, after, threshold):
         plan.events.append(
-            LedgerEvent(
-                "ledger.low_balance",
+            DomainEvent(
+                LOW_BALANCE,
+                "wallet",
                 wallet.id,
-                subject(wallet.tenant_id, wallet.location_id),
-                {"available": after, "threshold": threshold},
+                {
+                    "wallet": subject(wallet.tenant_id, wallet.location_id),
+                    "location_id": wallet.location_id,
+                    "available": after,
+                    "threshold": threshold,
+                },
             )
         )
 
@@ -714,6 +746,20 @@ def plan_purchase(snapshot: Snapshot, purchase: Purchase, now: datetime, ids: Id
         )
     plan.entries = _entries_with_later(entries)
     plan.moves.append(Move(wallet.id, delta, need=0, create=create, purchase=True))
+    plan.events.append(
+        DomainEvent(
+            TOKENS_ADDED,
+            "wallet",
+            wallet.id,
+            {
+                "entry_id": plan.entries[0].id,
+                "location_id": purchase.location_id,
+                "amount": purchase.amount,
+                "arrears_settled": settle if settle > 0 else 0,
+                "available": columns.available + delta.available,
+            },
+        )
+    )
     plan.outcomes = [Fresh(0)]
     return plan
 
@@ -760,10 +806,10 @@ def plan_monthly_fee(
     ]
     plan.moves.append(Move(wallet.id, delta, need=charged))
     plan.events.append(
-        LedgerEvent(
-            "ledger.fee_charged",
+        DomainEvent(
+            FEE_CHARGED,
+            "wallet",
             wallet.id,
-            subject(snapshot.tenant_id, ""),
             {"month": month, "fee": fee, "charged": charged, "arrears": owed},
         )
     )

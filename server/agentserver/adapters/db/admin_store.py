@@ -21,6 +21,7 @@ T = models.tenants
 W = models.wallets
 PR = models.permission_rules
 EV = models.events
+OB = models.outbox
 CS = models.channel_settings
 
 SCOPES = ("business", "user", "location")
@@ -287,6 +288,14 @@ class SqlAdminStore:
         async with self._engine.begin() as conn:
             result = await conn.execute(delete(EV).where(EV.c.id.in_(oldest.scalar_subquery())))
         return int(result.rowcount or 0)
+
+    async def outbox(self, tenant_id: str, type_prefix: str = "") -> list[dict[str, Any]]:
+        """The tenant's outbox events in sequence order (optionally of one kind)."""
+        async with self._read.connect() as conn:
+            query = select(OB).where(OB.c.tenant_id == tenant_id)
+            if type_prefix:
+                query = query.where(OB.c.type.startswith(type_prefix))
+            return [dict(r._mapping) for r in await conn.execute(query.order_by(OB.c.seq))]
 
     async def events(self, tenant_id: str | None, kind_prefix: str = "") -> list[dict[str, Any]]:
         async with self._read.connect() as conn:

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
+from agentserver.adapters.db.outbox import write_outbox
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError, NotFound, Unavailable
 from agentserver.domain.ids import new_id
@@ -64,7 +65,6 @@ from agentserver.domain.paging import PageRequest, encode_token
 W = models.wallets
 E = models.ledger_entries
 RS = models.reservations
-EV = models.events
 T = models.tenants
 
 _RETRIES = 5
@@ -86,7 +86,6 @@ _RESERVATIONS = (
 )
 _INSERT_ENTRIES = insert(E)
 _INSERT_RESERVATIONS = insert(RS)
-_INSERT_EVENTS = insert(EV)
 _INSERT_WALLET = insert(W)
 _END = (
     update(RS)
@@ -262,21 +261,6 @@ def reservation_rows(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def event_rows(plan: Plan) -> list[dict[str, Any]]:
-    return [
-        {
-            "tenant_id": plan.tenant_id,
-            "kind": e.kind,
-            "actor": "",
-            "subject": e.subject,
-            "outcome": "",
-            "payload": e.payload,
-            "created_at": plan.now,
-        }
-        for e in plan.events
-    ]
-
-
 def prior_of(row: Any, reservation: Reservation | None) -> Prior:
     return Prior(
         request_hash=row.request_hash,
@@ -359,7 +343,8 @@ class SqlLedgerStore:
 
     async def apply_on(self, conn: AsyncConnection, plan: Plan) -> dict[str, Columns]:
         """Write `plan` with its guards inside the caller's transaction; the moved
-        wallets' final columns. Raises GuardFailed (the caller rolls back)."""
+        wallets' final columns. Raises GuardFailed (the caller rolls back). The
+        caller writes the plan's events to the outbox last (see outbox.py)."""
         for end in plan.ends:
             result = await conn.execute(
                 _ENDS[end.expiring],
@@ -414,8 +399,6 @@ class SqlLedgerStore:
             await conn.execute(_INSERT_RESERVATIONS, reservation_rows(plan))
         if plan.entries:
             await conn.execute(_INSERT_ENTRIES, entry_rows(plan, finals))
-        if plan.events:
-            await conn.execute(_INSERT_EVENTS, event_rows(plan))
         return finals
 
     async def _write(
@@ -429,7 +412,9 @@ class SqlLedgerStore:
                 async with self._engine.begin() as conn:
                     snap = await read(conn)
                     plan = plan_of(snap)
-                    return plan, snap, await self.apply_on(conn, plan)
+                    finals = await self.apply_on(conn, plan)
+                    await write_outbox(conn, plan.tenant_id, plan.outbox(), plan.now)
+                    return plan, snap, finals
             except (IntegrityError, GuardFailed):
                 continue  # a concurrent writer got there first: read again
         raise Unavailable("the ledger is too busy with this wallet right now; retry")

@@ -73,6 +73,9 @@ class Tenant(Base):
     # Per-tenant decision policy (level overrides, confidence and cost bands).
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]
+    # The last sequence number given to one of the tenant's outbox events. Taken by
+    # an UPDATE in the transaction that writes them, so numbers follow commit order.
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ApiKey(Base):
@@ -165,6 +168,26 @@ class Reservation(Base):
     expires_at: Mapped[datetime]
     created_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+
+
+class OutboxEvent(Base):
+    """Changes other systems may care about, written in the same transaction as the
+    change itself: Debezium's outbox layout (id, aggregate type and id, type,
+    payload) plus the tenant, its per-tenant sequence and the time."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "seq"),
+        Index("ix_outbox_created_at", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    aggregate_type: Mapped[str] = mapped_column(String(40))
+    aggregate_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(60))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
 
 
 class Event(Base):
@@ -318,6 +341,7 @@ wallets = _table(Wallet)
 ledger_entries = _table(LedgerEntry)
 reservations = _table(Reservation)
 events = _table(Event)
+outbox = _table(OutboxEvent)
 permission_rules = _table(PermissionRule)
 sessions = _table(ConversationSession)
 messages = _table(ConversationMessage)

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.ledger_store import IDS, SqlLedgerStore, to_reservation
+from agentserver.adapters.db.outbox import outbox_args, outbox_ctes
 from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
 from agentserver.domain.actions import ActionState
 from agentserver.domain.costs import OperationType
@@ -103,15 +104,18 @@ w AS (
    CROSS JOIN w
 )
 """
+# Events of a debit plan: written only if the wallet's guarded UPDATE matched.
+DEBIT_OUTBOX = outbox_ctes(27, "EXISTS (SELECT 1 FROM w)")
 _DEBITS = f"""
-WITH {DEBIT_CTES}
+WITH {DEBIT_CTES}, {DEBIT_OUTBOX}
 SELECT id, location_id, total_tokens, used_tokens, reserved_tokens, arrears_tokens,
        low_balance_threshold FROM w
 """
 
 
 def debit_args(plan: Plan) -> list[Any]:
-    """The 26 parameters of `DEBIT_CTES` for a blind plan of one wallet."""
+    """The 26 parameters of `DEBIT_CTES` for a blind plan of one wallet (the outbox's
+    follow: `outbox_args`)."""
     (move,) = plan.moves
     assert move.blind and move.delta.total == 0 and move.delta.arrears == 0
     entries = plan.entries
@@ -160,7 +164,8 @@ def final_columns(row: Any) -> Columns:
 # $3 reservation, $4 amount, $5 wallet, $6 new state, $7 captured, $8 used delta,
 # $9 reserved delta, $10 entry id, $11 kind, $12 tokens, $13 request id, $14 request
 # hash, $15 position in the plan, $16 action to mark succeeded (or NULL), $17 its
-# result (JSON, NULL keeps it), $18 a message to rewrite (or NULL), $19 its content.
+# result (JSON, NULL keeps it), $18 a message to rewrite (or NULL), $19 its content;
+# then the outbox (`outbox_ctes` from $20), each event kept if its end was written.
 # Each end is guarded on its own; the wallets move by what the claimed ends' planned
 # deltas add up to, and each entry's after-values are the final columns less what
 # later claimed entries add. An entry's descriptive fields are copied from its row.
@@ -222,7 +227,7 @@ WITH q AS (
    WHERE mm.id = ANY($18::text[]) AND mm.id = x.message_id AND mm.tenant_id || '' = $1
      AND EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id)
   RETURNING mm.id
-)
+), {outbox_ctes(20, "o.pos IN (SELECT ord FROM x)")}
 SELECT x.ord, x.total_after, x.used_after, x.reserved_after,
        EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id) AS advanced,
        EXISTS (SELECT 1 FROM rv WHERE rv.id = x.message_id) AS revised
@@ -295,7 +300,11 @@ class PgLedgerStore(SqlLedgerStore):
         plan = await self.blind_debits(tenant_id, location_id, debits, now)
         if plan is not None:
             try:
-                rows = await self._pool.fetch(_DEBITS, *debit_args(plan))
+                rows = await self._pool.fetch(
+                    _DEBITS,
+                    *debit_args(plan),
+                    *outbox_args(tenant_id, now, plan.outbox()),
+                )
             except RETRY_ALONE:
                 rows = []  # a request id used before: the general path explains it
             if rows:
@@ -423,6 +432,8 @@ class PgLedgerStore(SqlLedgerStore):
             [i.result for i in picked] if picked else none,
             [i.message_id for i in picked] if picked else none,
             [i.content for i in picked] if picked else none,
+            # each end's events, by its position in the plan: written only if it was
+            *outbox_args(plan.tenant_id, plan.now, plan.outbox(), list(range(n))),
         ]
         try:
             rows = await self._pool.fetch(_ENDS, *args)

@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from agentserver.adapters.db.outbox import outbox_args
 from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
 from agentserver.adapters.db.pg_agent import exchange_arrays, exchange_ctes
-from agentserver.adapters.db.pg_ledger import DEBIT_CTES, PgLedgerStore, debit_args
+from agentserver.adapters.db.pg_ledger import DEBIT_CTES, DEBIT_OUTBOX, PgLedgerStore, debit_args
 from agentserver.domain.conversations import Exchange
 from agentserver.domain.ledger import Debit
 
-# DEBIT_CTES take $1..$26; the exchange CTEs follow and write only if `w` (the
-# wallet's guarded update) matched.
+# DEBIT_CTES take $1..$26 and the outbox $27..$33; the exchange CTEs follow and
+# write only if `w` (the wallet's guarded update) matched.
 _HOLD_AND_RECORD = (
-    f"WITH {DEBIT_CTES}, {exchange_ctes(27, 'EXISTS (SELECT 1 FROM w)')}\n"
+    f"WITH {DEBIT_CTES}, {DEBIT_OUTBOX}, {exchange_ctes(34, 'EXISTS (SELECT 1 FROM w)')}\n"
     "SELECT count(*) AS held FROM w"
 )
 
@@ -45,6 +46,7 @@ class PgExchangeHolder:
             rows = await self._pool.fetch(
                 _HOLD_AND_RECORD,
                 *debit_args(plan),
+                *outbox_args(tenant_id, now, plan.outbox()),
                 *exchange_arrays([exchange for exchange, _ in batch]),
             )
         except RETRY_ALONE:

@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.ledger_store import IDS, GuardFailed, SqlLedgerStore
+from agentserver.adapters.db.outbox import write_outbox
 from agentserver.domain.actions import ActionState
 from agentserver.domain.conversations import Exchange
+from agentserver.domain.events import DomainEvent
 from agentserver.domain.executor import Settled, Success
 from agentserver.domain.ledger import Debit, EndRequest
 from agentserver.domain.ledger_kernel import Fresh, plan_debits, plan_ends
@@ -53,6 +55,7 @@ class SqlExchangeHolder:
                     raise _Undo  # refused, a replay or no wallet: the long way explains it
                 await self._ledger.apply_on(conn, plan)
                 await self._agent.insert_exchanges_on(conn, [exchange for exchange, _ in batch])
+                await write_outbox(conn, tenant_id, plan.outbox(), now)
         except (_Undo, GuardFailed):
             return [False] * len(batch)
         except IntegrityError as err:
@@ -89,11 +92,14 @@ class SqlSettler:
     async def succeed(self, tenant_id: str, batch: Sequence[Success]) -> list[Settled | None]:
         try:
             async with self._engine.begin() as conn:
-                return [await self._settle_one(conn, s) for s in batch]
+                events: list[DomainEvent] = []
+                settled = [await self._settle_one(conn, s, events) for s in batch]
+                await write_outbox(conn, tenant_id, events, max(s.now for s in batch))
+                return settled
         except (IntegrityError, GuardFailed):
             return [None] * len(batch)  # a reused key: the long way explains each
 
-    async def _settle_one(self, conn: Any, s: Success) -> Settled | None:
+    async def _settle_one(self, conn: Any, s: Success, events: list[DomainEvent]) -> Settled | None:
         action, reservation_id = s.action, s.action.reservation_id
         if reservation_id is None:
             return None
@@ -103,6 +109,7 @@ class SqlSettler:
         if not isinstance(plan.outcomes[0], Fresh):
             return None  # ended, expired, unknown or replayed: the long way explains it
         await self._ledger.apply_on(conn, plan)
+        events += plan.outbox()
         if not await self._agent.advance_on(
             conn, action, _EXECUTING, ActionState.SUCCEEDED, s.now, s.changes
         ):
