@@ -92,6 +92,9 @@ class Delta:
         return self.total - self.used - self.reserved
 
 
+_ZERO = Delta()
+
+
 @dataclass(frozen=True)
 class Columns:
     """A wallet's balance columns."""
@@ -233,7 +236,7 @@ class PlannedEntry:
         return final.before(self.later)
 
     def entry(self, tenant_id: str, final: Columns, now: datetime) -> Entry:
-        after = self.after(final)
+        later = self.later
         return Entry(
             id=self.id,
             tenant_id=tenant_id,
@@ -245,9 +248,9 @@ class PlannedEntry:
             description=self.description,
             request_id=self.request_id,
             reservation_id=self.reservation_id,
-            total_after=after.total,
-            used_after=after.used,
-            reserved_after=after.reserved,
+            total_after=final.total - later.total,
+            used_after=final.used - later.used,
+            reserved_after=final.reserved - later.reserved,
             created_at=now,
         )
 
@@ -354,16 +357,22 @@ def entry_event(e: PlannedEntry) -> DomainEvent:
     )
 
 
-def _entries_with_later(entries: list[PlannedEntry]) -> list[PlannedEntry]:
-    """Fill each entry's `later`: what the entries after it add to its wallet."""
+def _laters(steps: Sequence[tuple[str, Delta]]) -> list[Delta]:
+    """For each (wallet, delta) in order: what the ones after it add to its wallet."""
     running: dict[str, Delta] = {}
-    out: list[PlannedEntry] = []
-    for e in reversed(entries):
-        later = running.get(e.wallet_id, Delta())
-        out.append(replace(e, later=later))
-        running[e.wallet_id] = later + e.delta
+    out: list[Delta] = []
+    for wallet_id, delta in reversed(steps):
+        later = running.get(wallet_id, _ZERO)
+        out.append(later)
+        running[wallet_id] = later + delta
     out.reverse()
     return out
+
+
+def _entries_with_later(entries: list[PlannedEntry]) -> list[PlannedEntry]:
+    """Fill each entry's `later`: what the entries after it add to its wallet."""
+    laters = _laters([(e.wallet_id, e.delta) for e in entries])
+    return [replace(e, later=later) for e, later in zip(entries, laters, strict=True)]
 
 
 def _low_balance(plan: Plan, wallet: Wallet, delta: Delta) -> None:
@@ -437,8 +446,7 @@ def plan_debits(
             first[debit.request_id] = i
             fresh.append(i)
     available = wallet.columns.available if wallet.columns is not None else None
-    delta = Delta()
-    entries: list[PlannedEntry] = []
+    accepted: list[tuple[int, Delta]] = []
     for i in fresh:
         debit = debits[i]
         if available is not None:
@@ -451,10 +459,19 @@ def plan_debits(
                 continue
             available -= debit.amount
         reserving = debit.kind is EntryKind.RESERVE
-        step = Delta(reserved=debit.amount) if reserving else Delta(used=debit.amount)
+        accepted.append(
+            (i, Delta(reserved=debit.amount) if reserving else Delta(used=debit.amount))
+        )
+    if not accepted:
+        _settle_duplicates([d.request_id for d in debits], hashes, first, plan)
+        return plan
+    laters = _laters([(wallet.id, step) for _, step in accepted])
+    delta = _ZERO
+    for (i, step), later in zip(accepted, laters, strict=True):
+        debit = debits[i]
         delta = delta + step
         reservation = None
-        if reserving:
+        if debit.kind is EntryKind.RESERVE:
             reservation = Reservation(
                 id=debit.reservation_id or ids("res"),
                 tenant_id=snapshot.tenant_id,
@@ -470,36 +487,34 @@ def plan_debits(
                 ended_at=None,
             )
             plan.reservations.append(reservation)
-        plan.outcomes[i] = Fresh(len(entries), reservation)
-        entries.append(
+        plan.outcomes[i] = Fresh(len(plan.entries), reservation)
+        plan.entries.append(
             PlannedEntry(
                 id=ids("ent"),
                 wallet_id=wallet.id,
                 wallet_location_id=wallet.location_id,
                 location_id=debit.location_id,
                 operation_type=debit.operation_type,
-                kind=EntryKind.RESERVE if reserving else EntryKind.CHARGE,
+                kind=EntryKind.RESERVE if reservation else EntryKind.CHARGE,
                 tokens=debit.amount,
                 delta=step,
-                later=Delta(),
+                later=later,
                 description=debit.description,
                 request_id=debit.request_id,
                 request_hash=hashes[i],
                 reservation_id=reservation.id if reservation else None,
             )
         )
-    if entries:
-        plan.entries = _entries_with_later(entries)
-        plan.moves.append(
-            Move(
-                wallet.id,
-                delta,
-                need=-delta.available,
-                blind=wallet.columns is None,
-                absent_location=location_id if location_id != wallet.location_id else "",
-            )
+    plan.moves.append(
+        Move(
+            wallet.id,
+            delta,
+            need=-delta.available,
+            blind=wallet.columns is None,
+            absent_location=location_id if location_id != wallet.location_id else "",
         )
-        _low_balance(plan, wallet, delta)
+    )
+    _low_balance(plan, wallet, delta)
     _settle_duplicates([d.request_id for d in debits], hashes, first, plan)
     return plan
 
