@@ -14,12 +14,14 @@ WEB_SOURCES := $(wildcard web/src/*.ts) web/index.html web/style.css web/build.m
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+# Two editable installs: the client and the stubs (clients/pyproject.toml), then the
+# server, which depends on them.
+$(STAMP): pyproject.toml clients/pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/agentserver-roots.pth"
+	$(BIN)/python -m pip install -q -c requirements.lock -e "./clients[connect]"
 	$(BIN)/python -m pip install -q -c requirements.lock -e ".[dev]"
-	printf '%s\n' $(CURDIR)/generated $(CURDIR)/server $(CURDIR)/clients \
-	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/agentserver-roots.pth"
 	touch $(STAMP)
 
 ## Run the server on its embedded defaults (SQLite file, dry-run channels, offline engine),

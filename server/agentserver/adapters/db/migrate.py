@@ -12,7 +12,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # server/agentserver/adapters/db/migrate.py -> repository root
-MIGRATIONS_DIR = Path(__file__).resolve().parents[4] / "migrations"
+# Installed from a wheel, the chain is inside the package; in the repository, beside it.
+_PACKAGED = Path(__file__).resolve().parents[2] / "_migrations"
+_SOURCE = Path(__file__).resolve().parents[4] / "migrations"
+MIGRATIONS_DIR = _PACKAGED if _PACKAGED.is_dir() else _SOURCE
 
 
 def alembic_config(url: str) -> Config:
