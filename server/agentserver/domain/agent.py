@@ -186,17 +186,23 @@ class ProcessResult:
 
 
 def policy_settings(raw: dict[str, Any]) -> PolicySettings:
-    """A tenant's stored policy (JSON) as PolicySettings; unknown keys are ignored."""
+    """A tenant's stored policy (JSON) as PolicySettings; unknown keys are ignored.
+    Raises InvalidArgument for a policy the server could not apply (checked when set)."""
     known = {k: v for k, v in raw.items() if k in PolicySettings.__dataclass_fields__}
-    if "level_overrides" in known:
-        known["level_overrides"] = {
-            name: DecisionLevel[str(level).upper()]
-            for name, level in known["level_overrides"].items()
-        }
-    for key in ("destructive_min_level", "bypass_level"):
-        if key in known:
-            known[key] = DecisionLevel[str(known[key]).upper()]
-    return PolicySettings(**known)
+    try:
+        if "level_overrides" in known:
+            known["level_overrides"] = {
+                name: DecisionLevel[str(level).upper()]
+                for name, level in dict(known["level_overrides"]).items()
+            }
+        for key in ("destructive_min_level", "bypass_level"):
+            if key in known:
+                known[key] = DecisionLevel[str(known[key]).upper()]
+        return PolicySettings(**known)
+    except KeyError as err:
+        raise InvalidArgument.field("policy", f"unknown decision level {err}") from None
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument.field("policy", str(err)) from None
 
 
 @dataclass

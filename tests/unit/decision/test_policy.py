@@ -123,10 +123,45 @@ def test_tenant_override_raises_but_never_lowers() -> None:
 
 
 def test_cost_bands() -> None:
-    pricey = CostTable({OperationType.SMS: 20})
+    pricey = CostTable({OperationType.SMS: 100})
     assert run(prop(act("sms.send", SMS)), costs=pricey, balance=1000).level == L.CONSULTATION
-    very = CostTable({OperationType.SMS: 100})
+    very = CostTable({OperationType.SMS: 200})
     assert run(prop(act("sms.send", SMS)), costs=very, balance=1000).level == L.APPROVAL_REQUIRED
+
+
+CALL = {"to": "+15551234567", "purpose": "confirm tomorrow", "first_message": None}
+WHATSAPP = {"to": "+15551234567", "body": "hi"}
+
+
+def test_default_prices_keep_their_registry_levels() -> None:
+    # A call (50) waits for the requester, a WhatsApp conversation (10) runs: the
+    # default bands sit above every built-in price on purpose.
+    call = run(prop(act("phone.call", CALL)), balance=1000).actions[0]
+    assert (call.token_cost, call.level) == (50, L.SUGGESTION)
+    wa = run(prop(act("whatsapp.send", WHATSAPP)), balance=1000).actions[0]
+    assert (wa.token_cost, wa.level) == (10, L.AUTOMATIC)
+
+
+def test_a_tenant_may_have_calls_reviewed() -> None:
+    reviewed = PolicySettings(consultation_min_cost=50)
+    out = run(prop(act("phone.call", CALL)), balance=1000, settings=reviewed)
+    assert out.level == L.CONSULTATION
+    assert "it costs 50 token(s)" in out.actions[0].reasoning
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"consultation_min_cost": -1},
+        {"consultation_min_cost": 300, "approval_min_cost": 200},
+        {"approval_min_cost": "lots"},
+        {"automatic_min_confidence": 50, "suggestion_min_confidence": 60},
+        {"automatic_min_confidence": 200},
+    ],
+)
+def test_policy_settings_refuse_what_cannot_be_applied(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        PolicySettings(**bad)
 
 
 def test_missing_permission_blocks_with_subject() -> None:
@@ -179,12 +214,12 @@ def test_zero_balance_blocks_priced_actions_only() -> None:
 
 
 def test_running_total_must_fit_the_balance() -> None:
-    # whatsapp 2 + sms 1 + email 1 with a balance of 3: the email no longer fits.
+    # whatsapp 10 + sms 1 + email 1 with a balance of 11: the email no longer fits.
     p = prop(act("whatsapp.send", SMS), act("sms.send", SMS), act("email.send", EMAIL))
-    out = run(p, balance=3)
+    out = run(p, balance=11)
     assert [d.executable for d in out.actions] == [True, True, False]
     assert reasons(out.actions[2]) == [INSUFFICIENT_TOKENS]
-    assert out.total_cost == 3
+    assert out.total_cost == 11
 
 
 def test_a_blocked_action_does_not_use_up_the_balance() -> None:

@@ -83,11 +83,41 @@ class PolicySettings:
     automatic_min_confidence: int = 85
     suggestion_min_confidence: int = 60
     consultation_min_confidence: int = 40
-    # Cost bands (tokens of one action).
-    consultation_min_cost: int = 20
-    approval_min_cost: int = 100
+    # Cost bands (tokens of one action). Deliberately above every built-in price
+    # (the dearest, an AI call, is 50): what a single action costs at the default
+    # prices never takes it past its registry default. A call already waits for the
+    # requester (its default is suggestion), and sending a coordinator every call or
+    # every WhatsApp conversation would make them rubber stamps. The bands catch
+    # what a tenant prices higher (AGENTSERVER_COSTS), and a tenant that wants calls
+    # reviewed sets `consultation_min_cost` to 50 in its policy.
+    consultation_min_cost: int = 100
+    # One action costing a month's platform fee (200) needs an approver.
+    approval_min_cost: int = 200
     destructive_min_level: DecisionLevel = L.CONSULTATION
     bypass_level: DecisionLevel = L.APPROVAL_REQUIRED
+
+    def __post_init__(self) -> None:
+        bands = (
+            ("consultation_min_confidence", self.consultation_min_confidence),
+            ("suggestion_min_confidence", self.suggestion_min_confidence),
+            ("automatic_min_confidence", self.automatic_min_confidence),
+        )
+        for name, value in bands:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 101:
+                raise ValueError(f"{name} must be an integer from 0 to 101, got {value!r}")
+        if not bands[0][1] <= bands[1][1] <= bands[2][1]:
+            raise ValueError(
+                "confidence bands must rise: consultation_min_confidence <= "
+                "suggestion_min_confidence <= automatic_min_confidence"
+            )
+        for name, value in (
+            ("consultation_min_cost", self.consultation_min_cost),
+            ("approval_min_cost", self.approval_min_cost),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number of tokens >= 0, got {value!r}")
+        if self.consultation_min_cost > self.approval_min_cost:
+            raise ValueError("consultation_min_cost must not be above approval_min_cost")
 
     def confidence_level(self, confidence: int) -> DecisionLevel:
         """The least strict level a confidence allows."""
