@@ -27,6 +27,7 @@ from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.db.pg_process import PgExchangeHolder
 from agentserver.adapters.db.pg_settle import PgSettler
 from agentserver.adapters.db.sql_process import SqlExchangeHolder, SqlSettler
+from agentserver.adapters.db.window_store import SqlConversationWindows
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
@@ -209,6 +210,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
             if isinstance(ledger_store, PgLedgerStore)
             else SqlSettler(engine, ledger_store, agent_store)
         ),
+        windows=SqlConversationWindows(engine),
     )
     offline = OfflineEngine(default_country_code=settings.default_country_code)
     agent = AgentService(

@@ -47,6 +47,7 @@ from agentserver.domain.errors import (
     Unavailable,
 )
 from agentserver.domain.ledger import MAX_RESERVATION_TTL, Debit, EntryKind, LedgerService
+from agentserver.domain.windows import WINDOW, ConversationWindows, WindowKey, window_key
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class Executor:
     lease: timedelta = DEFAULT_EXECUTION_LEASE
     # How long an action's tokens stay held while a person finds out what happened.
     outcome_hold: timedelta = MAX_RESERVATION_TTL
+    windows: ConversationWindows | None = None
     _settles: Coalescer[str, Success, Settled | None] = field(init=False)
     _inflight: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
 
@@ -269,24 +271,37 @@ class Executor:
         return await self._detached(self._carry_out(running, revision))
 
     async def _carry_out(self, running: Action, revision: Revision | None) -> tuple[Action, bool]:
+        window = await self._open_window(running)
         try:
             result = await self.retry(lambda: self.runner.run(running))
         except asyncio.CancelledError:  # a shutdown, during the provider call
+            # The send may have happened: a window it opened stays open.
             await self._record_stop(running, None)
             raise
-        except (ChannelError, DomainError) as err:
-            return await self._fail(running, err), False
-        except Exception as err:  # a bug in a handler must still settle the tokens
+        except Exception as err:
+            if window is not None and window[1] and self.windows is not None:
+                await self.windows.withdraw(window[0], running.id)  # nothing was sent
+            if isinstance(err, ChannelError | DomainError):
+                return await self._fail(running, err), False
+            # A bug in a handler must still settle the tokens.
             log.exception("action %s crashed in its runner", running.id)
             failed = await self._fail(running, PermanentChannelError(f"internal error: {err}"))
             return failed, False
+        outcome = _result_dict(result)
+        if window is not None:
+            opened = window[1]
+            # Priced per conversation: did this message open one (and pay) or continue one?
+            conversation = "opened" if opened else "continued"
+            outcome["detail"] = {**outcome["detail"], "conversation": conversation}
         try:
+            if window is not None and not window[1]:  # inside an open window: free
+                return await self._settle_free(running, outcome), False
             if result.pending:  # finishes later, through poll_pending
                 pending = await self.actions.update(
-                    running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
+                    running.tenant_id, running.id, self.clock.now(), result=outcome
                 )
                 return pending, False
-            return await self._settle(running, _result_dict(result), revision)
+            return await self._settle(running, outcome, revision)
         except asyncio.CancelledError:  # a shutdown, after the provider answered
             await self._record_stop(running, result)
             raise
@@ -312,6 +327,31 @@ class Executor:
                     )
         except Exception:
             log.warning("could not record how action %s stopped", action.id, exc_info=True)
+
+    async def _open_window(self, action: Action) -> tuple[WindowKey, bool] | None:
+        """For a send priced per conversation: its window and whether this send opened
+        it (True: it pays) or continues an open one (False: it is free). None when the
+        action is not priced that way."""
+        key = window_key(
+            action.tenant_id, action.operation_type, action.token_cost, action.parameters
+        )
+        if key is None or self.windows is None:
+            return None
+        now = self.clock.now()
+        return key, await self.windows.open(key, action.id, now, now + WINDOW)
+
+    async def _settle_free(self, action: Action, result: dict[str, Any]) -> Action:
+        """A success that costs nothing after all: its hold is released, not captured."""
+        await self.release(action)
+        done = await self.actions.advance(
+            action,
+            frozenset({ActionState.EXECUTING}),
+            ActionState.SUCCEEDED,
+            self.clock.now(),
+            result=result,
+            token_cost=0,
+        )
+        return done or await self.actions.get(action.tenant_id, action.id)
 
     async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
         return (await self._settle(action, result, None))[0]

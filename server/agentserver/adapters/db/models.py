@@ -287,6 +287,18 @@ class ActionRecord(Base):
     expires_at: Mapped[datetime | None]
 
 
+class ConversationWindow(Base):
+    """An open (or lapsed) per-recipient conversation window (domain/windows.py)."""
+
+    __tablename__ = "conversation_windows"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(20), primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(200), primary_key=True)
+    opened_by: Mapped[str] = mapped_column(String(40))
+    opened_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
 class ChannelSetting(Base):
     """Per-tenant provider settings; `secret` is encrypted at rest (Fernet)."""
 
@@ -347,5 +359,6 @@ sessions = _table(ConversationSession)
 messages = _table(ConversationMessage)
 actions = _table(ActionRecord)
 channel_settings = _table(ChannelSetting)
+conversation_windows = _table(ConversationWindow)
 resources = _table(Resource)
 bookings = _table(Booking)
