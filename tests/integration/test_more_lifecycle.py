@@ -86,14 +86,19 @@ async def test_llm_engine_decides_and_is_charged_then_falls_back(tmp_path: Path)
     async with llm_harness(tmp_path, llm) as harness:
         t = await harness.tenant(2)
         async with t.client("ivy") as client:
-            resp = await client.process(apb.ProcessRequest(message="please email Ann to say hello"))
+            resp = await client.process(
+                apb.ProcessRequest(message="please email ann@example.com saying Hello Ann")
+            )
             assert resp.engine == "llm:test-model"
             (action,) = resp.actions
             assert action.action_type == "email.send"
             assert action.state == apb.ACTION_STATE_SUCCEEDED
             body = llm.requests[0]
             assert body["model"] == "test-model"
-            assert any(m["content"] == "please email Ann to say hello" for m in body["messages"])
+            assert any(
+                m["content"] == "please email ann@example.com saying Hello Ann"
+                for m in body["messages"]
+            )
             # 1 token for the decision, 1 for the email
             balance = (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
             assert balance.available_tokens == 0

@@ -44,6 +44,7 @@ from agentserver.domain.decision.engine import (
 )
 from agentserver.domain.decision.levels import DecisionLevel, strictest
 from agentserver.domain.decision.policy import (
+    PREREQUISITE_BLOCKED,
     ActionDecision,
     BlockedReason,
     PolicyOutcome,
@@ -326,9 +327,7 @@ class AgentService:
         if held is not None:
             outcome, actions, level, reply, assistant = held
         else:
-            outcome, actions = await self._decide_and_hold(
-                proposal, permissions, settings, tenant, session.id, location, user, now
-            )
+            outcome, actions = await self._decide_and_hold(proposal, permissions, settings, draft)
             level, reply, assistant = self._answer(proposal, actions, session.id)
             try:
                 await self._exchanges.submit(
@@ -345,6 +344,7 @@ class AgentService:
         # different at the end (a failure, a store that cannot) is rewritten after.
         finished = list(actions)
         written = reply
+        followed = {a.depends_on for a in actions if a.depends_on}
         for i, action in enumerate(actions):
             if action.state is not ActionState.EXECUTING:
                 continue
@@ -354,6 +354,10 @@ class AgentService:
             )
             if revised:
                 written = hoped
+            if action.id in followed:
+                await self.executor.follow(finished[i])
+        if followed:  # the dependents moved on their own: read where they are now
+            finished = [await self.store.get(tenant, a.id) if a.depends_on else a for a in finished]
         final_reply = _reply(proposal, finished)
         if final_reply != written:
             try:
@@ -405,7 +409,15 @@ class AgentService:
         refusal), which ends where this would have when everything fits."""
         if self.holder is None:
             return None
-        outcome = decide(proposal, self.registry, self.costs, permissions, None, settings=settings)
+        outcome = decide(
+            proposal,
+            self.registry,
+            self.costs,
+            permissions,
+            None,
+            settings=settings,
+            message=d.user_message.content,
+        )
         actions: list[Action] = []
         debits: list[Debit] = []
         for decision in outcome.actions:
@@ -416,6 +428,7 @@ class AgentService:
                 location=d.location,
                 user=d.user,
                 now=d.now,
+                earlier=actions,
             )
             if decision.executable:
                 reservation_id = new_id("res") if action.token_cost > 0 else None
@@ -466,11 +479,7 @@ class AgentService:
         proposal: Proposal,
         permissions: PermissionSet,
         settings: PolicySettings,
-        tenant: str,
-        session_id: str,
-        location: str,
-        user: str,
-        now: datetime,
+        d: _Draft,
     ) -> tuple[PolicyOutcome, list[Action]]:
         """Decide, then hold each executable action's tokens in order.
 
@@ -480,22 +489,26 @@ class AgentService:
         already holds), exactly as if it had been read first; the actions already
         held still fit, since the policy fits them greedily in the same order.
         """
-        outcome = decide(proposal, self.registry, self.costs, permissions, None, settings=settings)
+        text = d.user_message.content
+        outcome = decide(
+            proposal, self.registry, self.costs, permissions, None, settings=settings, message=text
+        )
         actions: list[Action] = []
         held = 0
         redecided = False
         new = partial(
             self._new_action,
-            tenant=tenant,
-            session_id=session_id,
-            location=location,
-            user=user,
-            now=now,
+            tenant=d.tenant,
+            session_id=d.session.id,
+            location=d.location,
+            user=d.user,
+            now=d.now,
+            earlier=actions,
         )
         try:
             for i in range(len(outcome.actions)):
                 try:
-                    action = await new(outcome.actions[i])
+                    action = await new(_after_prerequisite(outcome.actions[i], actions))
                 except InsufficientTokens as err:
                     if not redecided:
                         redecided = True
@@ -507,11 +520,13 @@ class AgentService:
                             permissions,
                             balance,
                             settings=settings,
+                            message=text,
                         )
+                    decision = _after_prerequisite(outcome.actions[i], actions)
                     try:
-                        action = await new(outcome.actions[i])
+                        action = await new(decision)
                     except InsufficientTokens as again:  # spent meanwhile by someone else
-                        action = await new(_refused(outcome.actions[i], again))
+                        action = await new(_refused(decision, again))
                 if action.reservation_id:
                     held += action.token_cost
                 actions.append(action)
@@ -530,9 +545,16 @@ class AgentService:
         location: str,
         user: str,
         now: datetime,
+        earlier: list[Action],
     ) -> Action:
         action = self._draft_action(
-            decision, tenant=tenant, session_id=session_id, location=location, user=user, now=now
+            decision,
+            tenant=tenant,
+            session_id=session_id,
+            location=location,
+            user=user,
+            now=now,
+            earlier=earlier,
         )
         if not decision.executable:
             return action
@@ -551,8 +573,10 @@ class AgentService:
         location: str,
         user: str,
         now: datetime,
+        earlier: list[Action],
     ) -> Action:
-        """The action as proposed, before any tokens are held."""
+        """The action as proposed, before any tokens are held; `earlier` are the
+        message's actions before it (what `depends_on` may point at)."""
         known = decision.action_type in self.registry
         definition = self.registry.get(decision.action_type) if known else None
         return Action(
@@ -576,12 +600,23 @@ class AgentService:
             requested_by=user,
             created_at=now,
             updated_at=now,
+            depends_on=(
+                earlier[decision.depends_on].id if decision.depends_on is not None else None
+            ),
         )
 
     def _holding(self, action: Action, reservation_id: str | None, now: datetime) -> Action:
         """An executable action once its tokens are held. Automatic ones are stored
         already executing (one write fewer); waiting ones hold them so an approval
         never finds them spent."""
+        if action.level is DecisionLevel.AUTOMATIC and action.depends_on:
+            # Runs when the action it follows has succeeded (`Executor.follow`).
+            return _replace(
+                action,
+                state=ActionState.APPROVED,
+                decided_by="policy:automatic",
+                reservation_id=reservation_id,
+            )
         if action.level is DecisionLevel.AUTOMATIC:
             return _replace(
                 action,
@@ -739,6 +774,7 @@ class AgentService:
         )
         if expired is not None:
             await self.executor.release(expired)
+            await self.executor.follow(expired)
         return expired or await self.store.get(action.tenant_id, action.id)
 
     async def approve(
@@ -832,6 +868,7 @@ class AgentService:
                 return current
             raise self._not_waiting(current)
         await self.executor.release(rejected)
+        await self.executor.follow(rejected)
         note = Message(
             new_id("msg"),
             rejected.session_id,
@@ -920,11 +957,15 @@ class AgentService:
             )
             if expired is not None:
                 await self.executor.release(expired)
+                await self.executor.follow(expired)
                 counts["expired"] += 1
         before = now - self.executor.lease
+        # Approved but never started (a crash between approving and running, or
+        # between a prerequisite's end and its follow-up): start or cancel it now;
+        # a dependent whose prerequisite is still pending stays approved.
         for tenant_id, action_id in await self.store.stale(ActionState.APPROVED, before, limit):
-            await self.executor.execute(await self.store.get(tenant_id, action_id))
-            counts["resumed"] += 1
+            after = await self.executor.execute(await self.store.get(tenant_id, action_id))
+            counts["resumed"] += after.state is not ActionState.APPROVED
         for tenant_id, action_id in await self.store.stale(ActionState.EXECUTING, before, limit):
             await self.executor.recover(await self.store.get(tenant_id, action_id))
             counts["recovered"] += 1
@@ -965,6 +1006,27 @@ def _refused(decision: ActionDecision, err: InsufficientTokens) -> ActionDecisio
     )
 
 
+def _after_prerequisite(decision: ActionDecision, earlier: list[Action]) -> ActionDecision:
+    """A dependent whose prerequisite the ledger refused after the policy allowed it
+    cannot run either (the policy already blocks one whose prerequisite it blocked)."""
+    if decision.depends_on is None or not decision.executable:
+        return decision
+    before = earlier[decision.depends_on]
+    if before.executable:
+        return decision
+    blocked = BlockedReason(
+        PREREQUISITE_BLOCKED,
+        f"it follows {before.action_type}, which cannot run as asked",
+        before.action_type,
+    )
+    return replace(
+        decision,
+        executable=False,
+        blocked=[*decision.blocked, blocked],
+        level=max(decision.level, DecisionLevel.SUGGESTION),
+    )
+
+
 def _blocked_dict(b: BlockedReason) -> dict[str, str]:
     return {"reason": b.reason, "message": b.message, "subject": b.subject}
 
@@ -985,6 +1047,7 @@ _STATE_WORDS = {
     ActionState.REJECTED: "rejected",
     ActionState.EXPIRED: "expired",
     ActionState.OUTCOME_UNKNOWN: "outcome unknown: a person will confirm whether it happened",
+    ActionState.CANCELLED: "cancelled",
 }
 
 
@@ -994,10 +1057,14 @@ def _done(action: Action) -> Action:
 
 def _reply(proposal: Proposal, actions: list[Action]) -> str:
     lines = [proposal.reply.strip()] if proposal.reply.strip() else []
+    by_id = {a.id: a for a in actions}
     for action in actions:
         status = _STATE_WORDS[action.state]
         why = "; ".join(b["message"] for b in action.blocked)
-        if action.state in (ActionState.FAILED, ActionState.OUTCOME_UNKNOWN):
+        before = by_id.get(action.depends_on or "")
+        if before is not None and action.state in (ActionState.APPROVED, *WAITING):
+            status += f", then runs after {before.action_type}"
+        if action.state in (ActionState.FAILED, ActionState.OUTCOME_UNKNOWN, ActionState.CANCELLED):
             why = str(action.result.get("error", ""))
         lines.append(f"- {action.action_type}: {status}" + (f" ({why})" if why else ""))
     return "\n".join(lines)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from agentserver.domain.actions import Action, ActionState, ActionStore
+from agentserver.domain.actions import CANCELLABLE, Action, ActionState, ActionStore
 from agentserver.domain.batching import Coalescer
 from agentserver.domain.channels import ChannelError, ChannelResult, PermanentChannelError
 from agentserver.domain.clock import Clock
@@ -56,6 +56,14 @@ T = TypeVar("T")
 DEFAULT_EXECUTION_LEASE = timedelta(minutes=5)
 # How long a stopped execution may take to record what it knows.
 RECORD_TIMEOUT_SECONDS = 5.0
+
+_ENDED_WORDS = {
+    ActionState.FAILED: "failed",
+    ActionState.OUTCOME_UNKNOWN: "may or may not have happened",
+    ActionState.REJECTED: "was rejected",
+    ActionState.EXPIRED: "expired",
+    ActionState.CANCELLED: "was cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -229,8 +237,55 @@ class Executor:
             await self.ledger.capture(action.tenant_id, action.reservation_id, None, capture_id)
 
     async def execute(self, action: Action) -> Action:
-        """Run an APPROVED action. Exactly one caller wins the approved→executing step."""
-        return await self._detached(self._execute(action))
+        """Run an APPROVED action once the action it depends on (if any) succeeded,
+        then follow up its own dependents. Exactly one caller wins the
+        approved→executing step; a dependent whose prerequisite has not ended stays
+        approved (`follow` starts it), one whose prerequisite ended otherwise is
+        cancelled."""
+        return await self._detached(self._execute_in_order(action))
+
+    async def _execute_in_order(self, action: Action) -> Action:
+        if action.depends_on:
+            before = await self.actions.get(action.tenant_id, action.depends_on)
+            if before.state is not ActionState.SUCCEEDED:
+                return await self.cancel(action, before) if before.state.ended else action
+        done = await self._execute(action)
+        await self.follow(done)
+        return done
+
+    async def follow(self, action: Action) -> None:
+        """After `action` ended: start its approved dependents if it succeeded; cancel
+        every dependent that has not started if it did not. Safe to repeat: each
+        step is a compare-and-set."""
+        if not action.state.ended:
+            return
+        for dependent in await self.actions.dependents(action.tenant_id, action.id):
+            if action.state is ActionState.SUCCEEDED:
+                if dependent.state is ActionState.APPROVED:
+                    await self.execute(dependent)
+            elif dependent.state in CANCELLABLE:
+                await self.cancel(dependent, action)
+
+    async def cancel(self, action: Action, because: Action) -> Action:
+        """Cancel a dependent that has not started because its prerequisite ended
+        without success; its tokens are released and its own dependents follow."""
+        cancelled = await self.actions.transition(
+            action.tenant_id,
+            action.id,
+            CANCELLABLE,
+            ActionState.CANCELLED,
+            self.clock.now(),
+            result={
+                "error": f"not run: {because.action_type} {because.id}, which it follows, "
+                f"{_ENDED_WORDS.get(because.state, because.state.value)}",
+                "reason": "PREREQUISITE_NOT_SUCCEEDED",
+            },
+        )
+        if cancelled is None:
+            return await self.actions.get(action.tenant_id, action.id)
+        await self.release(cancelled)
+        await self.follow(cancelled)
+        return cancelled
 
     async def _execute(self, action: Action) -> Action:
         now = self.clock.now()
@@ -410,12 +465,22 @@ class Executor:
             action.tenant_id, action.id, self.clock.now(), result=result
         )
         if status.succeeded:
-            return await self._succeed(updated)
-        return await self._fail(updated, PermanentChannelError("the provider reported failure"))
+            ended = await self._succeed(updated)
+        else:
+            failure = PermanentChannelError("the provider reported failure")
+            ended = await self._fail(updated, failure)
+        await self.follow(ended)
+        return ended
 
     async def recover(self, action: Action) -> Action:
-        """Settle an action left executing by a stopped executor (see the crash rule)."""
-        return await self._detached(self._recover(action))
+        """Settle an action left executing by a stopped executor (see the crash rule)
+        and follow up its dependents."""
+        return await self._detached(self._recover_and_follow(action))
+
+    async def _recover_and_follow(self, action: Action) -> Action:
+        ended = await self._recover(action)
+        await self.follow(ended)
+        return ended
 
     async def _recover(self, action: Action) -> Action:
         if action.result.get("pending"):
@@ -495,8 +560,11 @@ class Executor:
                 await self.release(replace(again, reservation_id=changes["reservation_id"]))
             return None
         if happened:
-            return await self._succeed(claimed)
-        return await self._fail(claimed, PermanentChannelError(_did_not_happen(claimed)))
+            settled = await self._succeed(claimed)
+        else:
+            settled = await self._fail(claimed, PermanentChannelError(_did_not_happen(claimed)))
+        await self.follow(settled)  # its dependents run, or are cancelled, only now
+        return settled
 
 
 OUTCOME_HAPPENED = "happened"

@@ -84,6 +84,9 @@ class ActionDefinition:
     idempotent: bool
     # Groups of nullable parameters of which at least one must be given.
     required_one_of: tuple[tuple[str, ...], ...] = ()
+    # Text that reaches a person as written: it must come word for word from the
+    # user's message for the action to run unattended (see the policy).
+    verbatim_parameters: tuple[str, ...] = ()
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -194,6 +197,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("body",),
         ),
         ActionDefinition(
             name="sms.send",
@@ -208,6 +212,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("body",),
         ),
         ActionDefinition(
             name="whatsapp.send",
@@ -222,6 +227,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("body",),
         ),
         ActionDefinition(
             name="phone.call",
@@ -243,6 +249,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("first_message",),
         ),
         ActionDefinition(
             name="resource.create",
@@ -460,6 +467,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("message",),
         ),
     ]
 

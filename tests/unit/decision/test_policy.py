@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from agentserver.domain.costs import CostTable, OperationType
-from agentserver.domain.decision.engine import Proposal, ProposedAction
+from agentserver.domain.decision.engine import Concern, Proposal, ProposedAction
 from agentserver.domain.decision.levels import DecisionLevel as L
 from agentserver.domain.decision.policy import (
     INSUFFICIENT_TOKENS,
@@ -15,6 +15,8 @@ from agentserver.domain.decision.policy import (
     MISSING_PARAMETER,
     PERMISSION_MISSING,
     POLICY_BYPASS_ATTEMPT,
+    PREREQUISITE_BLOCKED,
+    QUANTITY_NOT_SUPPORTED,
     UNKNOWN_ACTION,
     ActionDecision,
     PolicyOutcome,
@@ -290,3 +292,53 @@ def test_check_invariants_catches_a_level_below_the_registry_floor() -> None:
     )
     problems = check_invariants(forged, p, registry=REG, costs=COSTS, permissions=ALL, balance=9)
     assert any("floor" in x for x in problems)
+
+
+def test_a_dependent_is_never_less_strict_than_its_prerequisite() -> None:
+    p = prop(act("booking.cancel", {"booking_id": "BK-1"}), act("sms.send", SMS, depends_on=0))
+    cancel, text = run(p).actions
+    assert cancel.level == L.CONSULTATION
+    assert (text.level, text.depends_on, text.executable) == (L.CONSULTATION, 0, True)
+    assert "it follows booking.cancel" in text.reasoning
+
+
+def test_a_dependent_of_a_blocked_action_is_blocked_too() -> None:
+    p = prop(act("booking.cancel", {"booking_id": None}), act("sms.send", SMS, depends_on=0))
+    _, text = run(p).actions
+    assert not text.executable
+    assert reasons(text) == [PREREQUISITE_BLOCKED]
+
+
+def test_a_reference_forwards_or_to_itself_is_not_a_dependency() -> None:
+    p = prop(act("sms.send", SMS, depends_on=0), act("email.send", EMAIL, depends_on=5))
+    assert [d.depends_on for d in run(p).actions] == [None, None]
+
+
+def test_concerns_keep_an_action_from_running_unattended() -> None:
+    unsure = Concern("UNCERTAIN_TEXT", "I am not sure where the text ends")
+    d = run(prop(act("sms.send", SMS, concerns=[unsure]))).actions[0]
+    assert (d.level, d.executable) == (L.SUGGESTION, True)
+    refused = Concern(QUANTITY_NOT_SUPPORTED, "one message per request", blocks=True)
+    d = run(prop(act("sms.send", SMS, concerns=[refused]))).actions[0]
+    assert not d.executable and reasons(d) == [QUANTITY_NOT_SUPPORTED]
+
+
+def test_text_for_a_person_must_be_word_for_word_to_run_unattended() -> None:
+    text = {"to": "+15551234567", "body": "We open at 10:00.\nSee you!"}
+    said = "Text +15551234567: We open at 10:00.\nSee you!"
+    assert run_with(prop(act("sms.send", text)), said).level == L.AUTOMATIC
+    altered = {"to": "+15551234567", "body": "We open at 10."}
+    out = run_with(prop(act("sms.send", altered)), said)
+    assert out.level == L.SUGGESTION
+    assert "not word for word" in out.actions[0].reasoning
+
+
+def run_with(p: Proposal, message: str) -> PolicyOutcome:
+    out = decide(p, REG, COSTS, ALL, 100, message=message)
+    assert (
+        check_invariants(
+            out, p, registry=REG, costs=COSTS, permissions=ALL, balance=100, message=message
+        )
+        == []
+    )
+    return out

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agentserver.domain.decision.dependencies import link
 from agentserver.domain.decision.engine import EngineRequest, Proposal, ProposedAction
 from agentserver.domain.decision.textparse import (
     find_duration_minutes,
@@ -1316,7 +1317,12 @@ class OfflineEngine:
         segments = self._segments(masked)
         actions: list[ProposedAction] = []
         ambiguous: list[str] = []
+        joints: list[str] = []  # the words between an action's segment and the one before
+        texts: list[str] = []
+        end = 0
         for seg in segments:
+            at = masked.find(seg.text, end)
+            joint, end = (masked[end:at], at + len(seg.text)) if at >= 0 else ("", end)
             if seg.family is None:
                 note = self._ambiguity(seg, ctx)
                 if note:
@@ -1343,6 +1349,17 @@ class OfflineEngine:
                     missing_parameters=missing,
                 )
             )
+            joints.append(joint)
+            texts.append(_unquote(seg.text, ctx))
+        links = link([a.action_type for a in actions], texts, joints)
+        actions = [
+            a
+            if d is None
+            else replace(
+                a, depends_on=d, reasoning=f"{a.reasoning}; it follows {actions[d].action_type}"
+            )
+            for a, d in zip(actions, links, strict=True)
+        ]
 
         if actions:
             overall = min(a.confidence for a in actions)
