@@ -200,3 +200,80 @@ def test_textparse_helpers() -> None:
 def test_business_time_zone_is_used() -> None:
     p = read("Book Court 2 for Ann tomorrow at 3pm for an hour", {"timezone": "Europe/Madrid"})
     assert p.actions[0].parameters["start"] == "2026-01-16T15:00:00+01:00"
+
+
+@pytest.mark.parametrize(
+    ("message", "body"),
+    [
+        (
+            "Text +15551234567 saying the meeting is at 10:00 tomorrow",
+            "the meeting is at 10:00 tomorrow",
+        ),
+        (
+            "Text +15551234567 that the link is https://shop.example.com/a?b=1&c=2",
+            "the link is https://shop.example.com/a?b=1&c=2",
+        ),
+        ("Text +15551234567: the total is $1,200.50, due 3/4", "the total is $1,200.50, due 3/4"),
+        ("Text +15551234567: are you coming?", "are you coming?"),
+        (
+            'Text +15551234567 "Doors open 18:30 - bring the code: 4471!"',
+            "Doors open 18:30 - bring the code: 4471!",
+        ),
+        (
+            "Email ann@example.com:\nHi Ann,\n\ncall us back at 10:00.\nThanks",
+            "Hi Ann,\n\ncall us back at 10:00.\nThanks",
+        ),
+        (
+            "Text +15557654321: running late, call me back on +15551234567",
+            "running late, call me back on +15551234567",
+        ),
+    ],
+)
+def test_text_for_a_person_is_kept_exactly(message: str, body: str) -> None:
+    (action,) = read(message).actions
+    assert action.parameters["body"] == body
+    assert body in message and not action.concerns
+
+
+def test_unsure_where_a_text_ends_is_a_concern() -> None:
+    p = read("Text Maria that the car is ready and call the garage")
+    assert [c.reason for c in p.actions[0].concerns] == ["UNCERTAIN_TEXT"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Send 500 SMS to +15551234567 saying sale today",
+        "Call everyone on the list about the sale",
+        "Email all our customers that prices go up",
+        "WhatsApp the whole contact list that we are closed",
+    ],
+)
+def test_quantities_one_request_cannot_honour_are_refused(message: str) -> None:
+    (action,) = read(message).actions
+    assert [(c.reason, c.blocks) for c in action.concerns] == [("QUANTITY_NOT_SUPPORTED", True)]
+    assert "more than I can do at once" in read(message).reply
+
+
+def test_a_number_inside_the_text_is_not_a_quantity() -> None:
+    (action,) = read("Text +15551234567 that 2 messages arrived").actions
+    assert not action.concerns
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Cancel booking BK-1042 and email ann@example.com that it is cancelled",
+        "Book the Blue Room tomorrow at 3pm for 1 hour for Maria, then text +15551234567 "
+        "the details",
+        "Rename Court 2 to Court 7 and tell the team it is renamed",
+    ],
+)
+def test_a_report_on_a_change_depends_on_it(message: str) -> None:
+    first, second = read(message).actions
+    assert (first.depends_on, second.depends_on) == (None, 0)
+
+
+def test_independent_requests_do_not_depend_on_each_other() -> None:
+    p = read("Email ann@x.com that hi and text +15551234567 that ho")
+    assert [a.depends_on for a in p.actions] == [None, None]

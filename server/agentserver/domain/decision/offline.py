@@ -24,7 +24,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentserver.domain.decision.dependencies import link
-from agentserver.domain.decision.engine import EngineRequest, Proposal, ProposedAction
+from agentserver.domain.decision.engine import Concern, EngineRequest, Proposal, ProposedAction
+from agentserver.domain.decision.policy import QUANTITY_NOT_SUPPORTED, UNCERTAIN_TEXT
 from agentserver.domain.decision.textparse import (
     find_duration_minutes,
     find_emails,
@@ -35,6 +36,8 @@ from agentserver.domain.decision.textparse import (
     mask_quotes,
     singular,
 )
+from agentserver.domain.decision.verbatim import anchor
+from agentserver.domain.registry import default_registry
 
 __all__ = ["OfflineEngine", "detect_bypass"]
 
@@ -269,7 +272,7 @@ def _tokenise(text: str) -> list[_Token]:
 _BODY_MARKER_RE = re.compile(
     r"\b(?:saying|that\s+says|to\s+say|and\s+say|say(?=\s*QUOTE)|telling\s+(?:him|her|them)|"
     r"with\s+the\s+(?:message|text)|reminding\s+(?:him|her|them)|asking\s+(?:him|her|them)|"
-    r"letting\s+(?:him|her|them)\s+know|that|message:|text:|body:)(?=\W|$)|:|QUOTE\d+",
+    r"letting\s+(?:him|her|them)\s+know|that|message:|text:|body:)(?=\W|$)|:(?=\s|$)|QUOTE\d+",
     re.IGNORECASE,
 )
 
@@ -307,6 +310,43 @@ def _starts_with_action(tokens: list[_Token]) -> bool:
     return False
 
 
+# More recipients or messages than one request can honour: "send 500 SMS", "call
+# everyone on the list", "email all our customers".
+_BULK_RE = re.compile(
+    r"\b(?P<n>\d[\d,]*|hundreds|thousands|dozens|several|many)\s+(?:more\s+)?"
+    r"(?:sms(?:es)?|texts|text\s+messages|messages|e-?mails|mails|calls|phone\s+calls|"
+    r"whats\s*apps|whats\s*app\s+messages|voice\s+calls)\b",
+    re.IGNORECASE,
+)
+_EVERYONE_RE = re.compile(
+    r"\b(?:everyone|everybody|all|each|every)\s+(?:of\s+)?(?:our\s+|my\s+|the\s+|these\s+)?"
+    r"(?:customers?|clients?|contacts?|guests?|members?|numbers?|subscribers?|patients?|"
+    r"leads?|recipients?|people\s+on)\b"
+    r"|\b(?:everyone|everybody|all|each\s+one|every\s+one)\s+(?:on|in)\s+(?:the|our|my|this|that)\s+"
+    r"(?:list|mailing\s+list|contact\s+list|spreadsheet|database|crm|address\s+book)\b"
+    r"|\b(?:the\s+)?(?:whole|entire)\s+(?:list|customer\s+base|contact\s+list|mailing\s+list)\b",
+    re.IGNORECASE,
+)
+
+
+def _bulk(text: str) -> str | None:
+    """What in ``text`` asks for more than one message or call, or None."""
+    m = _BULK_RE.search(text)
+    if m and (not m.group("n")[0].isdigit() or int(m.group("n").replace(",", "")) > 1):
+        return m.group(0)
+    m = _EVERYONE_RE.search(text)
+    return m.group(0) if m else None
+
+
+def _instruction(text: str) -> str:
+    """The words of a segment before the text it dictates ("saying", "that", ":", a quote)."""
+    m = _BODY_MARKER_RE.search(text)
+    return text[: m.start()] if m else text
+
+
+_TO_THE_SENDER_RE = re.compile(r"\s*[A-Za-z]+\s+(?:me|us)\b", re.IGNORECASE)
+
+
 def _split(masked: str) -> list[str]:
     parts = _SPLIT_RE.split(masked)
     # parts alternates text, separator, text, ...
@@ -318,6 +358,15 @@ def _split(masked: str) -> list[str]:
             continue
         sentence_break = bool(re.match(r"\s*[.!?;]", sep)) or "\n" in sep
         if sentence_break and _TITLE_END_RE.search(segments[-1] + sep):
+            segments[-1] += sep + piece
+            continue
+        if (
+            not sentence_break
+            and _TO_THE_SENDER_RE.match(piece)
+            and _BODY_MARKER_RE.search(segments[-1])
+        ):
+            # "Text Maria: running late, call me back": words to the sender inside
+            # the text being dictated are part of it, not a request of their own.
             segments[-1] += sep + piece
             continue
         tokens = _tokenise(piece)
@@ -348,6 +397,7 @@ def _has_word(tokens: list[_Token], *words: str) -> bool:
 
 
 _CHANNELS = {"EMAIL": "email.send", "SMS": "sms.send", "WA": "whatsapp.send", "CALL": "phone.call"}
+_CHANNEL_TYPES = frozenset(_CHANNELS.values())
 
 
 def _classify(head: list[_Token], tokens: list[_Token], text: str) -> tuple[str | None, int, bool]:
@@ -383,6 +433,7 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
         has("AUDIENCE")
         and not emails
         and not phones
+        and not _EVERYONE_RE.search(text)
         and (has("NOTIFY", "TELL", "SEND") or has("EMAIL", "SMS", "WA"))
     ):
         return "notification.send", 88
@@ -518,13 +569,13 @@ _CONTENT_RE = re.compile(
     r"\b(?:saying|that\s+says|to\s+say|and\s+say|with\s+the\s+(?:message|text)|message:|"
     r"text:|body:|tell(?:ing)?\s+(?:him|her|them)(?:\s+that)?|letting\s+(?:him|her|them)\s+know"
     r"(?:\s+that)?|reminding\s+(?:him|her|them)(?:\s+that)?|that)\s+(?P<c>.+)$"
-    r"|:\s*(?P<c2>.+)$",
+    r"|:(?=\s|$)\s*(?P<c2>.+)$",
     re.IGNORECASE | re.DOTALL,
 )
 _TOPIC_RE = re.compile(
     r"\b(?:about|regarding|concerning|re:|re|on\s+the\s+subject\s+of|with\s+subject|"
     r"subject:?)\s+(?P<t>.+?)(?=\s+(?:saying|that\s+says|and\s+say|telling|with\s+the\s+message)"
-    r"\b|\s*:|$)",
+    r"\b|\s*:(?=\s|$)|$)",
     re.IGNORECASE,
 )
 
@@ -607,11 +658,16 @@ def _phone_recipient(
 
 
 def _strip_addresses(text: str, ctx: _Context) -> str:
-    for e in find_emails(text):
-        text = re.sub(re.escape(e), " ", text, flags=re.IGNORECASE)
-    for start, end, _ in sorted(find_phones(text, ctx.country_code), reverse=True):
-        text = text[:start] + " " + text[end:]
-    return text
+    """``text`` without the addresses that name recipients: those before the words
+    to send. An address inside the text to send ("call me back on +1 555 …") stays."""
+    m = _CONTENT_RE.search(text)
+    cut = m.start() if m else len(text)
+    head, tail = text[:cut], text[cut:]
+    for e in find_emails(head):
+        head = re.sub(re.escape(e), " ", head, flags=re.IGNORECASE)
+    for start, end, _ in sorted(find_phones(head, ctx.country_code), reverse=True):
+        head = head[:start] + " " + head[end:]
+    return head + tail
 
 
 def _subject_from(body: str) -> str:
@@ -1268,6 +1324,7 @@ def _reply(actions: list[ProposedAction], bypass: bool, ambiguous: list[str]) ->
         doing = [_DOING.get(a.action_type, a.action_type) for a in actions]
         lines.append("I'll " + _join(doing) + ".")
         for a in actions:
+            lines.extend(c.message[0].upper() + c.message[1:] + "." for c in a.concerns if c.blocks)
             for p in a.missing_parameters:
                 q = _QUESTIONS.get((a.action_type, p), f"What is the {p.replace('_', ' ')}?")
                 lines.append(q)
@@ -1292,6 +1349,10 @@ class OfflineEngine:
         if not re.fullmatch(r"\+[1-9]\d{0,3}", default_country_code):
             raise ValueError(f"bad country calling code {default_country_code!r}")
         self._country_code = default_country_code
+        # Which parameters reach a person as written, per action type (the registry's).
+        self._verbatim = {
+            d.name: d.verbatim_parameters for d in default_registry().all() if d.verbatim_parameters
+        }
 
     @property
     def name(self) -> str:
@@ -1329,6 +1390,18 @@ class OfflineEngine:
                     ambiguous.append(note)
                 continue
             params, missing = _EXTRACTORS[seg.family](seg, ctx)
+            concerns = self._exact_text(seg.family, params, message, ctx)
+            bulk = _bulk(_instruction(seg.text)) if seg.family in _CHANNEL_TYPES else None
+            if bulk is not None:
+                concerns.append(
+                    Concern(
+                        QUANTITY_NOT_SUPPORTED,
+                        f'"{bulk}" is more than I can do at once: one request sends one '
+                        "message to one recipient (or places one call); a list of recipients "
+                        "needs one request each",
+                        blocks=True,
+                    )
+                )
             # Missing parameters lower the confidence, but a clearly worded request
             # stays in the suggestion band: the policy already blocks it and asks the
             # requester for what is missing, which is better than a coordinator.
@@ -1347,10 +1420,12 @@ class OfflineEngine:
                     confidence=confidence,
                     reasoning=reasoning,
                     missing_parameters=missing,
+                    concerns=concerns,
                 )
             )
             joints.append(joint)
             texts.append(_unquote(seg.text, ctx))
+        actions = self._uncertain_ends(actions, joints, texts, ctx)
         links = link([a.action_type for a in actions], texts, joints)
         actions = [
             a
@@ -1379,6 +1454,50 @@ class OfflineEngine:
             bypass_attempt=bypass,
         )
 
+    def _exact_text(
+        self, family: str, params: dict[str, Any], message: str, ctx: _Context
+    ) -> list[Concern]:
+        """Replace each text meant for a person by the message's own characters for
+        it; a concern for any that cannot be found there as written."""
+        concerns: list[Concern] = []
+        for name in self._verbatim.get(family, ()):
+            value = params.get(name)
+            if not isinstance(value, str) or not value.strip():
+                continue
+            exact = anchor(value, message)
+            if exact is None:
+                words = name.replace("_", " ")
+                concerns.append(
+                    Concern(UNCERTAIN_TEXT, f"I could not keep the {words} exactly as written")
+                )
+            else:
+                params[name] = exact
+        return concerns
+
+    def _uncertain_ends(
+        self, actions: list[ProposedAction], joints: list[str], texts: list[str], ctx: _Context
+    ) -> list[ProposedAction]:
+        """A text that runs on into what reads as another request ("Text Maria:
+        running late, call me back") may end earlier or later than the split says:
+        unless the next request names its own address or a sentence ends between
+        them, the text is not sure enough to send unattended."""
+        out = list(actions)
+        for i, action in enumerate(actions[:-1]):
+            names = self._verbatim.get(action.action_type, ())
+            body = next((action.parameters.get(n) for n in names if action.parameters.get(n)), None)
+            if not isinstance(body, str) or body in ctx.quotes:
+                continue
+            joint, following, after = joints[i + 1], texts[i + 1], actions[i + 1]
+            if re.search(r"[.!?;]|\n", joint) or after.action_type not in _CHANNEL_TYPES:
+                continue
+            if body in after.parameters.values():
+                continue  # "email and text them that …": one text for both
+            if find_emails(following) or find_phones(following, ctx.country_code):
+                continue
+            concern = Concern(UNCERTAIN_TEXT, "I am not sure where the text to send ends")
+            out[i] = replace(action, concerns=[*action.concerns, concern])
+        return out
+
     def _context(self, request: EngineRequest, quotes: list[str]) -> _Context:
         bc = request.business_context or {}
         tz: tzinfo | None = None
@@ -1403,7 +1522,14 @@ class OfflineEngine:
 
     def _segments(self, masked: str) -> list[_Segment]:
         segments: list[_Segment] = []
-        for piece in _split(masked):
+        pieces = _split(masked)
+        block = re.search(r":[ \t]*\n", masked)
+        if block:
+            # "Email ann@x.com:" and then lines of text: the lines are the text,
+            # whatever words they contain.
+            head = _split(masked[: block.start() + 1])
+            pieces = [*head[:-1], head[-1] + masked[block.start() + 1 :]] if head else pieces
+        for piece in pieces:
             tokens = _tokenise(piece)
             family, strength, typo = _classify(_head(tokens, piece), tokens, piece)
             segments.append(_Segment(piece, tokens, family, strength, typo))

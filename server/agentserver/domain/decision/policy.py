@@ -54,6 +54,7 @@ __all__ = [
     "POLICY_BYPASS_ATTEMPT",
     "PREREQUISITE_BLOCKED",
     "QUANTITY_NOT_SUPPORTED",
+    "UNCERTAIN_TEXT",
     "UNKNOWN_ACTION",
     "ActionDecision",
     "BlockedReason",
@@ -71,6 +72,8 @@ UNKNOWN_ACTION = "UNKNOWN_ACTION"
 POLICY_BYPASS_ATTEMPT = "POLICY_BYPASS_ATTEMPT"
 QUANTITY_NOT_SUPPORTED = "QUANTITY_NOT_SUPPORTED"
 PREREQUISITE_BLOCKED = "PREREQUISITE_BLOCKED"
+# An engine's non-blocking concern: unsure where text meant for a person starts or ends.
+UNCERTAIN_TEXT = "UNCERTAIN_TEXT"
 
 L = DecisionLevel
 
