@@ -57,6 +57,11 @@ AUDIT_PRUNE_BATCH = 5000
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 DEMO_TENANT = "demo"
+DEMO_RESOURCES = (
+    ("room", "Blue Room", {"capacity": "8"}),
+    ("room", "Green Room", {"capacity": "4"}),
+    ("court", "Court 1", {"surface": "clay"}),
+)
 DEMO_TOKENS = 1000
 
 
@@ -370,6 +375,9 @@ async def bootstrap_demo(app: App, credentials_file: Path | None) -> dict[str, s
         None, PLATFORM_DEFAULT_SCOPES, "demo platform key", now
     )
     await app.ledger.add_tokens(DEMO_TENANT, "", DEMO_TOKENS, "demo-initial-tokens", "demo")
+    # What the README's examples book and look up.
+    for kind, name, attributes in DEMO_RESOURCES:
+        await app.runner.business.create_resource(DEMO_TENANT, "", kind, name, attributes, now)
     keys = {"tenant_id": DEMO_TENANT, "tenant_key": tenant_key, "platform_key": platform_key}
     if credentials_file is not None:
         credentials_file.parent.mkdir(parents=True, exist_ok=True)
