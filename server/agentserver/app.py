@@ -34,6 +34,7 @@ from agentserver.config import Settings
 from agentserver.domain.agent import AgentService, CachedPolicySource
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.costs import CostTable
+from agentserver.domain.decision.crosscheck import CheckedEngine
 from agentserver.domain.decision.engine import DecisionEngine
 from agentserver.domain.decision.offline import OfflineEngine
 from agentserver.domain.errors import FailedPrecondition, InvalidArgument
@@ -316,7 +317,7 @@ def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine
     from agentserver.adapters.llm import OpenAIEngine, ToolSpec
 
     tools = [ToolSpec(d.name, d.description, d.parameters_schema) for d in registry.all()]
-    return OpenAIEngine(
+    model = OpenAIEngine(
         llm,
         tools,
         offline,
@@ -324,6 +325,7 @@ def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine
             f"{v.field}: {v.description}" for v in registry.validate(name, params)
         ],
     )
+    return CheckedEngine(model, offline)
 
 
 async def prepare_database(app: App) -> None:
