@@ -23,9 +23,15 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agentserver.domain.decision.bypass import BypassClassifier, detect_bypass
+from agentserver.domain.decision.bypass_weights import WEIGHTS as _BYPASS_WEIGHTS
 from agentserver.domain.decision.dependencies import link
 from agentserver.domain.decision.engine import Concern, EngineRequest, Proposal, ProposedAction
-from agentserver.domain.decision.policy import QUANTITY_NOT_SUPPORTED, UNCERTAIN_TEXT
+from agentserver.domain.decision.policy import (
+    POSSIBLE_BYPASS,
+    QUANTITY_NOT_SUPPORTED,
+    UNCERTAIN_TEXT,
+)
 from agentserver.domain.decision.textparse import (
     find_duration_minutes,
     find_emails,
@@ -158,58 +164,11 @@ _MONTH_NAMES = _words_of(
     "jan feb mar apr jun jul aug sep sept oct nov dec"
 )
 
-# --- bypass detection -------------------------------------------------------------
+# --- attempts to bypass the rules (see bypass.py) ------------------------------------
 
-_BYPASS_PATTERNS = [
-    r"\b(?:ignore|disregard|forget|override)\b[^.!?]{0,30}?\b(?:previous|prior|above|earlier|"
-    r"all|your|the|any|these)\b[^.!?]{0,20}?\b(?:instructions?|rules?|polic(?:y|ies)|"
-    r"guidelines?|restrictions?|limits?|prompts?|checks?|permissions?)\b",
-    r"\bwithout\s+(?:any\s+|an\s+|the\s+|asking\s+(?:for\s+)?|waiting\s+for\s+|my\s+|their\s+)?"
-    r"(?:approvals?|permissions?|review|reviewing|confirmation|confirming|checks?|checking|"
-    r"sign[\s-]?off|asking\s+anyone|anyone'?s?\s+(?:ok|okay|approval))\b",
-    r"\b(?:skip|bypass|circumvent|avoid|get\s+around|side[\s-]?step)\b[^.!?]{0,25}?"
-    r"\b(?:approvals?|review|checks?|confirmation|polic(?:y|ies)|rules?|permissions?|limits?|"
-    r"coordinators?|approvers?|process|balance)\b",
-    r"\b(?:bypass|circumvent)\b",
-    r"\boverride\b[^.!?]{0,20}?\b(?:polic(?:y|ies)|rules?|limits?|permissions?|settings?|"
-    r"level|decision)\b",
-    r"\byou(?:\s+are|'re|’re)\s+(?:now\s+)?(?:an?\s+|the\s+|in\s+)?(?:admin|administrator|root|superuser|"
-    r"developer\s+mode|god\s+mode|unrestricted|dan)\b",
-    r"\b(?:act|behave)\s+as\s+(?:an?\s+|the\s+)?(?:admin|administrator|root|superuser|approver)\b",
-    r"\b(?:grant|give)\s+(?:me|myself|us)\s+(?:\w+\s+){0,2}(?:permissions?|access|rights|"
-    r"privileges|admin|role)\b(?:\s+to\s+[^.!?]*)?",
-    r"\bi\s+(?:hereby\s+)?(?:authori[sz]e|permit|allow|order)\s+you\b",
-    # The agent cannot approve anything; telling it to is asking it to skip the approver.
-    r"(?:^|[.!?,;]\s*|\band\s+|\bjust\s+|\bplease\s+|\bnow\s+)(?:approve|authori[sz]e)\s+"
-    r"(?:it|this|that|my|our|the\s+request)\b",
-    r"\b(?:pretend|assume|imagine)\b[^.!?]{0,20}?\b(?:i\s+am|i'm|you\s+are|you're)\b[^.!?]{0,15}"
-    r"\b(?:admin|administrator|approver|manager|owner|coordinator|root|authori[sz]ed)\b",
-    r"\b(?:no\s+need\s+(?:for|to\s+(?:ask|wait|get))|don'?t\s+(?:ask|wait\s+for|need|bother\s+"
-    r"(?:with|asking))|do\s+not\s+(?:ask|wait\s+for))\b[^.!?]{0,20}?\b(?:approvals?|"
-    r"permission|anyone|coordinators?|approvers?|review|sign[\s-]?off|confirmation|manager)\b",
-    r"\b(?:auto[\s-]?approve|pre[\s-]?approved|already\s+approved|consider\s+(?:it|this)\s+"
-    r"approved|mark\s+(?:it|this)\s+(?:as\s+)?approved|approve\s+it\s+yourself|"
-    r"self[\s-]?approve)\b",
-    r"\b(?:developer|debug|maintenance|admin|god)\s+mode\b",
-    r"\b(?:jailbreak|system\s+prompt|new\s+instructions)\b",
-    r"\b(?:don'?t|do\s+not|never)\s+(?:charge|deduct|bill|count)\b[^.!?]{0,20}?"
-    r"\b(?:tokens?|me|us|balance|credits?)\b",
-    r"\b(?:ignore|disregard)\s+(?:my|the|our)\s+(?:token\s+)?(?:balance|limits?|quota)\b",
-    r"\b(?:even\s+(?:though|if)\s+i\s+(?:don'?t|do\s+not)\s+have\s+(?:the\s+)?"
-    r"(?:permission|rights|access))\b",
-    r"\b(?:i\s+am|i'm)\s+(?:the|an?)\s+(?:admin|administrator|owner|ceo|superuser)\b"
-    r"[^.!?]{0,40}?\b(?:so|just|therefore)\b",
-    r"\bno\s+matter\s+what\s+(?:the\s+)?(?:polic(?:y|ies)|rules?)\b",
-    r"\bregardless\s+of\s+(?:the\s+)?(?:polic(?:y|ies)|rules?|permissions?|approvals?)\b",
-]
-_BYPASS_RE = re.compile("|".join(f"(?:{p})" for p in _BYPASS_PATTERNS), re.IGNORECASE)
-
-
-def detect_bypass(message: str) -> list[tuple[int, int]]:
-    """Spans of ``message`` that try to skip approvals, widen permissions, avoid
-    charges or override the agent's instructions."""
-    return [(m.start(), m.end()) for m in _BYPASS_RE.finditer(message)]
-
+BYPASS = BypassClassifier(_BYPASS_WEIGHTS, threshold=0.5)
+# From this likelihood on, a message not flagged still runs nothing unattended.
+DOUBT = 0.1
 
 # --- words and segments -------------------------------------------------------------
 
@@ -1367,7 +1326,14 @@ class OfflineEngine:
         """The synchronous core of `propose`, for tests and the evaluation."""
         message = request.message or ""
         spans = detect_bypass(message)
-        bypass = bool(spans)
+        likelihood = BYPASS.probability(message)
+        bypass = likelihood >= BYPASS.threshold
+        # Below the flag, but not clearly harmless: nothing of it runs unattended.
+        doubt = (
+            None
+            if bypass or likelihood < DOUBT
+            else Concern(POSSIBLE_BYPASS, "the message may be trying to get around the rules")
+        )
         # Cut the bypass wording out so "without approval" does not ask for approval.
         clean = message
         for start, end in reversed(spans):
@@ -1391,6 +1357,8 @@ class OfflineEngine:
                 continue
             params, missing = _EXTRACTORS[seg.family](seg, ctx)
             concerns = self._exact_text(seg.family, params, message, ctx)
+            if doubt is not None:
+                concerns.append(doubt)
             bulk = _bulk(_instruction(seg.text)) if seg.family in _CHANNEL_TYPES else None
             if bulk is not None:
                 concerns.append(

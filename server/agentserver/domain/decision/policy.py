@@ -52,6 +52,7 @@ __all__ = [
     "MISSING_PARAMETER",
     "PERMISSION_MISSING",
     "POLICY_BYPASS_ATTEMPT",
+    "POSSIBLE_BYPASS",
     "PREREQUISITE_BLOCKED",
     "QUANTITY_NOT_SUPPORTED",
     "UNCERTAIN_TEXT",
@@ -74,6 +75,8 @@ QUANTITY_NOT_SUPPORTED = "QUANTITY_NOT_SUPPORTED"
 PREREQUISITE_BLOCKED = "PREREQUISITE_BLOCKED"
 # An engine's non-blocking concern: unsure where text meant for a person starts or ends.
 UNCERTAIN_TEXT = "UNCERTAIN_TEXT"
+# An engine's non-blocking concern: the message reads somewhat like a bypass attempt.
+POSSIBLE_BYPASS = "POSSIBLE_BYPASS"
 
 L = DecisionLevel
 
