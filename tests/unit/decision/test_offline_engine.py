@@ -277,3 +277,55 @@ def test_a_report_on_a_change_depends_on_it(message: str) -> None:
 def test_independent_requests_do_not_depend_on_each_other() -> None:
     p = read("Email ann@x.com that hi and text +15551234567 that ho")
     assert [a.depends_on for a in p.actions] == [None, None]
+
+
+SALON = {
+    "opening_hours": {"weekdays": "Mon-Fri 9:00-18:00", "saturday": "Sat 10:00-14:00"},
+    "address": "12 Elm Street, Springfield",
+    "prices": {"haircut": "$35"},
+    "policies": {"cancellation": "Cancel up to 24 hours before for free.", "pets": "Dogs welcome."},
+}
+
+
+@pytest.mark.parametrize(
+    ("question", "quoted"),
+    [
+        ("When do you open on Saturday?", "Sat 10:00-14:00"),
+        ("Where are you located?", "12 Elm Street, Springfield"),
+        ("How much is a haircut?", "$35"),
+        ("What is your cancellation policy?", "Cancel up to 24 hours before for free."),
+        ("Do you allow dogs?", "Dogs welcome."),
+    ],
+)
+def test_questions_the_business_context_answers_are_quoted_with_no_action(
+    question: str, quoted: str
+) -> None:
+    p = read(question, SALON)
+    assert p.actions == [] and f'"{quoted}"' in p.reply
+
+
+def test_other_questions_and_requests_are_not_answered_from_context() -> None:
+    assert "Elm Street" not in read("What time is it in Tokyo?", SALON).reply
+    assert types(read("How much did we spend on SMS this month?", SALON)) == ["analysis.report"]
+
+
+@pytest.mark.parametrize(
+    ("message", "customer"),
+    [
+        ("Book the Blue Room for Dr. Smith tomorrow at 3pm for an hour", "Dr. Smith"),
+        ("Book Court 1 tomorrow at 5pm for 90 minutes for Mrs O'Neill", "Mrs O'Neill"),
+        (
+            "Reserve the Green Room on Friday at 10am for one hour for Mr. José Álvarez",
+            "Mr. José Álvarez",
+        ),
+    ],
+)
+def test_names_with_titles(message: str, customer: str) -> None:
+    (action,) = read(message).actions
+    assert action.parameters["customer_name"] == customer
+
+
+def test_a_contact_named_with_a_title_is_found() -> None:
+    contacts = {"contacts": [{"name": "Tom Jones", "phone": "+15550202020"}]}
+    (action,) = read("Text Mr Jones that his car is ready", contacts).actions
+    assert action.parameters["to"] == "+15550202020"

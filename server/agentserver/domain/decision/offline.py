@@ -23,6 +23,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agentserver.domain.decision.answers import answer
 from agentserver.domain.decision.bypass import BypassClassifier, detect_bypass
 from agentserver.domain.decision.bypass_weights import WEIGHTS as _BYPASS_WEIGHTS
 from agentserver.domain.decision.dependencies import link
@@ -303,6 +304,17 @@ def _instruction(text: str) -> str:
     return text[: m.start()] if m else text
 
 
+def _only_a_vague_look(actions: list[ProposedAction]) -> bool:
+    """No action, or only a general report with no period ("how much is …?" reads as
+    one): what a question about the business may replace."""
+    return all(
+        a.action_type == "analysis.report"
+        and a.parameters.get("topic") == "general"
+        and not a.parameters.get("period")
+        for a in actions
+    )
+
+
 _TO_THE_SENDER_RE = re.compile(r"\s*[A-Za-z]+\s+(?:me|us)\b", re.IGNORECASE)
 
 
@@ -578,7 +590,7 @@ def _resolve_person(
         return ctx.last_person, str(ctx.last_person.get("name") or "them")
     m = re.search(
         r"\b(?:to|email|e-mail|mail|text|call|ring|phone|message|whatsapp|contact|tell|remind)"
-        r"\s+(?P<n>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)",
+        rf"\s+(?P<n>(?:{_TITLE}\s+)?{_NAME_WORD}(?:\s+{_NAME_WORD})?)",
         text,
     )
     if m and m.group("n").lower().split()[0] not in _WEEKDAY_NAMES | _MONTH_NAMES:
@@ -761,13 +773,20 @@ _NOT_A_RESOURCE = frozenset(
     }
 )
 _NOT_A_RESOURCE_WORD = _PRONOUNS | {"me", "us", "it", "booking", "appointment", "reservation"}
-_PERSON_RE = re.compile(r"\b(?P<n>[A-Z][a-z]+(?:\s+(?:[A-Z][a-z]+|[A-Z]\.))*(?:\s+[A-Z][a-z]+)?)")
+# A person's name: capitalised words (accents allowed), optionally after a title.
+_UP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
+_TITLE = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Sr|Sra|Herr|Frau|Mme|Mlle|M)\.?"
+_NAME_WORD = rf"(?:[{_UP}]')?[{_UP}][{_LOW}]+(?:-[{_UP}][{_LOW}]+)?"
+_PERSON_RE = re.compile(
+    rf"\b(?P<n>(?:{_TITLE}\s+)?{_NAME_WORD}(?:\s+(?:{_NAME_WORD}|[{_UP}]\.))*"
+    rf"(?:\s+{_NAME_WORD})?)"
+)
 
 
 def _person_after(text: str, lead: str) -> str | None:
     for m in re.finditer(rf"\b{lead}\s+{_PERSON_RE.pattern}", text):
         name = m.group("n")
-        first = name.split()[0].lower()
+        first = re.sub(rf"^{_TITLE}\s+", "", name).split()[0].lower()
         if first in _WEEKDAY_NAMES | _MONTH_NAMES or first in _CONCEPTS:
             continue
         if singular(name.split()[-1].lower()) in _RESOURCE_NOUNS:
@@ -1411,10 +1430,22 @@ class OfflineEngine:
         else:
             overall = 30 if ambiguous else 10
         reasoning = "; ".join(a.reasoning for a in actions) if actions else "no action recognised"
+        reply = _reply(actions, bypass, ambiguous)
+        known = (
+            None
+            if bypass or not _only_a_vague_look(actions)
+            else answer(message, request.business_context or {})
+        )
+        if known is not None:
+            # A question the business's own details answer: quote them, do nothing.
+            field_name, text = known
+            actions, ambiguous, overall = [], [], 90
+            reply = f'From your business details ({field_name}): "{text}"'
+            reasoning = f"a question answered from business_context.{field_name}"
         if bypass:
             reasoning += "; the message tries to bypass the rules"
         return Proposal(
-            reply=_reply(actions, bypass, ambiguous),
+            reply=reply,
             actions=actions,
             confidence=overall,
             reasoning=reasoning,
