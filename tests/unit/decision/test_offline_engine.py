@@ -329,3 +329,47 @@ def test_a_contact_named_with_a_title_is_found() -> None:
     contacts = {"contacts": [{"name": "Tom Jones", "phone": "+15550202020"}]}
     (action,) = read("Text Mr Jones that his car is ready", contacts).actions
     assert action.parameters["to"] == "+15550202020"
+
+
+@pytest.mark.parametrize(
+    ("message", "family", "params"),
+    [
+        (
+            "Show me customer Jane Roe",
+            "resource.read",
+            {"resource_type": "customer", "name": "Jane Roe"},
+        ),
+        ("Details of order 1042", "resource.read", {"resource_type": "order", "name": "1042"}),
+        (
+            "Delete supplier Acme Parts",
+            "resource.delete",
+            {"resource_type": "supplier", "name": "Acme Parts"},
+        ),
+        (
+            "Mark order 1042 as shipped",
+            "resource.update",
+            {"name": "1042", "attributes": [{"key": "status", "value": "shipped"}]},
+        ),
+        (
+            "Add a customer: Jane Roe, jane@roe.com, +1 555 010 2030, VIP",
+            "resource.create",
+            {
+                "resource_type": "customer",
+                "name": "Jane Roe",
+                "attributes": [
+                    {"key": "email", "value": "jane@roe.com"},
+                    {"key": "phone", "value": "+15550102030"},
+                    {"key": "note", "value": "VIP"},
+                ],
+            },
+        ),
+    ],
+)
+def test_records_beyond_bookable_things(message: str, family: str, params: dict[str, Any]) -> None:
+    (action,) = read(message).actions  # a list of fields is one action
+    assert action.action_type == family
+    assert {k: action.parameters[k] for k in params} == params
+
+
+def test_a_record_mentioned_in_a_message_to_send_is_not_a_record_action() -> None:
+    assert types(read("Email the details of order 1042 to bob@x.com")) == ["email.send"]

@@ -23,6 +23,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agentserver.domain.decision import records
 from agentserver.domain.decision.answers import answer
 from agentserver.domain.decision.bypass import BypassClassifier, detect_bypass
 from agentserver.domain.decision.bypass_weights import WEIGHTS as _BYPASS_WEIGHTS
@@ -393,6 +394,10 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
 
     emails, phones = find_emails(text), find_phones(text)
 
+    if not has("EMAIL", "SMS", "WA", "CALL", "APPROVAL", "ESCALATE", "NOTIFY", "BOOK"):
+        record = records.reading(text)
+        if record is not None:
+            return record, 86
     if has("APPROVAL") and not has("EMAIL", "SMS", "WA"):
         return "human.approval_request", 88
     if has("ESCALATE") or (has("TALK") and has("HUMAN")):
@@ -1374,7 +1379,12 @@ class OfflineEngine:
                 if note:
                     ambiguous.append(note)
                 continue
-            params, missing = _EXTRACTORS[seg.family](seg, ctx)
+            record = (
+                records.extract(seg.family, _unquote(seg.text, ctx))
+                if seg.family.startswith("resource.")
+                else None
+            )
+            params, missing = record or _EXTRACTORS[seg.family](seg, ctx)
             concerns = self._exact_text(seg.family, params, message, ctx)
             if doubt is not None:
                 concerns.append(doubt)
