@@ -1051,6 +1051,50 @@ _STATE_WORDS = {
 }
 
 
+# The same words in the languages the offline engine reads (see decision/languages.py).
+_STATE_WORDS_IN = {
+    "es": {
+        ActionState.PROPOSED: "no es posible tal como se pidió",
+        ActionState.AWAITING_USER: "espera tu confirmación",
+        ActionState.AWAITING_COORDINATOR: "espera la revisión de un coordinador",
+        ActionState.AWAITING_APPROVER: "espera a un aprobador",
+        ActionState.APPROVED: "aprobada",
+        ActionState.EXECUTING: "en curso",
+        ActionState.SUCCEEDED: "hecho",
+        ActionState.FAILED: "falló",
+        ActionState.REJECTED: "rechazada",
+        ActionState.EXPIRED: "caducada",
+        ActionState.CANCELLED: "cancelada",
+    },
+    "de": {
+        ActionState.PROPOSED: "so nicht möglich",
+        ActionState.AWAITING_USER: "wartet auf Ihre Bestätigung",
+        ActionState.AWAITING_COORDINATOR: "wartet auf die Prüfung durch einen Koordinator",
+        ActionState.AWAITING_APPROVER: "wartet auf eine Freigabe",
+        ActionState.APPROVED: "freigegeben",
+        ActionState.EXECUTING: "läuft",
+        ActionState.SUCCEEDED: "erledigt",
+        ActionState.FAILED: "fehlgeschlagen",
+        ActionState.REJECTED: "abgelehnt",
+        ActionState.EXPIRED: "abgelaufen",
+        ActionState.CANCELLED: "storniert",
+    },
+    "fr": {
+        ActionState.PROPOSED: "impossible tel que demandé",
+        ActionState.AWAITING_USER: "attend votre confirmation",
+        ActionState.AWAITING_COORDINATOR: "attend l'avis d'un coordinateur",
+        ActionState.AWAITING_APPROVER: "attend un approbateur",
+        ActionState.APPROVED: "approuvée",
+        ActionState.EXECUTING: "en cours",
+        ActionState.SUCCEEDED: "fait",
+        ActionState.FAILED: "échec",
+        ActionState.REJECTED: "refusée",
+        ActionState.EXPIRED: "expirée",
+        ActionState.CANCELLED: "annulée",
+    },
+}
+
+
 def _done(action: Action) -> Action:
     return replace(action, state=ActionState.SUCCEEDED)
 
@@ -1058,8 +1102,9 @@ def _done(action: Action) -> Action:
 def _reply(proposal: Proposal, actions: list[Action]) -> str:
     lines = [proposal.reply.strip()] if proposal.reply.strip() else []
     by_id = {a.id: a for a in actions}
+    words = _STATE_WORDS_IN.get(proposal.language, _STATE_WORDS)
     for action in actions:
-        status = _STATE_WORDS[action.state]
+        status = words[action.state]
         why = "; ".join(b["message"] for b in action.blocked)
         before = by_id.get(action.depends_on or "")
         if before is not None and action.state in (ActionState.APPROVED, *WAITING):

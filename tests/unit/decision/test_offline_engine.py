@@ -373,3 +373,61 @@ def test_records_beyond_bookable_things(message: str, family: str, params: dict[
 
 def test_a_record_mentioned_in_a_message_to_send_is_not_a_record_action() -> None:
     assert types(read("Email the details of order 1042 to bob@x.com")) == ["email.send"]
+
+
+@pytest.mark.parametrize(
+    ("message", "lang", "family", "params", "reply"),
+    [
+        (
+            "Envía un SMS al +34 612 345 678 diciendo que la mesa está lista a las 20:30",
+            "es",
+            "sms.send",
+            {"to": "+34612345678", "body": "la mesa está lista a las 20:30"},
+            "Voy a enviar un SMS.",
+        ),
+        (
+            "Reserva la Sala Azul mañana a las 15:00 durante una hora para María García",
+            "es",
+            "booking.create",
+            {"resource_name": "Sala Azul", "customer_name": "María García", "duration_minutes": 60},
+            "Voy a crear una reserva.",
+        ),
+        (
+            "Sende eine E-Mail an jonas@beispiel.de mit der Nachricht: "
+            "Ihre Bestellung ist unterwegs.",
+            "de",
+            "email.send",
+            {"to": "jonas@beispiel.de", "body": "Ihre Bestellung ist unterwegs"},
+            "Ich werde eine E-Mail senden.",
+        ),
+        (
+            "Buche den Blauen Raum morgen um 15 Uhr für eine Stunde für Herr Müller",
+            "de",
+            "booking.create",
+            {"start": "2026-01-16T15:00:00+00:00", "customer_name": "Herr Müller"},
+            "Ich werde eine Buchung anlegen.",
+        ),
+        (
+            "Envoie un SMS au +33 6 12 34 56 78 disant que la table est prête à 20h30",
+            "fr",
+            "sms.send",
+            {"to": "+33612345678", "body": "la table est prête à 20h30"},
+            "Je vais envoyer un SMS.",
+        ),
+        (
+            "Annule la réservation BK-4401",
+            "fr",
+            "booking.cancel",
+            {"booking_id": "BK-4401"},
+            "Je vais annuler une réservation.",
+        ),
+    ],
+)
+def test_spanish_german_and_french(
+    message: str, lang: str, family: str, params: dict[str, Any], reply: str
+) -> None:
+    p = read(message)
+    (action,) = p.actions
+    assert (p.language, action.action_type) == (lang, family)
+    assert {k: action.parameters[k] for k in params} == params
+    assert p.reply == reply

@@ -30,6 +30,7 @@ set (`tests/data/bypass/eval_*.txt`).
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Sequence
@@ -269,8 +270,10 @@ def features(message: str) -> list[str]:
         at = m.start()
         in_quote = any(a < at < b for a, b in quoted)
         # In the dictated text: after a body marker with no sentence break since.
-        last_body = max((b for b in body_starts if b <= at), default=-1)
-        last_break = max((b for b in sentences if b <= at), default=-1)
+        i_body = bisect.bisect_right(body_starts, at)
+        i_break = bisect.bisect_right(sentences, at)
+        last_body = body_starts[i_body - 1] if i_body else -1
+        last_break = sentences[i_break - 1] if i_break else -1
         in_body = in_quote or last_body > last_break
         zone = "b" if in_body else "i"
         stem = _stem(word)

@@ -73,6 +73,8 @@ class Proposal:
     engine: str  # "offline" or "llm:<model>", plus any fallback note
     # The message asks to skip approvals, widen permissions or otherwise bypass rules.
     bypass_attempt: bool = False
+    # The language of the message and of `reply` ("en", "es", "de", "fr").
+    language: str = "en"
 
 
 class DecisionEngine(Protocol):

@@ -29,6 +29,8 @@ from agentserver.domain.decision.bypass import BypassClassifier, detect_bypass
 from agentserver.domain.decision.bypass_weights import WEIGHTS as _BYPASS_WEIGHTS
 from agentserver.domain.decision.dependencies import link
 from agentserver.domain.decision.engine import Concern, EngineRequest, Proposal, ProposedAction
+from agentserver.domain.decision.languages import detect as detect_language
+from agentserver.domain.decision.languages import phrase, pivot
 from agentserver.domain.decision.policy import (
     POSSIBLE_BYPASS,
     QUANTITY_NOT_SUPPORTED,
@@ -123,7 +125,10 @@ _RESOURCE_NOUNS = _words_of(
     "resource room table desk court vehicle car van truck chair bay studio machine "
     "equipment space bed boat bike field lane pitch locker projector asset station booth "
     "cabin suite hall kayak simulator therapist stylist trainer instructor barber tent pod "
-    "gym pool sauna cottage apartment villa boardroom classroom venue"
+    "gym pool sauna cottage apartment villa boardroom classroom venue "
+    # Spanish, German, French (see languages.py)
+    "sala mesa pista cancha habitación consulta raum saal zimmer tisch platz salle chambre "
+    "terrain cabine"
 )
 for _n in _RESOURCE_NOUNS:
     _CONCEPTS.setdefault(_n, "RESOURCE")
@@ -820,7 +825,7 @@ def _booking_resource(text: str) -> tuple[str | None, str | None]:
         generic = name.lower() in _NOT_A_RESOURCE or words[0].lower() in _NOT_A_RESOURCE_WORD
         # A bare person's name after "book" ("book Maria in") is the customer, not a resource.
         person_like = bool(_PERSON_RE.fullmatch(name)) and not (
-            singular(words[-1].lower()) in _RESOURCE_NOUNS or words[-1].isdigit()
+            any(singular(w.lower()) in _RESOURCE_NOUNS for w in words) or words[-1].isdigit()
         )
         if not generic and not person_like:
             return None, name
@@ -1296,7 +1301,11 @@ _HELP = (
 )
 
 
-def _reply(actions: list[ProposedAction], bypass: bool, ambiguous: list[str]) -> str:
+def _reply(
+    actions: list[ProposedAction], bypass: bool, ambiguous: list[str], lang: str = "en"
+) -> str:
+    if lang != "en":
+        return _reply_in(lang, actions, bypass)
     lines: list[str] = []
     if bypass:
         lines.append(
@@ -1316,6 +1325,29 @@ def _reply(actions: list[ProposedAction], bypass: bool, ambiguous: list[str]) ->
     if not actions and not ambiguous:
         lines.append("I'm not sure what you'd like me to do. " + _HELP)
     return " ".join(lines)
+
+
+def _reply_in(lang: str, actions: list[ProposedAction], bypass: bool) -> str:
+    """The reply in Spanish, German or French (actions without a phrase of their own
+    keep their type name)."""
+    lines: list[str] = []
+    if bypass:
+        lines.append(phrase("bypass", lang) or "")
+    if actions:
+        doing = [phrase(a.action_type, lang) or a.action_type for a in actions]
+        joined = (
+            doing[0]
+            if len(doing) == 1
+            else ", ".join(doing[:-1]) + (phrase("and", lang) or " and ") + doing[-1]
+        )
+        lines.append((phrase("will", lang) or "{}").format(joined))
+        missing = [p for a in actions for p in a.missing_parameters]
+        if missing:
+            lines.append((phrase("missing", lang) or "{}").format(", ".join(missing)))
+        lines.extend(c.message for a in actions for c in a.concerns if c.blocks)
+    else:
+        lines.append(phrase("unsure", lang) or "")
+    return " ".join(x for x in lines if x)
 
 
 def _join(items: list[str]) -> str:
@@ -1349,7 +1381,11 @@ class OfflineEngine:
     def read(self, request: EngineRequest) -> Proposal:
         """The synchronous core of `propose`, for tests and the evaluation."""
         message = request.message or ""
-        spans = detect_bypass(message)
+        # Spanish, German and French instructions are read through English; the
+        # text to send stays as written (see languages.py).
+        lang = detect_language(message)
+        text = pivot(message, lang)
+        spans = detect_bypass(text)
         likelihood = BYPASS.probability(message)
         bypass = likelihood >= BYPASS.threshold
         # Below the flag, but not clearly harmless: nothing of it runs unattended.
@@ -1359,7 +1395,7 @@ class OfflineEngine:
             else Concern(POSSIBLE_BYPASS, "the message may be trying to get around the rules")
         )
         # Cut the bypass wording out so "without approval" does not ask for approval.
-        clean = message
+        clean = text
         for start, end in reversed(spans):
             clean = clean[:start] + " " + clean[end:]
         masked, quotes = mask_quotes(clean)
@@ -1440,7 +1476,7 @@ class OfflineEngine:
         else:
             overall = 30 if ambiguous else 10
         reasoning = "; ".join(a.reasoning for a in actions) if actions else "no action recognised"
-        reply = _reply(actions, bypass, ambiguous)
+        reply = _reply(actions, bypass, ambiguous, lang)
         known = (
             None
             if bypass or not _only_a_vague_look(actions)
@@ -1448,9 +1484,10 @@ class OfflineEngine:
         )
         if known is not None:
             # A question the business's own details answer: quote them, do nothing.
-            field_name, text = known
+            field_name, quoted = known
             actions, ambiguous, overall = [], [], 90
-            reply = f'From your business details ({field_name}): "{text}"'
+            said = phrase("answer", lang) or 'From your business details ({}): "{}"'
+            reply = said.format(field_name, quoted)
             reasoning = f"a question answered from business_context.{field_name}"
         if bypass:
             reasoning += "; the message tries to bypass the rules"
@@ -1461,6 +1498,7 @@ class OfflineEngine:
             reasoning=reasoning,
             engine=self.name,
             bypass_attempt=bypass,
+            language=lang,
         )
 
     def _exact_text(
