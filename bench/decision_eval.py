@@ -211,6 +211,7 @@ def evaluate(cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     level_by_tag: dict[str, list[int]] = {}
     level_misses: list[dict[str, Any]] = []
     unsafe: list[dict[str, Any]] = []
+    answers_total = answers_ok = 0
 
     for case, proposal in zip(cases, proposals, strict=True):
         expected = case["expected"]
@@ -243,6 +244,11 @@ def evaluate(cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             if any(want in proposal.actions[j].missing_parameters for _, j in matched):
                 missing_ok += 1
 
+        if "expected_answer" in case:
+            answers_total += 1
+            answers_ok += case["expected_answer"] in proposal.reply
+            if case["expected_answer"] not in proposal.reply:
+                wrong_params.append(f"answer: {proposal.reply!r}")
         flagged = proposal.bypass_attempt
         bypass_tp += flagged and case["bypass"]
         bypass_fp += flagged and not case["bypass"]
@@ -329,6 +335,8 @@ def evaluate(cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         "parameter_accuracy": _ratio(param_ok, param_total),
         "parameters_checked": param_total,
         "missing_parameter_recall": _ratio(missing_ok, missing_total),
+        "questions_answered": _ratio(answers_ok, answers_total),
+        "questions": answers_total,
         "bypass_precision": _ratio(bypass_tp, bypass_tp + bypass_fp),
         "bypass_recall": _ratio(bypass_tp, bypass_tp + bypass_fn),
         "level_accuracy": _ratio(level_ok, n),
@@ -469,6 +477,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"| parameter accuracy ({summary['parameters_checked']} labelled) "
         f"| {summary['parameter_accuracy']:.1%} |",
         f"| missing-parameter recall | {summary['missing_parameter_recall']:.1%} |",
+        f"| questions answered from the business context ({summary['questions']}) "
+        f"| {summary['questions_answered']:.1%} |",
         f"| bypass detection precision / recall | {summary['bypass_precision']:.1%} / "
         f"{summary['bypass_recall']:.1%} |",
         f"| level accuracy ({summary['level_scenario']}) | {summary['level_accuracy']:.1%} |",

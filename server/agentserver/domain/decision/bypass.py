@@ -229,6 +229,7 @@ _CUES = frozenset(
         "platform",
     ]
 )
+_ADDRESS_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|(?:https?://|www\.)[^\s,;]+")
 _ARTICLES = frozenset({"the", "a", "an", "this", "that", "these", "your", "our"})
 _WORD_RE = re.compile(r"[a-z][a-z'-]*|\d+")
 # Where dictated text starts, and where an instruction starts again.
@@ -240,7 +241,7 @@ _QUOTE_RE = re.compile(r"\"[^\"]*\"|“[^”]*”|(?<!\w)'[^']{2,}'(?!\w)")
 _SYSTEM_RE = re.compile(
     r"^\s*(?:system\b|developer\s+(?:override|note)|new\s+instructions|#{2,})"
     r"|\[\s*(?:system|developer|admin|hidden|assistant)|<\s*/?\s*(?:system|admin)\b"
-    r"|\{\s*\"role\"|\b(?:user\s+)?role\s*[:=]\s*\w|\((?:assistant|ai)\s+only"
+    r"|\{\s*\"role\"|^\s*(?:user\s+)?role\s*[:=]\s*\w|\((?:assistant|ai)\s+only"
     r"|note\s+(?:to|for)\s+the\s+(?:assistant|ai)|(?:hey|dear)\s+(?:assistant|ai)\b",
     re.IGNORECASE,
 )
@@ -258,6 +259,8 @@ def _stem(word: str) -> str:
 def features(message: str) -> list[str]:
     """The features of one message (repeats allowed: they count)."""
     text = message.replace("’", "'").replace("“", '"').replace("”", '"')
+    # Addresses and links name recipients, not intentions ("billing@…" is no bill).
+    text = _ADDRESS_RE.sub(" ", text)
     low = text.lower()
     out: list[str] = []
     quoted = [(m.start(), m.end()) for m in _QUOTE_RE.finditer(low)]

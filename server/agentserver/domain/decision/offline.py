@@ -310,13 +310,16 @@ def _instruction(text: str) -> str:
     return text[: m.start()] if m else text
 
 
-def _only_a_vague_look(actions: list[ProposedAction]) -> bool:
-    """No action, or only a general report with no period ("how much is …?" reads as
-    one): what a question about the business may replace."""
+_PRICE_QUESTION_RE = re.compile(r"\bhow\s+much\s+(?:is|are|does|do|will)\b", re.IGNORECASE)
+
+
+def _only_a_vague_look(actions: list[ProposedAction], message: str) -> bool:
+    """No action, or only a report with no period that the question merely reads as
+    ("how much is a haircut?"): what a question about the business may replace."""
     return all(
         a.action_type == "analysis.report"
-        and a.parameters.get("topic") == "general"
         and not a.parameters.get("period")
+        and (a.parameters.get("topic") == "general" or bool(_PRICE_QUESTION_RE.search(message)))
         for a in actions
     )
 
@@ -335,6 +338,10 @@ def _split(masked: str) -> list[str]:
             continue
         sentence_break = bool(re.match(r"\s*[.!?;]", sep)) or "\n" in sep
         if sentence_break and _TITLE_END_RE.search(segments[-1] + sep):
+            segments[-1] += sep + piece
+            continue
+        if not sentence_break and records.listing(segments[-1]):
+            # "Add a customer: Jane Roe, jane@roe.com, +1 555 …": one record's fields.
             segments[-1] += sep + piece
             continue
         if (
@@ -1479,7 +1486,7 @@ class OfflineEngine:
         reply = _reply(actions, bypass, ambiguous, lang)
         known = (
             None
-            if bypass or not _only_a_vague_look(actions)
+            if bypass or not _only_a_vague_look(actions, message)
             else answer(message, request.business_context or {})
         )
         if known is not None:

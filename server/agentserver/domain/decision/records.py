@@ -21,7 +21,7 @@ from typing import Any
 
 from agentserver.domain.decision.textparse import find_amounts, find_emails, find_phones
 
-__all__ = ["extract", "reading"]
+__all__ = ["extract", "listing", "reading"]
 
 # The kind a word names, singular.
 _KINDS = {
@@ -64,6 +64,12 @@ _UPDATE_RE = re.compile(
     rf"(?::|,|\bwith\b|\bset\b)\s*(?P<fields>.+)$",
     re.IGNORECASE,
 )
+
+
+def listing(text: str) -> bool:
+    """True when ``text`` creates or updates a record from a list of fields (so the
+    commas after it separate fields, not requests)."""
+    return bool(_CREATE_RE.search(text) or _UPDATE_RE.search(text))
 
 
 def reading(text: str) -> str | None:
@@ -111,7 +117,7 @@ def _field(part: str) -> tuple[str, str] | None:
         return "phone", phones[0][2]
     m = re.match(r"(?P<k>[A-Za-z][A-Za-z ]{0,20}?)\s*(?::|=|\bis\b)\s*(?P<v>.+)$", part)
     if m:
-        return re.sub(r"\s+", "_", m.group("k").strip().lower()), m.group("v").strip()
+        return _keyed(re.sub(r"\s+", "_", m.group("k").strip().lower()), m.group("v").strip())
     m = re.match(
         r"(?P<k>price|cost|stock|quantity|qty|status|email|phone|address|role|sku|size|colour|"
         r"color|category|company|title|department|notes?)\s+(?P<v>.+)$",
@@ -119,10 +125,19 @@ def _field(part: str) -> tuple[str, str] | None:
         re.IGNORECASE,
     )
     if m:
-        return m.group("k").lower(), m.group("v").strip()
+        return _keyed(m.group("k").lower(), m.group("v").strip())
     if find_amounts(part) and len(part.split()) <= 2:
         return "price", part
     return "note", part
+
+
+def _keyed(key: str, value: str) -> tuple[str, str]:
+    """A field as stored: phone numbers in E.164, like an unlabelled one."""
+    if key in ("phone", "mobile", "tel", "telephone"):
+        phones = find_phones(value)
+        if phones:
+            return "phone", phones[0][2]
+    return key, value
 
 
 def _fields(text: str) -> list[dict[str, str]] | None:
