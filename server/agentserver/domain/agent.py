@@ -1064,6 +1064,7 @@ _STATE_WORDS_IN = {
         ActionState.FAILED: "falló",
         ActionState.REJECTED: "rechazada",
         ActionState.EXPIRED: "caducada",
+        ActionState.OUTCOME_UNKNOWN: "resultado desconocido: una persona confirmará si ocurrió",
         ActionState.CANCELLED: "cancelada",
     },
     "de": {
@@ -1077,6 +1078,7 @@ _STATE_WORDS_IN = {
         ActionState.FAILED: "fehlgeschlagen",
         ActionState.REJECTED: "abgelehnt",
         ActionState.EXPIRED: "abgelaufen",
+        ActionState.OUTCOME_UNKNOWN: "Ergebnis unbekannt: eine Person bestätigt, ob es geschah",
         ActionState.CANCELLED: "storniert",
     },
     "fr": {
@@ -1090,6 +1092,7 @@ _STATE_WORDS_IN = {
         ActionState.FAILED: "échec",
         ActionState.REJECTED: "refusée",
         ActionState.EXPIRED: "expirée",
+        ActionState.OUTCOME_UNKNOWN: "résultat inconnu : une personne confirmera si c'est fait",
         ActionState.CANCELLED: "annulée",
     },
 }

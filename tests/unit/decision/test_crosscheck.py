@@ -84,3 +84,11 @@ async def test_checked_engine_wraps_any_engine() -> None:
     assert engine.name == "llm:fixed"
     p = await engine.propose(EngineRequest(message="Email ann@x.com that hi", now=NOW))
     assert "offline reading confidently proposes email.send" in p.reasoning
+
+
+def test_every_state_has_words_in_every_language() -> None:
+    from agentserver.domain.actions import ActionState
+    from agentserver.domain.agent import _STATE_WORDS, _STATE_WORDS_IN
+
+    for words in (_STATE_WORDS, *_STATE_WORDS_IN.values()):
+        assert set(words) == set(ActionState)
