@@ -62,7 +62,8 @@ async def run(args: argparse.Namespace) -> int:
             f"{v.field}: {v.description}" for v in registry.validate(name, params)
         ],
     )
-    engine = CheckedEngine(model, OfflineEngine())
+    reader = OfflineEngine()
+    engine = CheckedEngine(model, reader)
     labelled = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     if args.per_family:
         first: dict[str, dict[str, Any]] = {}
@@ -86,6 +87,13 @@ async def run(args: argparse.Namespace) -> int:
                     location_id="",
                 )
             )
+            offline = reader.read(
+                EngineRequest(
+                    message=item["message"],
+                    now=NOW,
+                    business_context={"business_name": "Salon Aurora"},
+                )
+            )
             expected = sorted(a["action_type"] for a in item["expected"])
             got = sorted(a.action_type for a in proposal.actions)
             outcome = decide(
@@ -103,9 +111,17 @@ async def run(args: argparse.Namespace) -> int:
                     "engine": proposal.engine,
                     "mode_after": model.output_mode,
                     "level": outcome.level.label,
-                    "checked": "disagree"
-                    if "nothing runs automatically" in proposal.reasoning
-                    else "agree",
+                    "unattended": sum(
+                        d.executable and d.level.label == "automatic" for d in outcome.actions
+                    ),
+                    "offline": sorted(a.action_type for a in offline.actions),
+                    "checked": (
+                        "-"
+                        if proposal.engine.startswith("offline")
+                        else "disagree: nothing unattended"
+                        if "nothing runs automatically" in proposal.reasoning
+                        else "agree"
+                    ),
                     "expected": expected,
                     "proposed": got,
                     "match": expected == got,
@@ -123,18 +139,31 @@ async def run(args: argparse.Namespace) -> int:
         "rows": rows,
         "decided_by_llm": decided_by_llm,
         "matches": sum(r["match"] for r in rows),
+        "model_unattended": sum(r["unattended"] for r in rows if r["engine"].startswith("llm:")),
+        "contradicted": sum(r["checked"].startswith("disagree") for r in rows),
     }
     table = markdown_table(
-        ["id", "engine", "mode after", "expected", "proposed", "level", "cross-check", "s"],
+        [
+            "id",
+            "engine",
+            "expected",
+            "proposed",
+            "offline reading",
+            "cross-check",
+            "level",
+            "run unattended",
+            "s",
+        ],
         [
             [
                 r["id"],
                 r["engine"],
-                r["mode_after"],
                 ", ".join(r["expected"]) or "-",
                 ", ".join(r["proposed"]) or "-",
-                r["level"],
+                ", ".join(r["offline"]) or "-",
                 r["checked"],
+                r["level"],
+                str(r["unattended"]),
                 str(r["seconds"]),
             ]
             for r in rows
@@ -150,7 +179,9 @@ async def run(args: argparse.Namespace) -> int:
             "",
             f"{len(rows)} labelled messages: the LLM decided {decided_by_llm}, the offline "
             f"fallback the rest; proposed action types matched the labels on "
-            f"{data['matches']}.",
+            f"{data['matches']}. Actions the model proposed that run unattended: "
+            f"{data['model_unattended']}; model proposals the offline reading contradicted "
+            f"(nothing of them runs unattended): {data['contradicted']}.",
             "",
             table,
         ]
