@@ -44,7 +44,12 @@ Targets (exit 1 when one is missed): action-type accuracy ≥ 97%, parameter acc
 parameter, bypass), not copied from the engine's output; a typo'd action word, an
 unstated channel or a vague request was judged below the automatic confidence band.
 
-Honesty note: the engine was tuned against the first 202 messages. The 30 tagged
+Honesty note: `labelled_fresh.jsonl` (93 messages for the points of issue 9) was
+written after its features were built but before the engine ever read it; its
+first run scored 97.9% action types, 98.8% parameters and 6 of 8 questions
+answered, and the general fixes that run showed (a record's listed fields, price
+questions, addresses as bypass words) were made after. The engine was tuned
+against the first 202 messages of `labelled_messages.jsonl`. The 30 tagged
 ``holdout`` were labelled afterwards and scored *before* any further tuning: 96.7%
 action-type accuracy, 97.5% parameter accuracy, bypass recall 2/3; the misses were
 then fixed with general rules. Expect lower figures on genuinely new wording.
@@ -469,7 +474,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# Decision engine evaluation (offline engine + policy)",
         "",
-        f"{summary['cases']} labelled messages, now = {summary['now']}.",
+        f"{summary['cases']} labelled messages, now = {summary['now']}. The fresh set's "
+        "first run, before any fix it showed: 97.9% action types, 98.8% parameters, 6 of 8 "
+        "questions answered.",
         "",
         "| metric | value |",
         "| --- | --- |",
