@@ -29,6 +29,16 @@ async def _room(harness: Harness, t: Tenant) -> None:
     )
 
 
+async def _booked_and_text_approved(harness: Harness) -> tuple[Tenant, apb.Action, apb.Action]:
+    """A tenant with a Blue Room, the booking waiting and its text approved early."""
+    t = await harness.tenant(10)
+    await _room(harness, t)
+    async with t.client("rita") as client:
+        booking, text = (await client.process(apb.ProcessRequest(message=BOOK_AND_TEXT))).actions
+        await client.approve_action(apb.ApproveActionRequest(action_id=text.id, request_id=rid()))
+    return t, booking, text
+
+
 async def _balance(t: Tenant) -> tpb.Balance:
     async with t.client("rita") as client:
         return (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
@@ -118,11 +128,7 @@ async def test_a_rejected_prerequisite_cancels_a_waiting_dependent(harness: Harn
 
 
 async def test_an_expired_prerequisite_cancels_an_approved_dependent(harness: Harness) -> None:
-    t = await harness.tenant(10)
-    await _room(harness, t)
-    async with t.client("rita") as client:
-        booking, text = (await client.process(apb.ProcessRequest(message=BOOK_AND_TEXT))).actions
-        await client.approve_action(apb.ApproveActionRequest(action_id=text.id, request_id=rid()))
+    t, booking, text = await _booked_and_text_approved(harness)
     harness.clock.advance(timedelta(hours=25))
     await harness.app.agent.sweep()
     assert (await harness.app.agent_store.get(t.id, booking.id)).state is ActionState.EXPIRED
@@ -132,11 +138,7 @@ async def test_an_expired_prerequisite_cancels_an_approved_dependent(harness: Ha
 
 
 async def test_the_sweep_starts_a_dependent_a_crash_left_approved(harness: Harness) -> None:
-    t = await harness.tenant(10)
-    await _room(harness, t)
-    async with t.client("rita") as client:
-        booking, text = (await client.process(apb.ProcessRequest(message=BOOK_AND_TEXT))).actions
-        await client.approve_action(apb.ApproveActionRequest(action_id=text.id, request_id=rid()))
+    t, booking, text = await _booked_and_text_approved(harness)
     # The booking ran, and the process died before it followed up its dependent.
     store = harness.app.agent_store
     running = await store.transition(

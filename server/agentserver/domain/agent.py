@@ -421,15 +421,7 @@ class AgentService:
         actions: list[Action] = []
         debits: list[Debit] = []
         for decision in outcome.actions:
-            action = self._draft_action(
-                decision,
-                tenant=d.tenant,
-                session_id=d.session.id,
-                location=d.location,
-                user=d.user,
-                now=d.now,
-                earlier=actions,
-            )
+            action = self._draft_action(decision, d, actions)
             if decision.executable:
                 reservation_id = new_id("res") if action.token_cost > 0 else None
                 debit = self.executor.hold(action, reservation_id)
@@ -496,15 +488,7 @@ class AgentService:
         actions: list[Action] = []
         held = 0
         redecided = False
-        new = partial(
-            self._new_action,
-            tenant=d.tenant,
-            session_id=d.session.id,
-            location=d.location,
-            user=d.user,
-            now=d.now,
-            earlier=actions,
-        )
+        new = partial(self._new_action, d=d, earlier=actions)
         try:
             for i in range(len(outcome.actions)):
                 try:
@@ -537,53 +521,27 @@ class AgentService:
         return outcome, actions
 
     async def _new_action(
-        self,
-        decision: ActionDecision,
-        *,
-        tenant: str,
-        session_id: str,
-        location: str,
-        user: str,
-        now: datetime,
-        earlier: list[Action],
+        self, decision: ActionDecision, *, d: _Draft, earlier: list[Action]
     ) -> Action:
-        action = self._draft_action(
-            decision,
-            tenant=tenant,
-            session_id=session_id,
-            location=location,
-            user=user,
-            now=now,
-            earlier=earlier,
-        )
+        action = self._draft_action(decision, d, earlier)
         if not decision.executable:
             return action
         try:
             reservation_id = await self.executor.reserve(action)
         except NotFound:  # no wallet at all: nothing is available
-            raise InsufficientTokens(f"tenants/{tenant}", decision.token_cost, 0) from None
-        return self._holding(action, reservation_id, now)
+            raise InsufficientTokens(f"tenants/{d.tenant}", decision.token_cost, 0) from None
+        return self._holding(action, reservation_id, d.now)
 
-    def _draft_action(
-        self,
-        decision: ActionDecision,
-        *,
-        tenant: str,
-        session_id: str,
-        location: str,
-        user: str,
-        now: datetime,
-        earlier: list[Action],
-    ) -> Action:
+    def _draft_action(self, decision: ActionDecision, d: _Draft, earlier: list[Action]) -> Action:
         """The action as proposed, before any tokens are held; `earlier` are the
         message's actions before it (what `depends_on` may point at)."""
         known = decision.action_type in self.registry
         definition = self.registry.get(decision.action_type) if known else None
         return Action(
             id=new_id("act"),
-            tenant_id=tenant,
-            session_id=session_id,
-            location_id=location,
+            tenant_id=d.tenant,
+            session_id=d.session.id,
+            location_id=d.location,
             action_type=decision.action_type,
             category=definition.category if definition else "unknown",
             parameters=decision.parameters,
@@ -597,9 +555,9 @@ class AgentService:
             ),
             confidence=decision.confidence,
             reasoning=decision.reasoning,
-            requested_by=user,
-            created_at=now,
-            updated_at=now,
+            requested_by=d.user,
+            created_at=d.now,
+            updated_at=d.now,
             depends_on=(
                 earlier[decision.depends_on].id if decision.depends_on is not None else None
             ),
