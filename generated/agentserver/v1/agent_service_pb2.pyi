@@ -145,7 +145,10 @@ class ProcessContext(_message.Message):
 
     @_builtins.property
     def business_context(self) -> _struct_pb2.Struct:
-        """Free-form business facts (opening hours, customer record, ...) for the engine."""
+        """Free-form business facts (opening hours, address, prices, policies, the
+        customer's record, contacts, ...) for the engine. A question they answer is
+        answered by quoting them, with no action.
+        """
 
     def __init__(
         self,
