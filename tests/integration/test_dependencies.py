@@ -158,3 +158,33 @@ async def test_the_sweep_starts_a_dependent_a_crash_left_approved(harness: Harne
     assert counts["resumed"] >= 1
     assert (await store.get(t.id, text.id)).state is ActionState.SUCCEEDED
     await ledger_invariant(harness, t.id)
+
+
+async def test_a_dependent_waits_through_an_unknown_outcome_and_follows_the_answer(
+    harness: Harness,
+) -> None:
+    for happened, after in (
+        (apb.ACTION_OUTCOME_HAPPENED, ActionState.SUCCEEDED),
+        (apb.ACTION_OUTCOME_DID_NOT_HAPPEN, ActionState.CANCELLED),
+    ):
+        t, booking, text = await _booked_and_text_approved(harness)
+        store = harness.app.agent_store
+        # The booking's executor stopped mid-call: nobody knows whether it happened.
+        stuck = await store.transition(
+            t.id,
+            booking.id,
+            frozenset({ActionState.AWAITING_USER}),
+            ActionState.OUTCOME_UNKNOWN,
+            harness.clock.now(),
+        )
+        assert stuck is not None
+        await harness.app.executor.follow(stuck)  # not an end: the text keeps waiting
+        assert (await store.get(t.id, text.id)).state is ActionState.APPROVED
+        async with t.client("rita") as client:
+            await client.resolve_action_outcome(
+                apb.ResolveActionOutcomeRequest(
+                    action_id=booking.id, outcome=happened, request_id=rid()
+                )
+            )
+        assert (await store.get(t.id, text.id)).state is after
+        await ledger_invariant(harness, t.id)
