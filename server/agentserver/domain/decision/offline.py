@@ -1,17 +1,27 @@
 """The offline decision engine: deterministic rules, no network.
 
-It reads plain English the way a careful assistant would:
+It reads a message the way a careful assistant would:
 
-1. spot attempts to talk it out of its rules (and cut those words out, so "without
-   approval" does not read as a request for approval);
-2. hide quoted text, so words inside quotes never trigger actions;
-3. split the message into one segment per requested action ("email X … and text Y …");
-4. classify each segment into an action type from its keywords (typos forgiven);
-5. extract that action's parameters, and *ask* for what is missing rather than guess.
+1. carry a Spanish, German or French instruction over into English, the text to
+   send untouched (`languages`);
+2. judge whether it tries to talk the agent out of its rules (`bypass`, a
+   classifier), and cut known bypass wording out, so "without approval" does not
+   read as a request for approval;
+3. hide quoted text, so words inside quotes never trigger actions;
+4. split the message into one segment per requested action ("email X … and text Y
+   …"), keeping a record's listed fields and a dictated text together;
+5. classify each segment into an action type from its keywords (typos forgiven;
+   records of customers, suppliers, orders, products and staff: `records`);
+6. extract that action's parameters, and *ask* for what is missing rather than
+   guess; text meant for a person is taken exactly as written (`verbatim`), a
+   quantity one request cannot honour is refused (`quantities`);
+7. link a report on a change to that change (`dependencies`), and answer a
+   question the business context answers instead of acting (`answers`).
 
 Confidence reflects how much really matched: a clear keyword with every parameter
 scores about 90, a typo or a loose phrasing less, each missing parameter less again.
-It only proposes; the policy decides.
+Anything it is unsure of becomes a concern that keeps an action from running
+unattended. It only proposes; the policy decides.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agentserver.domain.decision import records
+from agentserver.domain.decision import quantities, records
 from agentserver.domain.decision.answers import answer
 from agentserver.domain.decision.bypass import BypassClassifier, detect_bypass
 from agentserver.domain.decision.bypass_weights import WEIGHTS as _BYPASS_WEIGHTS
@@ -276,34 +286,6 @@ def _starts_with_action(tokens: list[_Token]) -> bool:
     return False
 
 
-# More recipients or messages than one request can honour: "send 500 SMS", "call
-# everyone on the list", "email all our customers".
-_BULK_RE = re.compile(
-    r"\b(?P<n>\d[\d,]*|hundreds|thousands|dozens|several|many)\s+(?:more\s+)?"
-    r"(?:sms(?:es)?|texts|text\s+messages|messages|e-?mails|mails|calls|phone\s+calls|"
-    r"whats\s*apps|whats\s*app\s+messages|voice\s+calls)\b",
-    re.IGNORECASE,
-)
-_EVERYONE_RE = re.compile(
-    r"\b(?:everyone|everybody|all|each|every)\s+(?:of\s+)?(?:our\s+|my\s+|the\s+|these\s+)?"
-    r"(?:customers?|clients?|contacts?|guests?|members?|numbers?|subscribers?|patients?|"
-    r"leads?|recipients?|people\s+on)\b"
-    r"|\b(?:everyone|everybody|all|each\s+one|every\s+one)\s+(?:on|in)\s+(?:the|our|my|this|that)\s+"
-    r"(?:list|mailing\s+list|contact\s+list|spreadsheet|database|crm|address\s+book)\b"
-    r"|\b(?:the\s+)?(?:whole|entire)\s+(?:list|customer\s+base|contact\s+list|mailing\s+list)\b",
-    re.IGNORECASE,
-)
-
-
-def _bulk(text: str) -> str | None:
-    """What in ``text`` asks for more than one message or call, or None."""
-    m = _BULK_RE.search(text)
-    if m and (not m.group("n")[0].isdigit() or int(m.group("n").replace(",", "")) > 1):
-        return m.group(0)
-    m = _EVERYONE_RE.search(text)
-    return m.group(0) if m else None
-
-
 def _instruction(text: str) -> str:
     """The words of a segment before the text it dictates ("saying", "that", ":", a quote)."""
     m = _BODY_MARKER_RE.search(text)
@@ -421,7 +403,7 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
         has("AUDIENCE")
         and not emails
         and not phones
-        and not _EVERYONE_RE.search(text)
+        and not quantities.names_everyone(text)
         and (has("NOTIFY", "TELL", "SEND") or has("EMAIL", "SMS", "WA"))
     ):
         return "notification.send", 88
@@ -1431,7 +1413,7 @@ class OfflineEngine:
             concerns = self._exact_text(seg.family, params, message, ctx)
             if doubt is not None:
                 concerns.append(doubt)
-            bulk = _bulk(_instruction(seg.text)) if seg.family in _CHANNEL_TYPES else None
+            bulk = quantities.bulk(_instruction(seg.text)) if seg.family in _CHANNEL_TYPES else None
             if bulk is not None:
                 concerns.append(
                     Concern(
