@@ -27,12 +27,14 @@ from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.db.pg_process import PgExchangeHolder
 from agentserver.adapters.db.pg_settle import PgSettler
 from agentserver.adapters.db.sql_process import SqlExchangeHolder, SqlSettler
+from agentserver.adapters.db.window_store import SqlConversationWindows
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
 from agentserver.domain.agent import AgentService, CachedPolicySource
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.costs import CostTable
+from agentserver.domain.decision.crosscheck import CheckedEngine
 from agentserver.domain.decision.engine import DecisionEngine
 from agentserver.domain.decision.offline import OfflineEngine
 from agentserver.domain.errors import FailedPrecondition, InvalidArgument
@@ -56,6 +58,11 @@ AUDIT_PRUNE_BATCH = 5000
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 DEMO_TENANT = "demo"
+DEMO_RESOURCES = (
+    ("room", "Blue Room", {"capacity": "8"}),
+    ("room", "Green Room", {"capacity": "4"}),
+    ("court", "Court 1", {"surface": "clay"}),
+)
 DEMO_TOKENS = 1000
 
 
@@ -209,6 +216,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
             if isinstance(ledger_store, PgLedgerStore)
             else SqlSettler(engine, ledger_store, agent_store)
         ),
+        windows=SqlConversationWindows(engine),
     )
     offline = OfflineEngine(default_country_code=settings.default_country_code)
     agent = AgentService(
@@ -309,7 +317,7 @@ def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine
     from agentserver.adapters.llm import OpenAIEngine, ToolSpec
 
     tools = [ToolSpec(d.name, d.description, d.parameters_schema) for d in registry.all()]
-    return OpenAIEngine(
+    model = OpenAIEngine(
         llm,
         tools,
         offline,
@@ -317,6 +325,7 @@ def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine
             f"{v.field}: {v.description}" for v in registry.validate(name, params)
         ],
     )
+    return CheckedEngine(model, offline)
 
 
 async def prepare_database(app: App) -> None:
@@ -368,6 +377,9 @@ async def bootstrap_demo(app: App, credentials_file: Path | None) -> dict[str, s
         None, PLATFORM_DEFAULT_SCOPES, "demo platform key", now
     )
     await app.ledger.add_tokens(DEMO_TENANT, "", DEMO_TOKENS, "demo-initial-tokens", "demo")
+    # What the README's examples book and look up.
+    for kind, name, attributes in DEMO_RESOURCES:
+        await app.runner.business.create_resource(DEMO_TENANT, "", kind, name, attributes, now)
     keys = {"tenant_id": DEMO_TENANT, "tenant_key": tenant_key, "platform_key": platform_key}
     if credentials_file is not None:
         credentials_file.parent.mkdir(parents=True, exist_ok=True)

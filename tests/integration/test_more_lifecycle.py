@@ -86,14 +86,19 @@ async def test_llm_engine_decides_and_is_charged_then_falls_back(tmp_path: Path)
     async with llm_harness(tmp_path, llm) as harness:
         t = await harness.tenant(2)
         async with t.client("ivy") as client:
-            resp = await client.process(apb.ProcessRequest(message="please email Ann to say hello"))
+            resp = await client.process(
+                apb.ProcessRequest(message="please email ann@example.com saying Hello Ann")
+            )
             assert resp.engine == "llm:test-model"
             (action,) = resp.actions
             assert action.action_type == "email.send"
             assert action.state == apb.ACTION_STATE_SUCCEEDED
             body = llm.requests[0]
             assert body["model"] == "test-model"
-            assert any(m["content"] == "please email Ann to say hello" for m in body["messages"])
+            assert any(
+                m["content"] == "please email ann@example.com saying Hello Ann"
+                for m in body["messages"]
+            )
             # 1 token for the decision, 1 for the email
             balance = (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
             assert balance.available_tokens == 0
@@ -147,7 +152,7 @@ async def test_reports_are_phrased_by_the_llm_from_computed_figures(tmp_path: Pa
 
 
 async def test_phone_call_finishes_asynchronously(harness: Harness) -> None:
-    t = await harness.tenant(20)
+    t = await harness.tenant(60)
     async with t.client("paul") as client:
         resp = await client.process(
             apb.ProcessRequest(message="Call +15551234567 to confirm the appointment")
@@ -165,7 +170,7 @@ async def test_phone_call_finishes_asynchronously(harness: Harness) -> None:
         done = (await client.get_action(apb.GetActionRequest(action_id=action.id))).action
         assert done.state == apb.ACTION_STATE_SUCCEEDED
         balance = (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
-        assert balance.available_tokens == 15
+        assert balance.available_tokens == 10
     await ledger_invariant(harness, t.id)
 
 
@@ -303,7 +308,7 @@ async def test_secrets_at_rest_in_the_database(harness: Harness) -> None:
 async def test_elevenlabs_call_finishes_when_the_provider_says_so(harness: Harness) -> None:
     from tests.integration.fakes import FakeElevenLabs
 
-    t = await harness.tenant(20)
+    t = await harness.tenant(60)
     eleven = await FakeElevenLabs().start()
     try:
         await harness.app.set_channel(
@@ -333,13 +338,13 @@ async def test_elevenlabs_call_finishes_when_the_provider_says_so(harness: Harne
             still = (await client.get_action(apb.GetActionRequest(action_id=action.id))).action
             assert still.state == apb.ACTION_STATE_EXECUTING
             balance = (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
-            assert balance.reserved_tokens == 5
+            assert balance.reserved_tokens == 50
             eleven.status = "done"
             done = (await client.get_action(apb.GetActionRequest(action_id=action.id))).action
             assert done.state == apb.ACTION_STATE_SUCCEEDED
             assert done.result.detail["summary"] == "confirmed"
             balance = (await client.get_balance(tpb.GetBalanceRequest(tenant_id=t.id))).balance
-            assert (balance.reserved_tokens, balance.used_tokens) == (0, 5)
+            assert (balance.reserved_tokens, balance.used_tokens) == (0, 50)
             assert len(eleven.calls) == 1
     finally:
         await eleven.stop()

@@ -77,6 +77,8 @@ def test_readme_grpcurl_examples_work_as_written(served) -> None:  # type: ignor
         assert f"agentserver.v1.{service}" in out
     assert '"state": "ACTION_STATE_SUCCEEDED"' in out  # the Process example ran its email
     assert '"state": "ACTION_STATE_AWAITING_USER"' in out  # and the booking waits
+    assert '"bookingId": "bkg_' in out or '"booking_id": "bkg_' in out  # until approved
+    assert "no resource" not in out
     assert '"total_tokens": "1500"' in out  # AddTokens with the platform key
     match = re.search(r"^\{\n  \"costs\".*?^\}$", out, re.S | re.M)
     assert match, out

@@ -39,7 +39,9 @@ class _ActionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionSta
     ACTION_STATE_AWAITING_APPROVER: _ActionState.ValueType  # 4
     """Waits for an approver who is not the requester (APPROVAL_REQUIRED)."""
     ACTION_STATE_APPROVED: _ActionState.ValueType  # 5
-    """Approved; about to execute."""
+    """Approved; about to execute (a dependent waits here until the action it
+    depends on has succeeded).
+    """
     ACTION_STATE_EXECUTING: _ActionState.ValueType  # 6
     """Running through its channel."""
     ACTION_STATE_SUCCEEDED: _ActionState.ValueType  # 7
@@ -54,6 +56,11 @@ class _ActionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionSta
     """The server stopped between calling the provider and storing its answer: it may
     or may not have happened. Never sent again; its tokens stay held until a person
     settles it with ResolveActionOutcome.
+    """
+    ACTION_STATE_CANCELLED: _ActionState.ValueType  # 12
+    """Never ran because the action it depends on failed, was rejected, expired or
+    was cancelled (or its outcome is unknown and a person found it did not
+    happen); tokens released. `result.error` says which.
     """
 
 class ActionState(_ActionState, metaclass=_ActionStateEnumTypeWrapper):
@@ -70,7 +77,9 @@ ACTION_STATE_AWAITING_COORDINATOR: ActionState.ValueType  # 3
 ACTION_STATE_AWAITING_APPROVER: ActionState.ValueType  # 4
 """Waits for an approver who is not the requester (APPROVAL_REQUIRED)."""
 ACTION_STATE_APPROVED: ActionState.ValueType  # 5
-"""Approved; about to execute."""
+"""Approved; about to execute (a dependent waits here until the action it
+depends on has succeeded).
+"""
 ACTION_STATE_EXECUTING: ActionState.ValueType  # 6
 """Running through its channel."""
 ACTION_STATE_SUCCEEDED: ActionState.ValueType  # 7
@@ -85,6 +94,11 @@ ACTION_STATE_OUTCOME_UNKNOWN: ActionState.ValueType  # 11
 """The server stopped between calling the provider and storing its answer: it may
 or may not have happened. Never sent again; its tokens stay held until a person
 settles it with ResolveActionOutcome.
+"""
+ACTION_STATE_CANCELLED: ActionState.ValueType  # 12
+"""Never ran because the action it depends on failed, was rejected, expired or
+was cancelled (or its outcome is unknown and a person found it did not
+happen); tokens released. `result.error` says which.
 """
 Global___ActionState: _TypeAlias = ActionState  # noqa: Y015
 
@@ -131,7 +145,10 @@ class ProcessContext(_message.Message):
 
     @_builtins.property
     def business_context(self) -> _struct_pb2.Struct:
-        """Free-form business facts (opening hours, customer record, ...) for the engine."""
+        """Free-form business facts (opening hours, address, prices, policies, the
+        customer's record, contacts, ...) for the engine. A question they answer is
+        answered by quoting them, with no action.
+        """
 
     def __init__(
         self,
@@ -239,7 +256,10 @@ class BlockedReason(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Machine-readable reason: `PERMISSION_MISSING`, `INSUFFICIENT_TOKENS`,
-    `MISSING_PARAMETER`, `INVALID_PARAMETER` or `POLICY_BYPASS_ATTEMPT`.
+    `MISSING_PARAMETER`, `INVALID_PARAMETER`, `UNKNOWN_ACTION`,
+    `POLICY_BYPASS_ATTEMPT`, `QUANTITY_NOT_SUPPORTED` (more than the action can do
+    at once, e.g. "send 500 SMS") or `PREREQUISITE_BLOCKED` (the action it depends
+    on cannot run).
     """
     message: _builtins.str
     """The same in words, for people."""
@@ -322,6 +342,7 @@ class Action(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
     DECISION_RIGHT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id; also the idempotency key towards providers."""
@@ -351,6 +372,13 @@ class Action(_message.Message):
     """The reason given when it was rejected."""
     location_id: _builtins.str
     """The location it is for."""
+    depends_on: _builtins.str
+    """The id of the action of the same message this one depends on ("book it and
+    text the confirmation": the text depends on the booking), or empty. It runs
+    only after that one succeeded, its level is at least that one's, and it is
+    cancelled (ACTION_STATE_CANCELLED, tokens released) when that one fails, is
+    rejected, expires or is cancelled.
+    """
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """The action's parameters, valid against the type's JSON Schema once complete."""
@@ -404,11 +432,12 @@ class Action(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        depends_on: _builtins.str = ...,
         decision_right: Global___DecisionRight | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decision_right", b"decision_right", "expire_time", b"expire_time", "parameters", b"parameters", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_type", b"action_type", "blocked_reasons", b"blocked_reasons", "category", b"category", "confidence", b"confidence", "create_time", b"create_time", "decided_by", b"decided_by", "decision_level", b"decision_level", "decision_right", b"decision_right", "executable", b"executable", "expire_time", b"expire_time", "id", b"id", "location_id", b"location_id", "parameters", b"parameters", "reasoning", b"reasoning", "rejection_reason", b"rejection_reason", "requested_by", b"requested_by", "result", b"result", "session_id", b"session_id", "state", b"state", "token_cost", b"token_cost", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_type", b"action_type", "blocked_reasons", b"blocked_reasons", "category", b"category", "confidence", b"confidence", "create_time", b"create_time", "decided_by", b"decided_by", "decision_level", b"decision_level", "decision_right", b"decision_right", "depends_on", b"depends_on", "executable", b"executable", "expire_time", b"expire_time", "id", b"id", "location_id", b"location_id", "parameters", b"parameters", "reasoning", b"reasoning", "rejection_reason", b"rejection_reason", "requested_by", b"requested_by", "result", b"result", "session_id", b"session_id", "state", b"state", "token_cost", b"token_cost", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -617,7 +646,9 @@ class ApproveActionResponse(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def action(self) -> Global___Action:
-        """The action after approval (executing, succeeded or failed)."""
+        """The action after approval (executing, succeeded or failed; approved while the
+        action it depends on has not succeeded yet; cancelled if that one ended otherwise).
+        """
 
     def __init__(
         self,

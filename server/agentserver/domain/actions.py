@@ -5,6 +5,12 @@
         -> approved -> executing -> succeeded | failed
                                  -> outcome_unknown -> (a person says) succeeded | failed
         -> rejected | expired
+    any state before executing -> cancelled (its prerequisite did not succeed)
+
+An action may depend on another of the same message (`depends_on`: "cancel it and
+tell them it is cancelled"): it runs only after its prerequisite succeeded (an
+approved dependent waits in `approved` until then), and it is cancelled, its
+tokens released, when the prerequisite fails, is rejected, expires or is cancelled.
 
 Every transition is a compare-and-set on the current state in the store, so two
 approvers, a retried request or two replicas can never run an action twice.
@@ -38,6 +44,7 @@ class ActionState(enum.StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     OUTCOME_UNKNOWN = "outcome_unknown"
+    CANCELLED = "cancelled"
 
     @property
     def waiting(self) -> bool:
@@ -52,8 +59,16 @@ WAITING = frozenset(
     {ActionState.AWAITING_USER, ActionState.AWAITING_COORDINATOR, ActionState.AWAITING_APPROVER}
 )
 ENDED = frozenset(
-    {ActionState.SUCCEEDED, ActionState.FAILED, ActionState.REJECTED, ActionState.EXPIRED}
+    {
+        ActionState.SUCCEEDED,
+        ActionState.FAILED,
+        ActionState.REJECTED,
+        ActionState.EXPIRED,
+        ActionState.CANCELLED,
+    }
 )
+# Where a dependent may be when its prerequisite ends badly: not yet running.
+CANCELLABLE = frozenset({ActionState.PROPOSED, ActionState.APPROVED, *WAITING})
 
 WAITING_STATE_FOR_LEVEL = {
     DecisionLevel.SUGGESTION: ActionState.AWAITING_USER,
@@ -90,6 +105,8 @@ class Action:
     reservation_id: str | None = None
     attempts: int = 0
     version: int = 1
+    # The action of the same message this one runs after (None: independent).
+    depends_on: str | None = None
 
     def moved(self, to_state: ActionState, now: datetime, **changes: Any) -> Action:
         """This action as a store leaves it after a successful compare-and-set."""
@@ -140,6 +157,10 @@ class ActionStore(Protocol):
     ) -> Action: ...
 
     async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...
+
+    async def dependents(self, tenant_id: str, action_id: str) -> list[Action]:
+        """The actions that depend on `action_id`, oldest first."""
+        ...
 
     async def stale(
         self, state: ActionState, before: datetime, limit: int

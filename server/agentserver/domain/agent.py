@@ -44,6 +44,7 @@ from agentserver.domain.decision.engine import (
 )
 from agentserver.domain.decision.levels import DecisionLevel, strictest
 from agentserver.domain.decision.policy import (
+    PREREQUISITE_BLOCKED,
     ActionDecision,
     BlockedReason,
     PolicyOutcome,
@@ -186,17 +187,23 @@ class ProcessResult:
 
 
 def policy_settings(raw: dict[str, Any]) -> PolicySettings:
-    """A tenant's stored policy (JSON) as PolicySettings; unknown keys are ignored."""
+    """A tenant's stored policy (JSON) as PolicySettings; unknown keys are ignored.
+    Raises InvalidArgument for a policy the server could not apply (checked when set)."""
     known = {k: v for k, v in raw.items() if k in PolicySettings.__dataclass_fields__}
-    if "level_overrides" in known:
-        known["level_overrides"] = {
-            name: DecisionLevel[str(level).upper()]
-            for name, level in known["level_overrides"].items()
-        }
-    for key in ("destructive_min_level", "bypass_level"):
-        if key in known:
-            known[key] = DecisionLevel[str(known[key]).upper()]
-    return PolicySettings(**known)
+    try:
+        if "level_overrides" in known:
+            known["level_overrides"] = {
+                name: DecisionLevel[str(level).upper()]
+                for name, level in dict(known["level_overrides"]).items()
+            }
+        for key in ("destructive_min_level", "bypass_level"):
+            if key in known:
+                known[key] = DecisionLevel[str(known[key]).upper()]
+        return PolicySettings(**known)
+    except KeyError as err:
+        raise InvalidArgument.field("policy", f"unknown decision level {err}") from None
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument.field("policy", str(err)) from None
 
 
 @dataclass
@@ -320,9 +327,7 @@ class AgentService:
         if held is not None:
             outcome, actions, level, reply, assistant = held
         else:
-            outcome, actions = await self._decide_and_hold(
-                proposal, permissions, settings, tenant, session.id, location, user, now
-            )
+            outcome, actions = await self._decide_and_hold(proposal, permissions, settings, draft)
             level, reply, assistant = self._answer(proposal, actions, session.id)
             try:
                 await self._exchanges.submit(
@@ -339,6 +344,7 @@ class AgentService:
         # different at the end (a failure, a store that cannot) is rewritten after.
         finished = list(actions)
         written = reply
+        followed = {a.depends_on for a in actions if a.depends_on}
         for i, action in enumerate(actions):
             if action.state is not ActionState.EXECUTING:
                 continue
@@ -348,6 +354,10 @@ class AgentService:
             )
             if revised:
                 written = hoped
+            if action.id in followed:
+                await self.executor.follow(finished[i])
+        if followed:  # the dependents moved on their own: read where they are now
+            finished = [await self.store.get(tenant, a.id) if a.depends_on else a for a in finished]
         final_reply = _reply(proposal, finished)
         if final_reply != written:
             try:
@@ -399,18 +409,19 @@ class AgentService:
         refusal), which ends where this would have when everything fits."""
         if self.holder is None:
             return None
-        outcome = decide(proposal, self.registry, self.costs, permissions, None, settings=settings)
+        outcome = decide(
+            proposal,
+            self.registry,
+            self.costs,
+            permissions,
+            None,
+            settings=settings,
+            message=d.user_message.content,
+        )
         actions: list[Action] = []
         debits: list[Debit] = []
         for decision in outcome.actions:
-            action = self._draft_action(
-                decision,
-                tenant=d.tenant,
-                session_id=d.session.id,
-                location=d.location,
-                user=d.user,
-                now=d.now,
-            )
+            action = self._draft_action(decision, d, actions)
             if decision.executable:
                 reservation_id = new_id("res") if action.token_cost > 0 else None
                 debit = self.executor.hold(action, reservation_id)
@@ -460,11 +471,7 @@ class AgentService:
         proposal: Proposal,
         permissions: PermissionSet,
         settings: PolicySettings,
-        tenant: str,
-        session_id: str,
-        location: str,
-        user: str,
-        now: datetime,
+        d: _Draft,
     ) -> tuple[PolicyOutcome, list[Action]]:
         """Decide, then hold each executable action's tokens in order.
 
@@ -474,22 +481,18 @@ class AgentService:
         already holds), exactly as if it had been read first; the actions already
         held still fit, since the policy fits them greedily in the same order.
         """
-        outcome = decide(proposal, self.registry, self.costs, permissions, None, settings=settings)
+        text = d.user_message.content
+        outcome = decide(
+            proposal, self.registry, self.costs, permissions, None, settings=settings, message=text
+        )
         actions: list[Action] = []
         held = 0
         redecided = False
-        new = partial(
-            self._new_action,
-            tenant=tenant,
-            session_id=session_id,
-            location=location,
-            user=user,
-            now=now,
-        )
+        new = partial(self._new_action, d=d, earlier=actions)
         try:
             for i in range(len(outcome.actions)):
                 try:
-                    action = await new(outcome.actions[i])
+                    action = await new(_after_prerequisite(outcome.actions[i], actions))
                 except InsufficientTokens as err:
                     if not redecided:
                         redecided = True
@@ -501,11 +504,13 @@ class AgentService:
                             permissions,
                             balance,
                             settings=settings,
+                            message=text,
                         )
+                    decision = _after_prerequisite(outcome.actions[i], actions)
                     try:
-                        action = await new(outcome.actions[i])
+                        action = await new(decision)
                     except InsufficientTokens as again:  # spent meanwhile by someone else
-                        action = await new(_refused(outcome.actions[i], again))
+                        action = await new(_refused(decision, again))
                 if action.reservation_id:
                     held += action.token_cost
                 actions.append(action)
@@ -516,44 +521,27 @@ class AgentService:
         return outcome, actions
 
     async def _new_action(
-        self,
-        decision: ActionDecision,
-        *,
-        tenant: str,
-        session_id: str,
-        location: str,
-        user: str,
-        now: datetime,
+        self, decision: ActionDecision, *, d: _Draft, earlier: list[Action]
     ) -> Action:
-        action = self._draft_action(
-            decision, tenant=tenant, session_id=session_id, location=location, user=user, now=now
-        )
+        action = self._draft_action(decision, d, earlier)
         if not decision.executable:
             return action
         try:
             reservation_id = await self.executor.reserve(action)
         except NotFound:  # no wallet at all: nothing is available
-            raise InsufficientTokens(f"tenants/{tenant}", decision.token_cost, 0) from None
-        return self._holding(action, reservation_id, now)
+            raise InsufficientTokens(f"tenants/{d.tenant}", decision.token_cost, 0) from None
+        return self._holding(action, reservation_id, d.now)
 
-    def _draft_action(
-        self,
-        decision: ActionDecision,
-        *,
-        tenant: str,
-        session_id: str,
-        location: str,
-        user: str,
-        now: datetime,
-    ) -> Action:
-        """The action as proposed, before any tokens are held."""
+    def _draft_action(self, decision: ActionDecision, d: _Draft, earlier: list[Action]) -> Action:
+        """The action as proposed, before any tokens are held; `earlier` are the
+        message's actions before it (what `depends_on` may point at)."""
         known = decision.action_type in self.registry
         definition = self.registry.get(decision.action_type) if known else None
         return Action(
             id=new_id("act"),
-            tenant_id=tenant,
-            session_id=session_id,
-            location_id=location,
+            tenant_id=d.tenant,
+            session_id=d.session.id,
+            location_id=d.location,
             action_type=decision.action_type,
             category=definition.category if definition else "unknown",
             parameters=decision.parameters,
@@ -567,15 +555,26 @@ class AgentService:
             ),
             confidence=decision.confidence,
             reasoning=decision.reasoning,
-            requested_by=user,
-            created_at=now,
-            updated_at=now,
+            requested_by=d.user,
+            created_at=d.now,
+            updated_at=d.now,
+            depends_on=(
+                earlier[decision.depends_on].id if decision.depends_on is not None else None
+            ),
         )
 
     def _holding(self, action: Action, reservation_id: str | None, now: datetime) -> Action:
         """An executable action once its tokens are held. Automatic ones are stored
         already executing (one write fewer); waiting ones hold them so an approval
         never finds them spent."""
+        if action.level is DecisionLevel.AUTOMATIC and action.depends_on:
+            # Runs when the action it follows has succeeded (`Executor.follow`).
+            return _replace(
+                action,
+                state=ActionState.APPROVED,
+                decided_by="policy:automatic",
+                reservation_id=reservation_id,
+            )
         if action.level is DecisionLevel.AUTOMATIC:
             return _replace(
                 action,
@@ -733,6 +732,7 @@ class AgentService:
         )
         if expired is not None:
             await self.executor.release(expired)
+            await self.executor.follow(expired)
         return expired or await self.store.get(action.tenant_id, action.id)
 
     async def approve(
@@ -826,6 +826,7 @@ class AgentService:
                 return current
             raise self._not_waiting(current)
         await self.executor.release(rejected)
+        await self.executor.follow(rejected)
         note = Message(
             new_id("msg"),
             rejected.session_id,
@@ -914,11 +915,15 @@ class AgentService:
             )
             if expired is not None:
                 await self.executor.release(expired)
+                await self.executor.follow(expired)
                 counts["expired"] += 1
         before = now - self.executor.lease
+        # Approved but never started (a crash between approving and running, or
+        # between a prerequisite's end and its follow-up): start or cancel it now;
+        # a dependent whose prerequisite is still pending stays approved.
         for tenant_id, action_id in await self.store.stale(ActionState.APPROVED, before, limit):
-            await self.executor.execute(await self.store.get(tenant_id, action_id))
-            counts["resumed"] += 1
+            after = await self.executor.execute(await self.store.get(tenant_id, action_id))
+            counts["resumed"] += after.state is not ActionState.APPROVED
         for tenant_id, action_id in await self.store.stale(ActionState.EXECUTING, before, limit):
             await self.executor.recover(await self.store.get(tenant_id, action_id))
             counts["recovered"] += 1
@@ -959,6 +964,27 @@ def _refused(decision: ActionDecision, err: InsufficientTokens) -> ActionDecisio
     )
 
 
+def _after_prerequisite(decision: ActionDecision, earlier: list[Action]) -> ActionDecision:
+    """A dependent whose prerequisite the ledger refused after the policy allowed it
+    cannot run either (the policy already blocks one whose prerequisite it blocked)."""
+    if decision.depends_on is None or not decision.executable:
+        return decision
+    before = earlier[decision.depends_on]
+    if before.executable:
+        return decision
+    blocked = BlockedReason(
+        PREREQUISITE_BLOCKED,
+        f"it follows {before.action_type}, which cannot run as asked",
+        before.action_type,
+    )
+    return replace(
+        decision,
+        executable=False,
+        blocked=[*decision.blocked, blocked],
+        level=max(decision.level, DecisionLevel.SUGGESTION),
+    )
+
+
 def _blocked_dict(b: BlockedReason) -> dict[str, str]:
     return {"reason": b.reason, "message": b.message, "subject": b.subject}
 
@@ -979,6 +1005,54 @@ _STATE_WORDS = {
     ActionState.REJECTED: "rejected",
     ActionState.EXPIRED: "expired",
     ActionState.OUTCOME_UNKNOWN: "outcome unknown: a person will confirm whether it happened",
+    ActionState.CANCELLED: "cancelled",
+}
+
+
+# The same words in the languages the offline engine reads (see decision/languages.py).
+_STATE_WORDS_IN = {
+    "es": {
+        ActionState.PROPOSED: "no es posible tal como se pidió",
+        ActionState.AWAITING_USER: "espera tu confirmación",
+        ActionState.AWAITING_COORDINATOR: "espera la revisión de un coordinador",
+        ActionState.AWAITING_APPROVER: "espera a un aprobador",
+        ActionState.APPROVED: "aprobada",
+        ActionState.EXECUTING: "en curso",
+        ActionState.SUCCEEDED: "hecho",
+        ActionState.FAILED: "falló",
+        ActionState.REJECTED: "rechazada",
+        ActionState.EXPIRED: "caducada",
+        ActionState.OUTCOME_UNKNOWN: "resultado desconocido: una persona confirmará si ocurrió",
+        ActionState.CANCELLED: "cancelada",
+    },
+    "de": {
+        ActionState.PROPOSED: "so nicht möglich",
+        ActionState.AWAITING_USER: "wartet auf Ihre Bestätigung",
+        ActionState.AWAITING_COORDINATOR: "wartet auf die Prüfung durch einen Koordinator",
+        ActionState.AWAITING_APPROVER: "wartet auf eine Freigabe",
+        ActionState.APPROVED: "freigegeben",
+        ActionState.EXECUTING: "läuft",
+        ActionState.SUCCEEDED: "erledigt",
+        ActionState.FAILED: "fehlgeschlagen",
+        ActionState.REJECTED: "abgelehnt",
+        ActionState.EXPIRED: "abgelaufen",
+        ActionState.OUTCOME_UNKNOWN: "Ergebnis unbekannt: eine Person bestätigt, ob es geschah",
+        ActionState.CANCELLED: "storniert",
+    },
+    "fr": {
+        ActionState.PROPOSED: "impossible tel que demandé",
+        ActionState.AWAITING_USER: "attend votre confirmation",
+        ActionState.AWAITING_COORDINATOR: "attend l'avis d'un coordinateur",
+        ActionState.AWAITING_APPROVER: "attend un approbateur",
+        ActionState.APPROVED: "approuvée",
+        ActionState.EXECUTING: "en cours",
+        ActionState.SUCCEEDED: "fait",
+        ActionState.FAILED: "échec",
+        ActionState.REJECTED: "refusée",
+        ActionState.EXPIRED: "expirée",
+        ActionState.OUTCOME_UNKNOWN: "résultat inconnu : une personne confirmera si c'est fait",
+        ActionState.CANCELLED: "annulée",
+    },
 }
 
 
@@ -988,10 +1062,15 @@ def _done(action: Action) -> Action:
 
 def _reply(proposal: Proposal, actions: list[Action]) -> str:
     lines = [proposal.reply.strip()] if proposal.reply.strip() else []
+    by_id = {a.id: a for a in actions}
+    words = _STATE_WORDS_IN.get(proposal.language, _STATE_WORDS)
     for action in actions:
-        status = _STATE_WORDS[action.state]
+        status = words[action.state]
         why = "; ".join(b["message"] for b in action.blocked)
-        if action.state in (ActionState.FAILED, ActionState.OUTCOME_UNKNOWN):
+        before = by_id.get(action.depends_on or "")
+        if before is not None and action.state in (ActionState.APPROVED, *WAITING):
+            status += f", then runs after {before.action_type}"
+        if action.state in (ActionState.FAILED, ActionState.OUTCOME_UNKNOWN, ActionState.CANCELLED):
             why = str(action.result.get("error", ""))
         lines.append(f"- {action.action_type}: {status}" + (f" ({why})" if why else ""))
     return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""Operation types and their token costs (the seed's table, overridable by configuration)."""
+"""Operation types and their token costs (the source design's table, overridable by
+configuration): WhatsApp conversation 10, SMS 1, email 1, ElevenLabs call 50, internal
+LLM 1, monthly fee 200."""
 
 from __future__ import annotations
 
@@ -30,10 +32,15 @@ class OperationCost:
 DEFAULT_COSTS: Mapping[OperationType, OperationCost] = {
     c.operation_type: c
     for c in (
-        OperationCost(OperationType.WHATSAPP_CONVERSATION, 2, "one WhatsApp conversation"),
+        OperationCost(
+            OperationType.WHATSAPP_CONVERSATION,
+            10,
+            "one WhatsApp conversation: the first message to a recipient opens a "
+            "24-hour window; further messages to them inside it cost nothing",
+        ),
         OperationCost(OperationType.SMS, 1, "one SMS message"),
         OperationCost(OperationType.EMAIL, 1, "one email message"),
-        OperationCost(OperationType.ELEVENLABS_CALL, 5, "one outbound AI voice call"),
+        OperationCost(OperationType.ELEVENLABS_CALL, 50, "one outbound AI voice call"),
         OperationCost(OperationType.INTERNAL_API_LLM, 1, "one call of the internal LLM"),
         OperationCost(OperationType.MONTHLY_FEE, 200, "the monthly platform fee"),
     )

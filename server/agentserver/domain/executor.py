@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from agentserver.domain.actions import Action, ActionState, ActionStore
+from agentserver.domain.actions import CANCELLABLE, Action, ActionState, ActionStore
 from agentserver.domain.batching import Coalescer
 from agentserver.domain.channels import ChannelError, ChannelResult, PermanentChannelError
 from agentserver.domain.clock import Clock
@@ -47,6 +47,7 @@ from agentserver.domain.errors import (
     Unavailable,
 )
 from agentserver.domain.ledger import MAX_RESERVATION_TTL, Debit, EntryKind, LedgerService
+from agentserver.domain.windows import WINDOW, ConversationWindows, WindowKey, window_key
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,14 @@ T = TypeVar("T")
 DEFAULT_EXECUTION_LEASE = timedelta(minutes=5)
 # How long a stopped execution may take to record what it knows.
 RECORD_TIMEOUT_SECONDS = 5.0
+
+_ENDED_WORDS = {
+    ActionState.FAILED: "failed",
+    ActionState.OUTCOME_UNKNOWN: "may or may not have happened",
+    ActionState.REJECTED: "was rejected",
+    ActionState.EXPIRED: "expired",
+    ActionState.CANCELLED: "was cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,7 @@ class Executor:
     lease: timedelta = DEFAULT_EXECUTION_LEASE
     # How long an action's tokens stay held while a person finds out what happened.
     outcome_hold: timedelta = MAX_RESERVATION_TTL
+    windows: ConversationWindows | None = None
     _settles: Coalescer[str, Success, Settled | None] = field(init=False)
     _inflight: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
 
@@ -227,8 +237,55 @@ class Executor:
             await self.ledger.capture(action.tenant_id, action.reservation_id, None, capture_id)
 
     async def execute(self, action: Action) -> Action:
-        """Run an APPROVED action. Exactly one caller wins the approved→executing step."""
-        return await self._detached(self._execute(action))
+        """Run an APPROVED action once the action it depends on (if any) succeeded,
+        then follow up its own dependents. Exactly one caller wins the
+        approved→executing step; a dependent whose prerequisite has not ended stays
+        approved (`follow` starts it), one whose prerequisite ended otherwise is
+        cancelled."""
+        return await self._detached(self._execute_in_order(action))
+
+    async def _execute_in_order(self, action: Action) -> Action:
+        if action.depends_on:
+            before = await self.actions.get(action.tenant_id, action.depends_on)
+            if before.state is not ActionState.SUCCEEDED:
+                return await self.cancel(action, before) if before.state.ended else action
+        done = await self._execute(action)
+        await self.follow(done)
+        return done
+
+    async def follow(self, action: Action) -> None:
+        """After `action` ended: start its approved dependents if it succeeded; cancel
+        every dependent that has not started if it did not. Safe to repeat: each
+        step is a compare-and-set."""
+        if not action.state.ended:
+            return
+        for dependent in await self.actions.dependents(action.tenant_id, action.id):
+            if action.state is ActionState.SUCCEEDED:
+                if dependent.state is ActionState.APPROVED:
+                    await self.execute(dependent)
+            elif dependent.state in CANCELLABLE:
+                await self.cancel(dependent, action)
+
+    async def cancel(self, action: Action, because: Action) -> Action:
+        """Cancel a dependent that has not started because its prerequisite ended
+        without success; its tokens are released and its own dependents follow."""
+        cancelled = await self.actions.transition(
+            action.tenant_id,
+            action.id,
+            CANCELLABLE,
+            ActionState.CANCELLED,
+            self.clock.now(),
+            result={
+                "error": f"not run: {because.action_type} {because.id}, which it follows, "
+                f"{_ENDED_WORDS.get(because.state, because.state.value)}",
+                "reason": "PREREQUISITE_NOT_SUCCEEDED",
+            },
+        )
+        if cancelled is None:
+            return await self.actions.get(action.tenant_id, action.id)
+        await self.release(cancelled)
+        await self.follow(cancelled)
+        return cancelled
 
     async def _execute(self, action: Action) -> Action:
         now = self.clock.now()
@@ -269,24 +326,37 @@ class Executor:
         return await self._detached(self._carry_out(running, revision))
 
     async def _carry_out(self, running: Action, revision: Revision | None) -> tuple[Action, bool]:
+        window = await self._open_window(running)
         try:
             result = await self.retry(lambda: self.runner.run(running))
         except asyncio.CancelledError:  # a shutdown, during the provider call
+            # The send may have happened: a window it opened stays open.
             await self._record_stop(running, None)
             raise
-        except (ChannelError, DomainError) as err:
-            return await self._fail(running, err), False
-        except Exception as err:  # a bug in a handler must still settle the tokens
+        except Exception as err:
+            if window is not None and window[1] and self.windows is not None:
+                await self.windows.withdraw(window[0], running.id)  # nothing was sent
+            if isinstance(err, ChannelError | DomainError):
+                return await self._fail(running, err), False
+            # A bug in a handler must still settle the tokens.
             log.exception("action %s crashed in its runner", running.id)
             failed = await self._fail(running, PermanentChannelError(f"internal error: {err}"))
             return failed, False
+        outcome = _result_dict(result)
+        if window is not None:
+            opened = window[1]
+            # Priced per conversation: did this message open one (and pay) or continue one?
+            conversation = "opened" if opened else "continued"
+            outcome["detail"] = {**outcome["detail"], "conversation": conversation}
         try:
+            if window is not None and not window[1]:  # inside an open window: free
+                return await self._settle_free(running, outcome), False
             if result.pending:  # finishes later, through poll_pending
                 pending = await self.actions.update(
-                    running.tenant_id, running.id, self.clock.now(), result=_result_dict(result)
+                    running.tenant_id, running.id, self.clock.now(), result=outcome
                 )
                 return pending, False
-            return await self._settle(running, _result_dict(result), revision)
+            return await self._settle(running, outcome, revision)
         except asyncio.CancelledError:  # a shutdown, after the provider answered
             await self._record_stop(running, result)
             raise
@@ -312,6 +382,31 @@ class Executor:
                     )
         except Exception:
             log.warning("could not record how action %s stopped", action.id, exc_info=True)
+
+    async def _open_window(self, action: Action) -> tuple[WindowKey, bool] | None:
+        """For a send priced per conversation: its window and whether this send opened
+        it (True: it pays) or continues an open one (False: it is free). None when the
+        action is not priced that way."""
+        key = window_key(
+            action.tenant_id, action.operation_type, action.token_cost, action.parameters
+        )
+        if key is None or self.windows is None:
+            return None
+        now = self.clock.now()
+        return key, await self.windows.open(key, action.id, now, now + WINDOW)
+
+    async def _settle_free(self, action: Action, result: dict[str, Any]) -> Action:
+        """A success that costs nothing after all: its hold is released, not captured."""
+        await self.release(action)
+        done = await self.actions.advance(
+            action,
+            frozenset({ActionState.EXECUTING}),
+            ActionState.SUCCEEDED,
+            self.clock.now(),
+            result=result,
+            token_cost=0,
+        )
+        return done or await self.actions.get(action.tenant_id, action.id)
 
     async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
         return (await self._settle(action, result, None))[0]
@@ -370,12 +465,22 @@ class Executor:
             action.tenant_id, action.id, self.clock.now(), result=result
         )
         if status.succeeded:
-            return await self._succeed(updated)
-        return await self._fail(updated, PermanentChannelError("the provider reported failure"))
+            ended = await self._succeed(updated)
+        else:
+            failure = PermanentChannelError("the provider reported failure")
+            ended = await self._fail(updated, failure)
+        await self.follow(ended)
+        return ended
 
     async def recover(self, action: Action) -> Action:
-        """Settle an action left executing by a stopped executor (see the crash rule)."""
-        return await self._detached(self._recover(action))
+        """Settle an action left executing by a stopped executor (see the crash rule)
+        and follow up its dependents."""
+        return await self._detached(self._recover_and_follow(action))
+
+    async def _recover_and_follow(self, action: Action) -> Action:
+        ended = await self._recover(action)
+        await self.follow(ended)
+        return ended
 
     async def _recover(self, action: Action) -> Action:
         if action.result.get("pending"):
@@ -455,8 +560,11 @@ class Executor:
                 await self.release(replace(again, reservation_id=changes["reservation_id"]))
             return None
         if happened:
-            return await self._succeed(claimed)
-        return await self._fail(claimed, PermanentChannelError(_did_not_happen(claimed)))
+            settled = await self._succeed(claimed)
+        else:
+            settled = await self._fail(claimed, PermanentChannelError(_did_not_happen(claimed)))
+        await self.follow(settled)  # its dependents run, or are cancelled, only now
+        return settled
 
 
 OUTCOME_HAPPENED = "happened"

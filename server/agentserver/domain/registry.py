@@ -84,6 +84,9 @@ class ActionDefinition:
     idempotent: bool
     # Groups of nullable parameters of which at least one must be given.
     required_one_of: tuple[tuple[str, ...], ...] = ()
+    # Text that reaches a person as written: it must come word for word from the
+    # user's message for the action to run unattended (see the policy).
+    verbatim_parameters: tuple[str, ...] = ()
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -194,6 +197,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("body",),
         ),
         ActionDefinition(
             name="sms.send",
@@ -208,6 +212,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("body",),
         ),
         ActionDefinition(
             name="whatsapp.send",
@@ -222,6 +227,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("body",),
         ),
         ActionDefinition(
             name="phone.call",
@@ -243,13 +249,15 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("first_message",),
         ),
         ActionDefinition(
             name="resource.create",
             category="resource",
             description=(
-                "Create a bookable resource of the business (a room, table, court, vehicle, "
-                "staff member, piece of equipment, ...)."
+                "Create a resource or record of the business: something bookable (a room, "
+                "table, court, vehicle, piece of equipment) or a record (a customer, supplier, "
+                "order, product or staff member, with its fields as attributes)."
             ),
             parameters_schema=_object(
                 resource_type=_str("Kind of resource, singular, e.g. room, table, vehicle."),
@@ -271,8 +279,8 @@ def _definitions() -> list[ActionDefinition]:
             name="resource.read",
             category="resource",
             description=(
-                "Look up resources: one by id or name, or list all of a type (all null lists "
-                "every resource)."
+                "Look up resources and records (customers, suppliers, orders, products, "
+                "staff): one by id or name, or list all of a type (all null lists every one)."
             ),
             parameters_schema=_object(
                 resource_type=_str("Kind of resource to list, singular, or null.", nullable=True),
@@ -292,8 +300,9 @@ def _definitions() -> list[ActionDefinition]:
             name="resource.update",
             category="resource",
             description=(
-                "Change attributes of an existing resource (rename it with the attribute "
-                "key 'name'). Identify it by id or by name."
+                "Change attributes of an existing resource or record (rename it with the "
+                "attribute key 'name'; 'mark order 1042 as shipped' sets status). Identify it "
+                "by id or by name."
             ),
             parameters_schema=_object(
                 resource_id=_str("Id of the resource, or null when named.", nullable=True),
@@ -321,7 +330,7 @@ def _definitions() -> list[ActionDefinition]:
         ActionDefinition(
             name="resource.delete",
             category="resource",
-            description="Delete a resource permanently. Identify it by id or by name.",
+            description=("Delete a resource or record permanently. Identify it by id or by name."),
             parameters_schema=_object(
                 resource_id=_str("Id of the resource, or null when named.", nullable=True),
                 name=_str("Name of the resource, or null when id given.", nullable=True),
@@ -460,6 +469,7 @@ def _definitions() -> list[ActionDefinition]:
             read_only=False,
             destructive=False,
             idempotent=False,
+            verbatim_parameters=("message",),
         ),
     ]
 

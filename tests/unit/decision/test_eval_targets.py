@@ -29,12 +29,28 @@ def summary() -> dict[str, Any]:
 
 
 def test_labelled_set_is_big_and_covers_every_family(summary: dict[str, Any]) -> None:
-    assert summary["cases"] >= 170
+    assert summary["cases"] + summary["bypass_held_out_attempts"] >= 400
+    assert summary["bypass_held_out_attempts"] >= 100
+    assert summary["bypass_held_out_harmless"] >= 100
     assert len(summary["per_family"]) == 14
 
 
 def test_action_type_accuracy(summary: dict[str, Any]) -> None:
-    assert summary["action_type_accuracy"] >= 0.90, summary["failures"]
+    assert summary["action_type_accuracy"] >= 0.97, summary["failures"]
+
+
+def test_parameter_accuracy(summary: dict[str, Any]) -> None:
+    assert summary["parameter_accuracy"] >= 0.95, summary["failures"]
+
+
+def test_safety_properties_always_hold(summary: dict[str, Any]) -> None:
+    # No automatic action with altered text, an unmet dependency, a refused quantity
+    # or in a bypass attempt (labelled ones and the held-out bypass set).
+    assert summary["unsafe"] == []
+
+
+def test_bypass_classifier_false_positives(summary: dict[str, Any]) -> None:
+    assert summary["bypass_false_positive_rate"] <= 0.02, summary["bypass_false_positives"]
 
 
 def test_invariants_always_hold(summary: dict[str, Any]) -> None:

@@ -200,3 +200,234 @@ def test_textparse_helpers() -> None:
 def test_business_time_zone_is_used() -> None:
     p = read("Book Court 2 for Ann tomorrow at 3pm for an hour", {"timezone": "Europe/Madrid"})
     assert p.actions[0].parameters["start"] == "2026-01-16T15:00:00+01:00"
+
+
+@pytest.mark.parametrize(
+    ("message", "body"),
+    [
+        (
+            "Text +15551234567 saying the meeting is at 10:00 tomorrow",
+            "the meeting is at 10:00 tomorrow",
+        ),
+        (
+            "Text +15551234567 that the link is https://shop.example.com/a?b=1&c=2",
+            "the link is https://shop.example.com/a?b=1&c=2",
+        ),
+        ("Text +15551234567: the total is $1,200.50, due 3/4", "the total is $1,200.50, due 3/4"),
+        ("Text +15551234567: are you coming?", "are you coming?"),
+        (
+            'Text +15551234567 "Doors open 18:30 - bring the code: 4471!"',
+            "Doors open 18:30 - bring the code: 4471!",
+        ),
+        (
+            "Email ann@example.com:\nHi Ann,\n\ncall us back at 10:00.\nThanks",
+            "Hi Ann,\n\ncall us back at 10:00.\nThanks",
+        ),
+        (
+            "Text +15557654321: running late, call me back on +15551234567",
+            "running late, call me back on +15551234567",
+        ),
+    ],
+)
+def test_text_for_a_person_is_kept_exactly(message: str, body: str) -> None:
+    (action,) = read(message).actions
+    assert action.parameters["body"] == body
+    assert body in message and not action.concerns
+
+
+def test_unsure_where_a_text_ends_is_a_concern() -> None:
+    p = read("Text Maria that the car is ready and call the garage")
+    assert [c.reason for c in p.actions[0].concerns] == ["UNCERTAIN_TEXT"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Send 500 SMS to +15551234567 saying sale today",
+        "Call everyone on the list about the sale",
+        "Email all our customers that prices go up",
+        "WhatsApp the whole contact list that we are closed",
+    ],
+)
+def test_quantities_one_request_cannot_honour_are_refused(message: str) -> None:
+    (action,) = read(message).actions
+    assert [(c.reason, c.blocks) for c in action.concerns] == [("QUANTITY_NOT_SUPPORTED", True)]
+    assert "more than I can do at once" in read(message).reply
+
+
+def test_a_number_inside_the_text_is_not_a_quantity() -> None:
+    (action,) = read("Text +15551234567 that 2 messages arrived").actions
+    assert not action.concerns
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Cancel booking BK-1042 and email ann@example.com that it is cancelled",
+        "Book the Blue Room tomorrow at 3pm for 1 hour for Maria, then text +15551234567 "
+        "the details",
+        "Rename Court 2 to Court 7 and tell the team it is renamed",
+    ],
+)
+def test_a_report_on_a_change_depends_on_it(message: str) -> None:
+    first, second = read(message).actions
+    assert (first.depends_on, second.depends_on) == (None, 0)
+
+
+def test_independent_requests_do_not_depend_on_each_other() -> None:
+    p = read("Email ann@x.com that hi and text +15551234567 that ho")
+    assert [a.depends_on for a in p.actions] == [None, None]
+
+
+SALON = {
+    "opening_hours": {"weekdays": "Mon-Fri 9:00-18:00", "saturday": "Sat 10:00-14:00"},
+    "address": "12 Elm Street, Springfield",
+    "prices": {"haircut": "$35"},
+    "policies": {"cancellation": "Cancel up to 24 hours before for free.", "pets": "Dogs welcome."},
+}
+
+
+@pytest.mark.parametrize(
+    ("question", "quoted"),
+    [
+        ("When do you open on Saturday?", "Sat 10:00-14:00"),
+        ("Where are you located?", "12 Elm Street, Springfield"),
+        ("How much is a haircut?", "$35"),
+        ("What is your cancellation policy?", "Cancel up to 24 hours before for free."),
+        ("Do you allow dogs?", "Dogs welcome."),
+    ],
+)
+def test_questions_the_business_context_answers_are_quoted_with_no_action(
+    question: str, quoted: str
+) -> None:
+    p = read(question, SALON)
+    assert p.actions == [] and f'"{quoted}"' in p.reply
+
+
+def test_other_questions_and_requests_are_not_answered_from_context() -> None:
+    assert "Elm Street" not in read("What time is it in Tokyo?", SALON).reply
+    assert types(read("How much did we spend on SMS this month?", SALON)) == ["analysis.report"]
+
+
+@pytest.mark.parametrize(
+    ("message", "customer"),
+    [
+        ("Book the Blue Room for Dr. Smith tomorrow at 3pm for an hour", "Dr. Smith"),
+        ("Book Court 1 tomorrow at 5pm for 90 minutes for Mrs O'Neill", "Mrs O'Neill"),
+        (
+            "Reserve the Green Room on Friday at 10am for one hour for Mr. José Álvarez",
+            "Mr. José Álvarez",
+        ),
+    ],
+)
+def test_names_with_titles(message: str, customer: str) -> None:
+    (action,) = read(message).actions
+    assert action.parameters["customer_name"] == customer
+
+
+def test_a_contact_named_with_a_title_is_found() -> None:
+    contacts = {"contacts": [{"name": "Tom Jones", "phone": "+15550202020"}]}
+    (action,) = read("Text Mr Jones that his car is ready", contacts).actions
+    assert action.parameters["to"] == "+15550202020"
+
+
+@pytest.mark.parametrize(
+    ("message", "family", "params"),
+    [
+        (
+            "Show me customer Jane Roe",
+            "resource.read",
+            {"resource_type": "customer", "name": "Jane Roe"},
+        ),
+        ("Details of order 1042", "resource.read", {"resource_type": "order", "name": "1042"}),
+        (
+            "Delete supplier Acme Parts",
+            "resource.delete",
+            {"resource_type": "supplier", "name": "Acme Parts"},
+        ),
+        (
+            "Mark order 1042 as shipped",
+            "resource.update",
+            {"name": "1042", "attributes": [{"key": "status", "value": "shipped"}]},
+        ),
+        (
+            "Add a customer: Jane Roe, jane@roe.com, +1 555 010 2030, VIP",
+            "resource.create",
+            {
+                "resource_type": "customer",
+                "name": "Jane Roe",
+                "attributes": [
+                    {"key": "email", "value": "jane@roe.com"},
+                    {"key": "phone", "value": "+15550102030"},
+                    {"key": "note", "value": "VIP"},
+                ],
+            },
+        ),
+    ],
+)
+def test_records_beyond_bookable_things(message: str, family: str, params: dict[str, Any]) -> None:
+    (action,) = read(message).actions  # a list of fields is one action
+    assert action.action_type == family
+    assert {k: action.parameters[k] for k in params} == params
+
+
+def test_a_record_mentioned_in_a_message_to_send_is_not_a_record_action() -> None:
+    assert types(read("Email the details of order 1042 to bob@x.com")) == ["email.send"]
+
+
+@pytest.mark.parametrize(
+    ("message", "lang", "family", "params", "reply"),
+    [
+        (
+            "Envía un SMS al +34 612 345 678 diciendo que la mesa está lista a las 20:30",
+            "es",
+            "sms.send",
+            {"to": "+34612345678", "body": "la mesa está lista a las 20:30"},
+            "Voy a enviar un SMS.",
+        ),
+        (
+            "Reserva la Sala Azul mañana a las 15:00 durante una hora para María García",
+            "es",
+            "booking.create",
+            {"resource_name": "Sala Azul", "customer_name": "María García", "duration_minutes": 60},
+            "Voy a crear una reserva.",
+        ),
+        (
+            "Sende eine E-Mail an jonas@beispiel.de mit der Nachricht: "
+            "Ihre Bestellung ist unterwegs.",
+            "de",
+            "email.send",
+            {"to": "jonas@beispiel.de", "body": "Ihre Bestellung ist unterwegs"},
+            "Ich werde eine E-Mail senden.",
+        ),
+        (
+            "Buche den Blauen Raum morgen um 15 Uhr für eine Stunde für Herr Müller",
+            "de",
+            "booking.create",
+            {"start": "2026-01-16T15:00:00+00:00", "customer_name": "Herr Müller"},
+            "Ich werde eine Buchung anlegen.",
+        ),
+        (
+            "Envoie un SMS au +33 6 12 34 56 78 disant que la table est prête à 20h30",
+            "fr",
+            "sms.send",
+            {"to": "+33612345678", "body": "la table est prête à 20h30"},
+            "Je vais envoyer un SMS.",
+        ),
+        (
+            "Annule la réservation BK-4401",
+            "fr",
+            "booking.cancel",
+            {"booking_id": "BK-4401"},
+            "Je vais annuler une réservation.",
+        ),
+    ],
+)
+def test_spanish_german_and_french(
+    message: str, lang: str, family: str, params: dict[str, Any], reply: str
+) -> None:
+    p = read(message)
+    (action,) = p.actions
+    assert (p.language, action.action_type) == (lang, family)
+    assert {k: action.parameters[k] for k in params} == params
+    assert p.reply == reply

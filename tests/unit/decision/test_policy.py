@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from agentserver.domain.costs import CostTable, OperationType
-from agentserver.domain.decision.engine import Proposal, ProposedAction
+from agentserver.domain.decision.engine import Concern, Proposal, ProposedAction
 from agentserver.domain.decision.levels import DecisionLevel as L
 from agentserver.domain.decision.policy import (
     INSUFFICIENT_TOKENS,
@@ -15,6 +15,8 @@ from agentserver.domain.decision.policy import (
     MISSING_PARAMETER,
     PERMISSION_MISSING,
     POLICY_BYPASS_ATTEMPT,
+    PREREQUISITE_BLOCKED,
+    QUANTITY_NOT_SUPPORTED,
     UNKNOWN_ACTION,
     ActionDecision,
     PolicyOutcome,
@@ -123,10 +125,45 @@ def test_tenant_override_raises_but_never_lowers() -> None:
 
 
 def test_cost_bands() -> None:
-    pricey = CostTable({OperationType.SMS: 20})
+    pricey = CostTable({OperationType.SMS: 100})
     assert run(prop(act("sms.send", SMS)), costs=pricey, balance=1000).level == L.CONSULTATION
-    very = CostTable({OperationType.SMS: 100})
+    very = CostTable({OperationType.SMS: 200})
     assert run(prop(act("sms.send", SMS)), costs=very, balance=1000).level == L.APPROVAL_REQUIRED
+
+
+CALL = {"to": "+15551234567", "purpose": "confirm tomorrow", "first_message": None}
+WHATSAPP = {"to": "+15551234567", "body": "hi"}
+
+
+def test_default_prices_keep_their_registry_levels() -> None:
+    # A call (50) waits for the requester, a WhatsApp conversation (10) runs: the
+    # default bands sit above every built-in price on purpose.
+    call = run(prop(act("phone.call", CALL)), balance=1000).actions[0]
+    assert (call.token_cost, call.level) == (50, L.SUGGESTION)
+    wa = run(prop(act("whatsapp.send", WHATSAPP)), balance=1000).actions[0]
+    assert (wa.token_cost, wa.level) == (10, L.AUTOMATIC)
+
+
+def test_a_tenant_may_have_calls_reviewed() -> None:
+    reviewed = PolicySettings(consultation_min_cost=50)
+    out = run(prop(act("phone.call", CALL)), balance=1000, settings=reviewed)
+    assert out.level == L.CONSULTATION
+    assert "it costs 50 token(s)" in out.actions[0].reasoning
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"consultation_min_cost": -1},
+        {"consultation_min_cost": 300, "approval_min_cost": 200},
+        {"approval_min_cost": "lots"},
+        {"automatic_min_confidence": 50, "suggestion_min_confidence": 60},
+        {"automatic_min_confidence": 200},
+    ],
+)
+def test_policy_settings_refuse_what_cannot_be_applied(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        PolicySettings(**bad)
 
 
 def test_missing_permission_blocks_with_subject() -> None:
@@ -179,12 +216,12 @@ def test_zero_balance_blocks_priced_actions_only() -> None:
 
 
 def test_running_total_must_fit_the_balance() -> None:
-    # whatsapp 2 + sms 1 + email 1 with a balance of 3: the email no longer fits.
+    # whatsapp 10 + sms 1 + email 1 with a balance of 11: the email no longer fits.
     p = prop(act("whatsapp.send", SMS), act("sms.send", SMS), act("email.send", EMAIL))
-    out = run(p, balance=3)
+    out = run(p, balance=11)
     assert [d.executable for d in out.actions] == [True, True, False]
     assert reasons(out.actions[2]) == [INSUFFICIENT_TOKENS]
-    assert out.total_cost == 3
+    assert out.total_cost == 11
 
 
 def test_a_blocked_action_does_not_use_up_the_balance() -> None:
@@ -255,3 +292,53 @@ def test_check_invariants_catches_a_level_below_the_registry_floor() -> None:
     )
     problems = check_invariants(forged, p, registry=REG, costs=COSTS, permissions=ALL, balance=9)
     assert any("floor" in x for x in problems)
+
+
+def test_a_dependent_is_never_less_strict_than_its_prerequisite() -> None:
+    p = prop(act("booking.cancel", {"booking_id": "BK-1"}), act("sms.send", SMS, depends_on=0))
+    cancel, text = run(p).actions
+    assert cancel.level == L.CONSULTATION
+    assert (text.level, text.depends_on, text.executable) == (L.CONSULTATION, 0, True)
+    assert "it follows booking.cancel" in text.reasoning
+
+
+def test_a_dependent_of_a_blocked_action_is_blocked_too() -> None:
+    p = prop(act("booking.cancel", {"booking_id": None}), act("sms.send", SMS, depends_on=0))
+    _, text = run(p).actions
+    assert not text.executable
+    assert reasons(text) == [PREREQUISITE_BLOCKED]
+
+
+def test_a_reference_forwards_or_to_itself_is_not_a_dependency() -> None:
+    p = prop(act("sms.send", SMS, depends_on=0), act("email.send", EMAIL, depends_on=5))
+    assert [d.depends_on for d in run(p).actions] == [None, None]
+
+
+def test_concerns_keep_an_action_from_running_unattended() -> None:
+    unsure = Concern("UNCERTAIN_TEXT", "I am not sure where the text ends")
+    d = run(prop(act("sms.send", SMS, concerns=[unsure]))).actions[0]
+    assert (d.level, d.executable) == (L.SUGGESTION, True)
+    refused = Concern(QUANTITY_NOT_SUPPORTED, "one message per request", blocks=True)
+    d = run(prop(act("sms.send", SMS, concerns=[refused]))).actions[0]
+    assert not d.executable and reasons(d) == [QUANTITY_NOT_SUPPORTED]
+
+
+def test_text_for_a_person_must_be_word_for_word_to_run_unattended() -> None:
+    text = {"to": "+15551234567", "body": "We open at 10:00.\nSee you!"}
+    said = "Text +15551234567: We open at 10:00.\nSee you!"
+    assert run_with(prop(act("sms.send", text)), said).level == L.AUTOMATIC
+    altered = {"to": "+15551234567", "body": "We open at 10."}
+    out = run_with(prop(act("sms.send", altered)), said)
+    assert out.level == L.SUGGESTION
+    assert "not word for word" in out.actions[0].reasoning
+
+
+def run_with(p: Proposal, message: str) -> PolicyOutcome:
+    out = decide(p, REG, COSTS, ALL, 100, message=message)
+    assert (
+        check_invariants(
+            out, p, registry=REG, costs=COSTS, permissions=ALL, balance=100, message=message
+        )
+        == []
+    )
+    return out

@@ -153,8 +153,8 @@ def test_by_category() -> None:
 def test_token_cost_uses_the_cost_table() -> None:
     costs = CostTable()
     assert REGISTRY.token_cost("sms.send", costs) == 1
-    assert REGISTRY.token_cost("whatsapp.send", costs) == 2
-    assert REGISTRY.token_cost("phone.call", costs) == 5
+    assert REGISTRY.token_cost("whatsapp.send", costs) == 10
+    assert REGISTRY.token_cost("phone.call", costs) == 50
     assert REGISTRY.token_cost("booking.create", costs) == 0
     assert REGISTRY.token_cost("phone.call", CostTable({OperationType.ELEVENLABS_CALL: 40})) == 40
     with pytest.raises(NotFound):

@@ -76,6 +76,7 @@ def _action(row: Any) -> Action:
         reservation_id=row.reservation_id,
         attempts=row.attempts,
         version=row.version,
+        depends_on=row.depends_on,
     )
 
 
@@ -107,6 +108,7 @@ def action_values(action: Action) -> dict[str, Any]:
         "created_at": action.created_at,
         "updated_at": action.updated_at,
         "expires_at": action.expires_at,
+        "depends_on": action.depends_on,
     }
 
 
@@ -440,6 +442,15 @@ class SqlAgentStore:
                 .limit(limit)
             )
             return [(r.tenant_id, r.id) for r in rows]
+
+    async def dependents(self, tenant_id: str, action_id: str) -> list[Action]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(A)
+                .where(A.c.tenant_id == tenant_id, A.c.depends_on == action_id)
+                .order_by(A.c.created_at, A.c.id)
+            )
+            return [_action(r) for r in rows]
 
     async def stale(
         self, state: ActionState, before: datetime, limit: int

@@ -258,6 +258,7 @@ class ActionRecord(Base):
         Index("ix_actions_tenant_session", "tenant_id", "session_id", "id"),
         # The sweep's reads across tenants: stale approved and executing actions.
         Index("ix_actions_state_updated_at", "state", "updated_at"),
+        Index("ix_actions_tenant_depends_on", "tenant_id", "depends_on"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
@@ -285,6 +286,19 @@ class ActionRecord(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
+    depends_on: Mapped[str | None] = mapped_column(String(40))
+
+
+class ConversationWindow(Base):
+    """An open (or lapsed) per-recipient conversation window (domain/windows.py)."""
+
+    __tablename__ = "conversation_windows"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(20), primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(200), primary_key=True)
+    opened_by: Mapped[str] = mapped_column(String(40))
+    opened_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class ChannelSetting(Base):
@@ -347,5 +361,6 @@ sessions = _table(ConversationSession)
 messages = _table(ConversationMessage)
 actions = _table(ActionRecord)
 channel_settings = _table(ChannelSetting)
+conversation_windows = _table(ConversationWindow)
 resources = _table(Resource)
 bookings = _table(Booking)

@@ -27,7 +27,7 @@ def exchange_ctes(first: int = 1, guard: str = "TRUE") -> str:
     the message counts of continued sessions (summed: one UPDATE may change a row only
     once). Foreign keys are checked at the end of the statement, so actions and
     messages may name sessions inserted beside them. Parameters are numbered from
-    `first` (45 of them, see `_exchange_arrays`); nothing is written unless `guard`
+    `first` (46 of them, see `_exchange_arrays`); nothing is written unless `guard`
     holds (another CTE's success, when combined with one)."""
     sql = """
 s AS (
@@ -41,21 +41,21 @@ s AS (
                        parameters, decision_level, state, executable, blocked, token_cost,
                        operation_type, confidence, reasoning, requested_by, decided_by,
                        decision_request_id, rejection_reason, result, reservation_id,
-                       attempts, version, created_at, updated_at, expires_at)
+                       attempts, version, created_at, updated_at, expires_at, depends_on)
   SELECT id, tenant_id, session_id, location_id, action_type, category, parameters::json,
          decision_level, state, executable, blocked::json, token_cost, operation_type,
          confidence, reasoning, requested_by, decided_by, decision_request_id,
          rejection_reason, result::json, reservation_id, attempts, version, created_at,
-         updated_at, expires_at
+         updated_at, expires_at, depends_on
     FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
                 $14::text[], $15::int[], $16::text[], $17::bool[], $18::text[], $19::bigint[],
                 $20::text[], $21::int[], $22::text[], $23::text[], $24::text[], $25::text[],
                 $26::text[], $27::text[], $28::text[], $29::int[], $30::int[],
-                $31::timestamptz[], $32::timestamptz[], $33::timestamptz[])
+                $31::timestamptz[], $32::timestamptz[], $33::timestamptz[], $46::text[])
       AS a(id, tenant_id, session_id, location_id, action_type, category, parameters,
            decision_level, state, executable, blocked, token_cost, operation_type, confidence,
            reasoning, requested_by, decided_by, decision_request_id, rejection_reason, result,
-           reservation_id, attempts, version, created_at, updated_at, expires_at)
+           reservation_id, attempts, version, created_at, updated_at, expires_at, depends_on)
    WHERE {guard}
 ), m AS (
   INSERT INTO messages (id, tenant_id, session_id, role, content, decision_level, action_ids,
@@ -253,4 +253,6 @@ def exchange_arrays(exchanges: Sequence[Exchange]) -> list[list[Any]]:
         [len(ex.messages) for ex in continued],
         [ex.now for ex in continued],
     ]
-    return sessions + action_columns + message_columns + counts
+    # Added after the others (so the earlier parameters keep their numbers): $46.
+    depends_on: list[list[Any]] = [[a.depends_on for a in actions]]
+    return sessions + action_columns + message_columns + counts + depends_on

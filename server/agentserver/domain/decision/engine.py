@@ -33,6 +33,20 @@ class EngineRequest:
 
 
 @dataclass(frozen=True)
+class Concern:
+    """Something the engine is not sure it may do unattended, or knows it cannot do.
+
+    ``reason`` is machine-readable (`UNCERTAIN_TEXT`, `QUANTITY_NOT_SUPPORTED`, ...),
+    ``message`` says it to a person. A blocking concern makes the action not
+    executable (it cannot run as asked); any other keeps it from being automatic.
+    """
+
+    reason: str
+    message: str
+    blocks: bool = False
+
+
+@dataclass(frozen=True)
 class ProposedAction:
     """One action the engine believes the user asked for."""
 
@@ -42,6 +56,10 @@ class ProposedAction:
     reasoning: str = ""
     # Required parameters the message did not give; the engine asks instead of guessing.
     missing_parameters: list[str] = field(default_factory=list)
+    # Index (in the proposal's actions) of an earlier action this one follows: it
+    # reports on it or builds on it, so it may run only after that one succeeded.
+    depends_on: int | None = None
+    concerns: list[Concern] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,8 @@ class Proposal:
     engine: str  # "offline" or "llm:<model>", plus any fallback note
     # The message asks to skip approvals, widen permissions or otherwise bypass rules.
     bypass_attempt: bool = False
+    # The language of the message and of `reply` ("en", "es", "de", "fr").
+    language: str = "en"
 
 
 class DecisionEngine(Protocol):

@@ -1,29 +1,51 @@
 """The offline decision engine: deterministic rules, no network.
 
-It reads plain English the way a careful assistant would:
+It reads a message the way a careful assistant would:
 
-1. spot attempts to talk it out of its rules (and cut those words out, so "without
-   approval" does not read as a request for approval);
-2. hide quoted text, so words inside quotes never trigger actions;
-3. split the message into one segment per requested action ("email X … and text Y …");
-4. classify each segment into an action type from its keywords (typos forgiven);
-5. extract that action's parameters, and *ask* for what is missing rather than guess.
+1. carry a Spanish, German or French instruction over into English, the text to
+   send untouched (`languages`);
+2. judge whether it tries to talk the agent out of its rules (`bypass`, a
+   classifier), and cut known bypass wording out, so "without approval" does not
+   read as a request for approval;
+3. hide quoted text, so words inside quotes never trigger actions;
+4. split the message into one segment per requested action ("email X … and text Y
+   …"), keeping a record's listed fields and a dictated text together;
+5. classify each segment into an action type from its keywords (typos forgiven;
+   records of customers, suppliers, orders, products and staff: `records`);
+6. extract that action's parameters, and *ask* for what is missing rather than
+   guess; text meant for a person is taken exactly as written (`verbatim`), a
+   quantity one request cannot honour is refused (`quantities`);
+7. link a report on a change to that change (`dependencies`), and answer a
+   question the business context answers instead of acting (`answers`).
 
 Confidence reflects how much really matched: a clear keyword with every parameter
 scores about 90, a typo or a loose phrasing less, each missing parameter less again.
-It only proposes; the policy decides.
+Anything it is unsure of becomes a concern that keeps an action from running
+unattended. It only proposes; the policy decides.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agentserver.domain.decision.engine import EngineRequest, Proposal, ProposedAction
+from agentserver.domain.decision import quantities, records
+from agentserver.domain.decision.answers import answer
+from agentserver.domain.decision.bypass import BypassClassifier, detect_bypass
+from agentserver.domain.decision.bypass_weights import WEIGHTS as _BYPASS_WEIGHTS
+from agentserver.domain.decision.dependencies import link
+from agentserver.domain.decision.engine import Concern, EngineRequest, Proposal, ProposedAction
+from agentserver.domain.decision.languages import detect as detect_language
+from agentserver.domain.decision.languages import phrase, pivot
+from agentserver.domain.decision.policy import (
+    POSSIBLE_BYPASS,
+    QUANTITY_NOT_SUPPORTED,
+    UNCERTAIN_TEXT,
+)
 from agentserver.domain.decision.textparse import (
     find_duration_minutes,
     find_emails,
@@ -34,6 +56,8 @@ from agentserver.domain.decision.textparse import (
     mask_quotes,
     singular,
 )
+from agentserver.domain.decision.verbatim import anchor
+from agentserver.domain.registry import default_registry
 
 __all__ = ["OfflineEngine", "detect_bypass"]
 
@@ -111,7 +135,10 @@ _RESOURCE_NOUNS = _words_of(
     "resource room table desk court vehicle car van truck chair bay studio machine "
     "equipment space bed boat bike field lane pitch locker projector asset station booth "
     "cabin suite hall kayak simulator therapist stylist trainer instructor barber tent pod "
-    "gym pool sauna cottage apartment villa boardroom classroom venue"
+    "gym pool sauna cottage apartment villa boardroom classroom venue "
+    # Spanish, German, French (see languages.py)
+    "sala mesa pista cancha habitación consulta raum saal zimmer tisch platz salle chambre "
+    "terrain cabine"
 )
 for _n in _RESOURCE_NOUNS:
     _CONCEPTS.setdefault(_n, "RESOURCE")
@@ -154,58 +181,11 @@ _MONTH_NAMES = _words_of(
     "jan feb mar apr jun jul aug sep sept oct nov dec"
 )
 
-# --- bypass detection -------------------------------------------------------------
+# --- attempts to bypass the rules (see bypass.py) ------------------------------------
 
-_BYPASS_PATTERNS = [
-    r"\b(?:ignore|disregard|forget|override)\b[^.!?]{0,30}?\b(?:previous|prior|above|earlier|"
-    r"all|your|the|any|these)\b[^.!?]{0,20}?\b(?:instructions?|rules?|polic(?:y|ies)|"
-    r"guidelines?|restrictions?|limits?|prompts?|checks?|permissions?)\b",
-    r"\bwithout\s+(?:any\s+|an\s+|the\s+|asking\s+(?:for\s+)?|waiting\s+for\s+|my\s+|their\s+)?"
-    r"(?:approvals?|permissions?|review|reviewing|confirmation|confirming|checks?|checking|"
-    r"sign[\s-]?off|asking\s+anyone|anyone'?s?\s+(?:ok|okay|approval))\b",
-    r"\b(?:skip|bypass|circumvent|avoid|get\s+around|side[\s-]?step)\b[^.!?]{0,25}?"
-    r"\b(?:approvals?|review|checks?|confirmation|polic(?:y|ies)|rules?|permissions?|limits?|"
-    r"coordinators?|approvers?|process|balance)\b",
-    r"\b(?:bypass|circumvent)\b",
-    r"\boverride\b[^.!?]{0,20}?\b(?:polic(?:y|ies)|rules?|limits?|permissions?|settings?|"
-    r"level|decision)\b",
-    r"\byou(?:\s+are|'re|’re)\s+(?:now\s+)?(?:an?\s+|the\s+|in\s+)?(?:admin|administrator|root|superuser|"
-    r"developer\s+mode|god\s+mode|unrestricted|dan)\b",
-    r"\b(?:act|behave)\s+as\s+(?:an?\s+|the\s+)?(?:admin|administrator|root|superuser|approver)\b",
-    r"\b(?:grant|give)\s+(?:me|myself|us)\s+(?:\w+\s+){0,2}(?:permissions?|access|rights|"
-    r"privileges|admin|role)\b(?:\s+to\s+[^.!?]*)?",
-    r"\bi\s+(?:hereby\s+)?(?:authori[sz]e|permit|allow|order)\s+you\b",
-    # The agent cannot approve anything; telling it to is asking it to skip the approver.
-    r"(?:^|[.!?,;]\s*|\band\s+|\bjust\s+|\bplease\s+|\bnow\s+)(?:approve|authori[sz]e)\s+"
-    r"(?:it|this|that|my|our|the\s+request)\b",
-    r"\b(?:pretend|assume|imagine)\b[^.!?]{0,20}?\b(?:i\s+am|i'm|you\s+are|you're)\b[^.!?]{0,15}"
-    r"\b(?:admin|administrator|approver|manager|owner|coordinator|root|authori[sz]ed)\b",
-    r"\b(?:no\s+need\s+(?:for|to\s+(?:ask|wait|get))|don'?t\s+(?:ask|wait\s+for|need|bother\s+"
-    r"(?:with|asking))|do\s+not\s+(?:ask|wait\s+for))\b[^.!?]{0,20}?\b(?:approvals?|"
-    r"permission|anyone|coordinators?|approvers?|review|sign[\s-]?off|confirmation|manager)\b",
-    r"\b(?:auto[\s-]?approve|pre[\s-]?approved|already\s+approved|consider\s+(?:it|this)\s+"
-    r"approved|mark\s+(?:it|this)\s+(?:as\s+)?approved|approve\s+it\s+yourself|"
-    r"self[\s-]?approve)\b",
-    r"\b(?:developer|debug|maintenance|admin|god)\s+mode\b",
-    r"\b(?:jailbreak|system\s+prompt|new\s+instructions)\b",
-    r"\b(?:don'?t|do\s+not|never)\s+(?:charge|deduct|bill|count)\b[^.!?]{0,20}?"
-    r"\b(?:tokens?|me|us|balance|credits?)\b",
-    r"\b(?:ignore|disregard)\s+(?:my|the|our)\s+(?:token\s+)?(?:balance|limits?|quota)\b",
-    r"\b(?:even\s+(?:though|if)\s+i\s+(?:don'?t|do\s+not)\s+have\s+(?:the\s+)?"
-    r"(?:permission|rights|access))\b",
-    r"\b(?:i\s+am|i'm)\s+(?:the|an?)\s+(?:admin|administrator|owner|ceo|superuser)\b"
-    r"[^.!?]{0,40}?\b(?:so|just|therefore)\b",
-    r"\bno\s+matter\s+what\s+(?:the\s+)?(?:polic(?:y|ies)|rules?)\b",
-    r"\bregardless\s+of\s+(?:the\s+)?(?:polic(?:y|ies)|rules?|permissions?|approvals?)\b",
-]
-_BYPASS_RE = re.compile("|".join(f"(?:{p})" for p in _BYPASS_PATTERNS), re.IGNORECASE)
-
-
-def detect_bypass(message: str) -> list[tuple[int, int]]:
-    """Spans of ``message`` that try to skip approvals, widen permissions, avoid
-    charges or override the agent's instructions."""
-    return [(m.start(), m.end()) for m in _BYPASS_RE.finditer(message)]
-
+BYPASS = BypassClassifier(_BYPASS_WEIGHTS, threshold=0.5)
+# From this likelihood on, a message not flagged still runs nothing unattended.
+DOUBT = 0.1
 
 # --- words and segments -------------------------------------------------------------
 
@@ -268,7 +248,7 @@ def _tokenise(text: str) -> list[_Token]:
 _BODY_MARKER_RE = re.compile(
     r"\b(?:saying|that\s+says|to\s+say|and\s+say|say(?=\s*QUOTE)|telling\s+(?:him|her|them)|"
     r"with\s+the\s+(?:message|text)|reminding\s+(?:him|her|them)|asking\s+(?:him|her|them)|"
-    r"letting\s+(?:him|her|them)\s+know|that|message:|text:|body:)(?=\W|$)|:|QUOTE\d+",
+    r"letting\s+(?:him|her|them)\s+know|that|message:|text:|body:)(?=\W|$)|:(?=\s|$)|QUOTE\d+",
     re.IGNORECASE,
 )
 
@@ -306,6 +286,29 @@ def _starts_with_action(tokens: list[_Token]) -> bool:
     return False
 
 
+def _instruction(text: str) -> str:
+    """The words of a segment before the text it dictates ("saying", "that", ":", a quote)."""
+    m = _BODY_MARKER_RE.search(text)
+    return text[: m.start()] if m else text
+
+
+_PRICE_QUESTION_RE = re.compile(r"\bhow\s+much\s+(?:is|are|does|do|will)\b", re.IGNORECASE)
+
+
+def _only_a_vague_look(actions: list[ProposedAction], message: str) -> bool:
+    """No action, or only a report with no period that the question merely reads as
+    ("how much is a haircut?"): what a question about the business may replace."""
+    return all(
+        a.action_type == "analysis.report"
+        and not a.parameters.get("period")
+        and (a.parameters.get("topic") == "general" or bool(_PRICE_QUESTION_RE.search(message)))
+        for a in actions
+    )
+
+
+_TO_THE_SENDER_RE = re.compile(r"\s*[A-Za-z]+\s+(?:me|us)\b", re.IGNORECASE)
+
+
 def _split(masked: str) -> list[str]:
     parts = _SPLIT_RE.split(masked)
     # parts alternates text, separator, text, ...
@@ -317,6 +320,19 @@ def _split(masked: str) -> list[str]:
             continue
         sentence_break = bool(re.match(r"\s*[.!?;]", sep)) or "\n" in sep
         if sentence_break and _TITLE_END_RE.search(segments[-1] + sep):
+            segments[-1] += sep + piece
+            continue
+        if not sentence_break and records.listing(segments[-1]):
+            # "Add a customer: Jane Roe, jane@roe.com, +1 555 …": one record's fields.
+            segments[-1] += sep + piece
+            continue
+        if (
+            not sentence_break
+            and _TO_THE_SENDER_RE.match(piece)
+            and _BODY_MARKER_RE.search(segments[-1])
+        ):
+            # "Text Maria: running late, call me back": words to the sender inside
+            # the text being dictated are part of it, not a request of their own.
             segments[-1] += sep + piece
             continue
         tokens = _tokenise(piece)
@@ -347,6 +363,7 @@ def _has_word(tokens: list[_Token], *words: str) -> bool:
 
 
 _CHANNELS = {"EMAIL": "email.send", "SMS": "sms.send", "WA": "whatsapp.send", "CALL": "phone.call"}
+_CHANNEL_TYPES = frozenset(_CHANNELS.values())
 
 
 def _classify(head: list[_Token], tokens: list[_Token], text: str) -> tuple[str | None, int, bool]:
@@ -371,6 +388,10 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
 
     emails, phones = find_emails(text), find_phones(text)
 
+    if not has("EMAIL", "SMS", "WA", "CALL", "APPROVAL", "ESCALATE", "NOTIFY", "BOOK"):
+        record = records.reading(text)
+        if record is not None:
+            return record, 86
     if has("APPROVAL") and not has("EMAIL", "SMS", "WA"):
         return "human.approval_request", 88
     if has("ESCALATE") or (has("TALK") and has("HUMAN")):
@@ -382,6 +403,7 @@ def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
         has("AUDIENCE")
         and not emails
         and not phones
+        and not quantities.names_everyone(text)
         and (has("NOTIFY", "TELL", "SEND") or has("EMAIL", "SMS", "WA"))
     ):
         return "notification.send", 88
@@ -517,13 +539,13 @@ _CONTENT_RE = re.compile(
     r"\b(?:saying|that\s+says|to\s+say|and\s+say|with\s+the\s+(?:message|text)|message:|"
     r"text:|body:|tell(?:ing)?\s+(?:him|her|them)(?:\s+that)?|letting\s+(?:him|her|them)\s+know"
     r"(?:\s+that)?|reminding\s+(?:him|her|them)(?:\s+that)?|that)\s+(?P<c>.+)$"
-    r"|:\s*(?P<c2>.+)$",
+    r"|:(?=\s|$)\s*(?P<c2>.+)$",
     re.IGNORECASE | re.DOTALL,
 )
 _TOPIC_RE = re.compile(
     r"\b(?:about|regarding|concerning|re:|re|on\s+the\s+subject\s+of|with\s+subject|"
     r"subject:?)\s+(?P<t>.+?)(?=\s+(?:saying|that\s+says|and\s+say|telling|with\s+the\s+message)"
-    r"\b|\s*:|$)",
+    r"\b|\s*:(?=\s|$)|$)",
     re.IGNORECASE,
 )
 
@@ -567,7 +589,7 @@ def _resolve_person(
         return ctx.last_person, str(ctx.last_person.get("name") or "them")
     m = re.search(
         r"\b(?:to|email|e-mail|mail|text|call|ring|phone|message|whatsapp|contact|tell|remind)"
-        r"\s+(?P<n>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)",
+        rf"\s+(?P<n>(?:{_TITLE}\s+)?{_NAME_WORD}(?:\s+{_NAME_WORD})?)",
         text,
     )
     if m and m.group("n").lower().split()[0] not in _WEEKDAY_NAMES | _MONTH_NAMES:
@@ -606,11 +628,16 @@ def _phone_recipient(
 
 
 def _strip_addresses(text: str, ctx: _Context) -> str:
-    for e in find_emails(text):
-        text = re.sub(re.escape(e), " ", text, flags=re.IGNORECASE)
-    for start, end, _ in sorted(find_phones(text, ctx.country_code), reverse=True):
-        text = text[:start] + " " + text[end:]
-    return text
+    """``text`` without the addresses that name recipients: those before the words
+    to send. An address inside the text to send ("call me back on +1 555 …") stays."""
+    m = _CONTENT_RE.search(text)
+    cut = m.start() if m else len(text)
+    head, tail = text[:cut], text[cut:]
+    for e in find_emails(head):
+        head = re.sub(re.escape(e), " ", head, flags=re.IGNORECASE)
+    for start, end, _ in sorted(find_phones(head, ctx.country_code), reverse=True):
+        head = head[:start] + " " + head[end:]
+    return head + tail
 
 
 def _subject_from(body: str) -> str:
@@ -745,13 +772,20 @@ _NOT_A_RESOURCE = frozenset(
     }
 )
 _NOT_A_RESOURCE_WORD = _PRONOUNS | {"me", "us", "it", "booking", "appointment", "reservation"}
-_PERSON_RE = re.compile(r"\b(?P<n>[A-Z][a-z]+(?:\s+(?:[A-Z][a-z]+|[A-Z]\.))*(?:\s+[A-Z][a-z]+)?)")
+# A person's name: capitalised words (accents allowed), optionally after a title.
+_UP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
+_TITLE = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Sr|Sra|Herr|Frau|Mme|Mlle|M)\.?"
+_NAME_WORD = rf"(?:[{_UP}]')?[{_UP}][{_LOW}]+(?:-[{_UP}][{_LOW}]+)?"
+_PERSON_RE = re.compile(
+    rf"\b(?P<n>(?:{_TITLE}\s+)?{_NAME_WORD}(?:\s+(?:{_NAME_WORD}|[{_UP}]\.))*"
+    rf"(?:\s+{_NAME_WORD})?)"
+)
 
 
 def _person_after(text: str, lead: str) -> str | None:
     for m in re.finditer(rf"\b{lead}\s+{_PERSON_RE.pattern}", text):
         name = m.group("n")
-        first = name.split()[0].lower()
+        first = re.sub(rf"^{_TITLE}\s+", "", name).split()[0].lower()
         if first in _WEEKDAY_NAMES | _MONTH_NAMES or first in _CONCEPTS:
             continue
         if singular(name.split()[-1].lower()) in _RESOURCE_NOUNS:
@@ -780,7 +814,7 @@ def _booking_resource(text: str) -> tuple[str | None, str | None]:
         generic = name.lower() in _NOT_A_RESOURCE or words[0].lower() in _NOT_A_RESOURCE_WORD
         # A bare person's name after "book" ("book Maria in") is the customer, not a resource.
         person_like = bool(_PERSON_RE.fullmatch(name)) and not (
-            singular(words[-1].lower()) in _RESOURCE_NOUNS or words[-1].isdigit()
+            any(singular(w.lower()) in _RESOURCE_NOUNS for w in words) or words[-1].isdigit()
         )
         if not generic and not person_like:
             return None, name
@@ -1256,7 +1290,11 @@ _HELP = (
 )
 
 
-def _reply(actions: list[ProposedAction], bypass: bool, ambiguous: list[str]) -> str:
+def _reply(
+    actions: list[ProposedAction], bypass: bool, ambiguous: list[str], lang: str = "en"
+) -> str:
+    if lang != "en":
+        return _reply_in(lang, actions, bypass)
     lines: list[str] = []
     if bypass:
         lines.append(
@@ -1267,6 +1305,7 @@ def _reply(actions: list[ProposedAction], bypass: bool, ambiguous: list[str]) ->
         doing = [_DOING.get(a.action_type, a.action_type) for a in actions]
         lines.append("I'll " + _join(doing) + ".")
         for a in actions:
+            lines.extend(c.message[0].upper() + c.message[1:] + "." for c in a.concerns if c.blocks)
             for p in a.missing_parameters:
                 q = _QUESTIONS.get((a.action_type, p), f"What is the {p.replace('_', ' ')}?")
                 lines.append(q)
@@ -1275,6 +1314,29 @@ def _reply(actions: list[ProposedAction], bypass: bool, ambiguous: list[str]) ->
     if not actions and not ambiguous:
         lines.append("I'm not sure what you'd like me to do. " + _HELP)
     return " ".join(lines)
+
+
+def _reply_in(lang: str, actions: list[ProposedAction], bypass: bool) -> str:
+    """The reply in Spanish, German or French (actions without a phrase of their own
+    keep their type name)."""
+    lines: list[str] = []
+    if bypass:
+        lines.append(phrase("bypass", lang) or "")
+    if actions:
+        doing = [phrase(a.action_type, lang) or a.action_type for a in actions]
+        joined = (
+            doing[0]
+            if len(doing) == 1
+            else ", ".join(doing[:-1]) + (phrase("and", lang) or " and ") + doing[-1]
+        )
+        lines.append((phrase("will", lang) or "{}").format(joined))
+        missing = [p for a in actions for p in a.missing_parameters]
+        if missing:
+            lines.append((phrase("missing", lang) or "{}").format(", ".join(missing)))
+        lines.extend(c.message for a in actions for c in a.concerns if c.blocks)
+    else:
+        lines.append(phrase("unsure", lang) or "")
+    return " ".join(x for x in lines if x)
 
 
 def _join(items: list[str]) -> str:
@@ -1291,6 +1353,10 @@ class OfflineEngine:
         if not re.fullmatch(r"\+[1-9]\d{0,3}", default_country_code):
             raise ValueError(f"bad country calling code {default_country_code!r}")
         self._country_code = default_country_code
+        # Which parameters reach a person as written, per action type (the registry's).
+        self._verbatim = {
+            d.name: d.verbatim_parameters for d in default_registry().all() if d.verbatim_parameters
+        }
 
     @property
     def name(self) -> str:
@@ -1304,10 +1370,21 @@ class OfflineEngine:
     def read(self, request: EngineRequest) -> Proposal:
         """The synchronous core of `propose`, for tests and the evaluation."""
         message = request.message or ""
-        spans = detect_bypass(message)
-        bypass = bool(spans)
+        # Spanish, German and French instructions are read through English; the
+        # text to send stays as written (see languages.py).
+        lang = detect_language(message)
+        text = pivot(message, lang)
+        spans = detect_bypass(text)
+        likelihood = BYPASS.probability(message)
+        bypass = likelihood >= BYPASS.threshold
+        # Below the flag, but not clearly harmless: nothing of it runs unattended.
+        doubt = (
+            None
+            if bypass or likelihood < DOUBT
+            else Concern(POSSIBLE_BYPASS, "the message may be trying to get around the rules")
+        )
         # Cut the bypass wording out so "without approval" does not ask for approval.
-        clean = message
+        clean = text
         for start, end in reversed(spans):
             clean = clean[:start] + " " + clean[end:]
         masked, quotes = mask_quotes(clean)
@@ -1316,13 +1393,37 @@ class OfflineEngine:
         segments = self._segments(masked)
         actions: list[ProposedAction] = []
         ambiguous: list[str] = []
+        joints: list[str] = []  # the words between an action's segment and the one before
+        texts: list[str] = []
+        end = 0
         for seg in segments:
+            at = masked.find(seg.text, end)
+            joint, end = (masked[end:at], at + len(seg.text)) if at >= 0 else ("", end)
             if seg.family is None:
                 note = self._ambiguity(seg, ctx)
                 if note:
                     ambiguous.append(note)
                 continue
-            params, missing = _EXTRACTORS[seg.family](seg, ctx)
+            record = (
+                records.extract(seg.family, _unquote(seg.text, ctx))
+                if seg.family.startswith("resource.")
+                else None
+            )
+            params, missing = record or _EXTRACTORS[seg.family](seg, ctx)
+            concerns = self._exact_text(seg.family, params, message, ctx)
+            if doubt is not None:
+                concerns.append(doubt)
+            bulk = quantities.bulk(_instruction(seg.text)) if seg.family in _CHANNEL_TYPES else None
+            if bulk is not None:
+                concerns.append(
+                    Concern(
+                        QUANTITY_NOT_SUPPORTED,
+                        f'"{bulk}" is more than I can do at once: one request sends one '
+                        "message to one recipient (or places one call); a list of recipients "
+                        "needs one request each",
+                        blocks=True,
+                    )
+                )
             # Missing parameters lower the confidence, but a clearly worded request
             # stays in the suggestion band: the policy already blocks it and asks the
             # requester for what is missing, which is better than a coordinator.
@@ -1341,8 +1442,21 @@ class OfflineEngine:
                     confidence=confidence,
                     reasoning=reasoning,
                     missing_parameters=missing,
+                    concerns=concerns,
                 )
             )
+            joints.append(joint)
+            texts.append(_unquote(seg.text, ctx))
+        actions = self._uncertain_ends(actions, joints, texts, ctx)
+        links = link([a.action_type for a in actions], texts, joints)
+        actions = [
+            a
+            if d is None
+            else replace(
+                a, depends_on=d, reasoning=f"{a.reasoning}; it follows {actions[d].action_type}"
+            )
+            for a, d in zip(actions, links, strict=True)
+        ]
 
         if actions:
             overall = min(a.confidence for a in actions)
@@ -1351,16 +1465,74 @@ class OfflineEngine:
         else:
             overall = 30 if ambiguous else 10
         reasoning = "; ".join(a.reasoning for a in actions) if actions else "no action recognised"
+        reply = _reply(actions, bypass, ambiguous, lang)
+        known = (
+            None
+            if bypass or not _only_a_vague_look(actions, message)
+            else answer(message, request.business_context or {})
+        )
+        if known is not None:
+            # A question the business's own details answer: quote them, do nothing.
+            field_name, quoted = known
+            actions, ambiguous, overall = [], [], 90
+            said = phrase("answer", lang) or 'From your business details ({}): "{}"'
+            reply = said.format(field_name, quoted)
+            reasoning = f"a question answered from business_context.{field_name}"
         if bypass:
             reasoning += "; the message tries to bypass the rules"
         return Proposal(
-            reply=_reply(actions, bypass, ambiguous),
+            reply=reply,
             actions=actions,
             confidence=overall,
             reasoning=reasoning,
             engine=self.name,
             bypass_attempt=bypass,
+            language=lang,
         )
+
+    def _exact_text(
+        self, family: str, params: dict[str, Any], message: str, ctx: _Context
+    ) -> list[Concern]:
+        """Replace each text meant for a person by the message's own characters for
+        it; a concern for any that cannot be found there as written."""
+        concerns: list[Concern] = []
+        for name in self._verbatim.get(family, ()):
+            value = params.get(name)
+            if not isinstance(value, str) or not value.strip():
+                continue
+            exact = anchor(value, message)
+            if exact is None:
+                words = name.replace("_", " ")
+                concerns.append(
+                    Concern(UNCERTAIN_TEXT, f"I could not keep the {words} exactly as written")
+                )
+            else:
+                params[name] = exact
+        return concerns
+
+    def _uncertain_ends(
+        self, actions: list[ProposedAction], joints: list[str], texts: list[str], ctx: _Context
+    ) -> list[ProposedAction]:
+        """A text that runs on into what reads as another request ("Text Maria:
+        running late, call me back") may end earlier or later than the split says:
+        unless the next request names its own address or a sentence ends between
+        them, the text is not sure enough to send unattended."""
+        out = list(actions)
+        for i, action in enumerate(actions[:-1]):
+            names = self._verbatim.get(action.action_type, ())
+            body = next((action.parameters.get(n) for n in names if action.parameters.get(n)), None)
+            if not isinstance(body, str) or body in ctx.quotes:
+                continue
+            joint, following, after = joints[i + 1], texts[i + 1], actions[i + 1]
+            if re.search(r"[.!?;]|\n", joint) or after.action_type not in _CHANNEL_TYPES:
+                continue
+            if body in after.parameters.values():
+                continue  # "email and text them that …": one text for both
+            if find_emails(following) or find_phones(following, ctx.country_code):
+                continue
+            concern = Concern(UNCERTAIN_TEXT, "I am not sure where the text to send ends")
+            out[i] = replace(action, concerns=[*action.concerns, concern])
+        return out
 
     def _context(self, request: EngineRequest, quotes: list[str]) -> _Context:
         bc = request.business_context or {}
@@ -1386,7 +1558,14 @@ class OfflineEngine:
 
     def _segments(self, masked: str) -> list[_Segment]:
         segments: list[_Segment] = []
-        for piece in _split(masked):
+        pieces = _split(masked)
+        block = re.search(r":[ \t]*\n", masked)
+        if block:
+            # "Email ann@x.com:" and then lines of text: the lines are the text,
+            # whatever words they contain.
+            head = _split(masked[: block.start() + 1])
+            pieces = [*head[:-1], head[-1] + masked[block.start() + 1 :]] if head else pieces
+        for piece in pieces:
             tokens = _tokenise(piece)
             family, strength, typo = _classify(_head(tokens, piece), tokens, piece)
             segments.append(_Segment(piece, tokens, family, strength, typo))

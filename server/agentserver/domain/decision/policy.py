@@ -10,6 +10,11 @@ Level of one action = the strictest of
   * the confidence band (how sure the engine is),
   * the cost band (what it costs),
   * risk hints (destructive → at least CONSULTATION),
+  * SUGGESTION when text meant for a person (an email's body, a text message, a
+    call's opening words) is not word for word in the user's message, or the engine
+    voices a concern (it is not sure where the text starts or ends),
+  * the level of the action it depends on (a dependent never runs on less say-so
+    than its prerequisite),
   * what blocks it (see below), and APPROVAL_REQUIRED for every action of a
     proposal that tries to talk the agent out of its rules.
 
@@ -18,6 +23,8 @@ person has to edit, grant, top up or approve it explicitly). A non-executable
 action is never AUTOMATIC:
   * MISSING_PARAMETER / INVALID_PARAMETER → at least SUGGESTION (the requester fixes it)
   * INSUFFICIENT_TOKENS → at least SUGGESTION (the requester tops up or drops something)
+  * QUANTITY_NOT_SUPPORTED (an engine's blocking concern, e.g. "send 500 SMS") and
+    PREREQUISITE_BLOCKED (the action it depends on cannot run) → at least SUGGESTION
   * PERMISSION_MISSING, UNKNOWN_ACTION, POLICY_BYPASS_ATTEMPT → APPROVAL_REQUIRED
 
 Tokens: every executable action reserves its cost when it starts waiting or
@@ -30,7 +37,7 @@ cheaper action may still fit. Blocked actions never count.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentserver.domain.costs import CostTable
@@ -45,6 +52,10 @@ __all__ = [
     "MISSING_PARAMETER",
     "PERMISSION_MISSING",
     "POLICY_BYPASS_ATTEMPT",
+    "POSSIBLE_BYPASS",
+    "PREREQUISITE_BLOCKED",
+    "QUANTITY_NOT_SUPPORTED",
+    "UNCERTAIN_TEXT",
     "UNKNOWN_ACTION",
     "ActionDecision",
     "BlockedReason",
@@ -60,6 +71,12 @@ MISSING_PARAMETER = "MISSING_PARAMETER"
 INVALID_PARAMETER = "INVALID_PARAMETER"
 UNKNOWN_ACTION = "UNKNOWN_ACTION"
 POLICY_BYPASS_ATTEMPT = "POLICY_BYPASS_ATTEMPT"
+QUANTITY_NOT_SUPPORTED = "QUANTITY_NOT_SUPPORTED"
+PREREQUISITE_BLOCKED = "PREREQUISITE_BLOCKED"
+# An engine's non-blocking concern: unsure where text meant for a person starts or ends.
+UNCERTAIN_TEXT = "UNCERTAIN_TEXT"
+# An engine's non-blocking concern: the message reads somewhat like a bypass attempt.
+POSSIBLE_BYPASS = "POSSIBLE_BYPASS"
 
 L = DecisionLevel
 
@@ -71,6 +88,8 @@ _BLOCK_FLOOR: Mapping[str, DecisionLevel] = {
     PERMISSION_MISSING: L.APPROVAL_REQUIRED,
     UNKNOWN_ACTION: L.APPROVAL_REQUIRED,
     POLICY_BYPASS_ATTEMPT: L.APPROVAL_REQUIRED,
+    QUANTITY_NOT_SUPPORTED: L.SUGGESTION,
+    PREREQUISITE_BLOCKED: L.SUGGESTION,
 }
 
 
@@ -83,11 +102,41 @@ class PolicySettings:
     automatic_min_confidence: int = 85
     suggestion_min_confidence: int = 60
     consultation_min_confidence: int = 40
-    # Cost bands (tokens of one action).
-    consultation_min_cost: int = 20
-    approval_min_cost: int = 100
+    # Cost bands (tokens of one action). Deliberately above every built-in price
+    # (the dearest, an AI call, is 50): what a single action costs at the default
+    # prices never takes it past its registry default. A call already waits for the
+    # requester (its default is suggestion), and sending a coordinator every call or
+    # every WhatsApp conversation would make them rubber stamps. The bands catch
+    # what a tenant prices higher (AGENTSERVER_COSTS), and a tenant that wants calls
+    # reviewed sets `consultation_min_cost` to 50 in its policy.
+    consultation_min_cost: int = 100
+    # One action costing a month's platform fee (200) needs an approver.
+    approval_min_cost: int = 200
     destructive_min_level: DecisionLevel = L.CONSULTATION
     bypass_level: DecisionLevel = L.APPROVAL_REQUIRED
+
+    def __post_init__(self) -> None:
+        bands = (
+            ("consultation_min_confidence", self.consultation_min_confidence),
+            ("suggestion_min_confidence", self.suggestion_min_confidence),
+            ("automatic_min_confidence", self.automatic_min_confidence),
+        )
+        for name, value in bands:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 101:
+                raise ValueError(f"{name} must be an integer from 0 to 101, got {value!r}")
+        if not bands[0][1] <= bands[1][1] <= bands[2][1]:
+            raise ValueError(
+                "confidence bands must rise: consultation_min_confidence <= "
+                "suggestion_min_confidence <= automatic_min_confidence"
+            )
+        for name, value in (
+            ("consultation_min_cost", self.consultation_min_cost),
+            ("approval_min_cost", self.approval_min_cost),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number of tokens >= 0, got {value!r}")
+        if self.consultation_min_cost > self.approval_min_cost:
+            raise ValueError("consultation_min_cost must not be above approval_min_cost")
 
     def confidence_level(self, confidence: int) -> DecisionLevel:
         """The least strict level a confidence allows."""
@@ -130,6 +179,8 @@ class ActionDecision:
     token_cost: int
     confidence: int
     reasoning: str
+    # Index of the decision (same outcome) this one runs after, or None.
+    depends_on: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,17 +205,21 @@ def decide(
     balance: int | None,
     *,
     settings: PolicySettings | None = None,
+    message: str | None = None,
 ) -> PolicyOutcome:
     """Decide every proposed action (in order) and the response's level.
 
     `balance` None means "not known yet": no action is blocked for tokens here, and
     the caller must hold the tokens and, when they are refused, decide again with
-    the balance the refusal reports (see `AgentService.process`).
+    the balance the refusal reports (see `AgentService.process`). `message` is the
+    user's message, which text meant for a person must come from word for word to
+    run unattended; None only where no message exists (unit tests of other rules).
     """
     settings = settings or PolicySettings()
     decisions: list[ActionDecision] = []
     reserved = 0
-    for proposed in proposal.actions:
+    for i, proposed in enumerate(proposal.actions):
+        prerequisite = _prerequisite(proposed, i)
         decision = _decide_one(
             proposed,
             proposal.bypass_attempt,
@@ -172,13 +227,15 @@ def decide(
             costs=costs,
             permissions=permissions,
             settings=settings,
+            message=message,
+            prerequisite=None if prerequisite is None else decisions[prerequisite],
         )
         if decision.executable and decision.token_cost > 0:
             if balance is None or reserved + decision.token_cost <= balance:
                 reserved += decision.token_cost
             else:
                 decision = _block_for_tokens(decision, reserved, balance)
-        decisions.append(decision)
+        decisions.append(replace(decision, depends_on=prerequisite))
 
     level = strictest(*(d.level for d in decisions))
     if not decisions:
@@ -195,6 +252,30 @@ def decide(
     return PolicyOutcome(actions=decisions, level=level, reasoning=why)
 
 
+def _prerequisite(proposed: ProposedAction, index: int) -> int | None:
+    """The earlier action `proposed` depends on; an engine's reference to itself or
+    to a later action is not a dependency (the order of a message is the order of
+    its actions) and is dropped."""
+    d = proposed.depends_on
+    return d if isinstance(d, int) and not isinstance(d, bool) and 0 <= d < index else None
+
+
+def altered_text(
+    definition: ActionDefinition, parameters: Mapping[str, Any], message: str | None
+) -> list[str]:
+    """The parameters of text meant for a person that are not word for word in the
+    user's message (so someone should read them before they go out)."""
+    if message is None:
+        return []
+    return [
+        p
+        for p in definition.verbatim_parameters
+        if isinstance(parameters.get(p), str)
+        and parameters[p].strip()
+        and parameters[p] not in message
+    ]
+
+
 def _decide_one(
     proposed: ProposedAction,
     bypass: bool,
@@ -203,6 +284,8 @@ def _decide_one(
     costs: CostTable,
     permissions: PermissionSet,
     settings: PolicySettings,
+    message: str | None,
+    prerequisite: ActionDecision | None,
 ) -> ActionDecision:
     confidence = max(0, min(100, proposed.confidence))
     params = dict(proposed.parameters)
@@ -230,6 +313,17 @@ def _decide_one(
     definition = registry.get(proposed.action_type)
     cost = registry.token_cost(definition.name, costs)
     blocked = _blocked_reasons(definition, proposed, registry, permissions)
+    blocked.extend(
+        BlockedReason(c.reason, c.message, definition.name) for c in proposed.concerns if c.blocks
+    )
+    if prerequisite is not None and not prerequisite.executable:
+        blocked.append(
+            BlockedReason(
+                PREREQUISITE_BLOCKED,
+                f"it follows {prerequisite.action_type}, which cannot run as asked",
+                prerequisite.action_type,
+            )
+        )
     if bypass:
         blocked.append(_bypass_reason())
 
@@ -248,8 +342,19 @@ def _decide_one(
     candidates.append((settings.cost_level(cost), f"it costs {cost} token(s)"))
     if definition.destructive:
         candidates.append((settings.destructive_min_level, "it cannot be undone"))
+    for p in altered_text(definition, proposed.parameters, message):
+        candidates.append(
+            (L.SUGGESTION, f"the {p.replace('_', ' ')} is not word for word from your message")
+        )
+    for c in proposed.concerns:
+        if not c.blocks:
+            candidates.append((L.SUGGESTION, c.message))
+    if prerequisite is not None:
+        candidates.append(
+            (prerequisite.level, f"it follows {prerequisite.action_type} and waits for it")
+        )
     for b in blocked:
-        candidates.append((_BLOCK_FLOOR[b.reason], b.message))
+        candidates.append((_BLOCK_FLOOR.get(b.reason, L.SUGGESTION), b.message))
 
     level = strictest(*(lv for lv, _ in candidates))
     if bypass:
@@ -341,6 +446,7 @@ def check_invariants(
     permissions: PermissionSet,
     balance: int,
     settings: PolicySettings | None = None,
+    message: str | None = None,
 ) -> list[str]:
     """Every way ``outcome`` breaks the policy's promises, in words (empty when none).
 
@@ -369,6 +475,17 @@ def check_invariants(
             broken.append(f"{tag}: bypass attempt but level {dec.level.label}")
         if dec.executable:
             spent += dec.token_cost
+        if automatic and prop.concerns:
+            broken.append(f"{tag}: automatic although the engine voiced a concern")
+        if any(c.blocks for c in prop.concerns) and dec.executable:
+            broken.append(f"{tag}: executable although the engine says it cannot be done")
+        before = prop.depends_on
+        if isinstance(before, int) and 0 <= before < i:
+            first = outcome.actions[before]
+            if dec.level < first.level:
+                broken.append(f"{tag}: level below that of the action it depends on")
+            if dec.executable and not first.executable:
+                broken.append(f"{tag}: executable although the action it depends on is not")
         if prop.action_type not in registry:
             if dec.executable or automatic:
                 broken.append(f"{tag}: unknown action type is executable or automatic")
@@ -381,6 +498,8 @@ def check_invariants(
             floor = max(floor, settings.destructive_min_level)
         if dec.level < floor:
             broken.append(f"{tag}: level {dec.level.label} below its floor {floor.label}")
+        if automatic and altered_text(d, prop.parameters, message):
+            broken.append(f"{tag}: automatic with text that is not word for word the user's")
         if dec.level < settings.confidence_level(max(0, min(100, prop.confidence))):
             broken.append(f"{tag}: level below what confidence {prop.confidence} allows")
         cost = registry.token_cost(d.name, costs)

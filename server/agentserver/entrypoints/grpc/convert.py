@@ -265,6 +265,7 @@ def action_to_pb(a: Action, right: DecisionRight | None = None) -> agent_service
         create_time=ts(a.created_at),
         update_time=ts(a.updated_at),
         expire_time=ts(a.expires_at),
+        depends_on=a.depends_on or "",
         decision_right=right_to_pb(right) if right is not None else None,
     )
 

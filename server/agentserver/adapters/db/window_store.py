@@ -1,0 +1,58 @@
+"""Conversation windows (domain/windows.py) in the shared database: one conditional
+upsert decides who opens a window, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentserver.adapters.db.models import conversation_windows as W
+from agentserver.domain.windows import WindowKey
+
+
+class SqlConversationWindows:
+    """The `ConversationWindows` port over the `conversation_windows` table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert: Any = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+
+    async def open(self, key: WindowKey, opener: str, now: datetime, until: datetime) -> bool:
+        row = {
+            "tenant_id": key.tenant_id,
+            "channel": key.channel,
+            "recipient": key.recipient,
+            "opened_by": opener,
+            "opened_at": now,
+            "expires_at": until,
+        }
+        stmt = self._insert(W).values(**row)
+        # A lapsed window is replaced; an open one is left alone and returns no row.
+        # On PostgreSQL a concurrent opener waits for the row lock and then sees the
+        # new window open, so exactly one of them opens it.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[W.c.tenant_id, W.c.channel, W.c.recipient],
+            set_={
+                "opened_by": stmt.excluded.opened_by,
+                "opened_at": stmt.excluded.opened_at,
+                "expires_at": stmt.excluded.expires_at,
+            },
+            where=W.c.expires_at <= now,
+        ).returning(W.c.opened_by)
+        async with self.engine.begin() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def withdraw(self, key: WindowKey, opener: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(W).where(
+                    W.c.tenant_id == key.tenant_id,
+                    W.c.channel == key.channel,
+                    W.c.recipient == key.recipient,
+                    W.c.opened_by == opener,
+                )
+            )
