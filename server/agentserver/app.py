@@ -24,9 +24,8 @@ from agentserver.adapters.db.migrate import pending_revisions, upgrade
 from agentserver.adapters.db.pg import PgEventWriter, PgPool
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
-from agentserver.adapters.db.pg_process import PgExchangeHolder
-from agentserver.adapters.db.pg_settle import PgSettler
-from agentserver.adapters.db.sql_process import SqlExchangeHolder, SqlSettler
+from agentserver.adapters.db.process_writes import PgProcessWrites, SqlProcessWrites
+from agentserver.adapters.db.settle_writes import PgSettler, SqlSettler
 from agentserver.adapters.db.window_store import SqlConversationWindows
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
@@ -190,13 +189,17 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
     pg_pool: PgPool | None = None
     ledger_store: SqlLedgerStore
     agent_store: SqlAgentStore
+    writes: SqlProcessWrites
     if settings.is_sqlite:
         ledger_store = SqlLedgerStore(engine, low_balance_threshold=threshold)
         agent_store = SqlAgentStore(engine)
+        writes = SqlProcessWrites(engine, ledger_store, agent_store)
     else:  # the hot writes as single asyncpg statements (adapters/db/pg.py)
         pg_pool = PgPool(settings.database_url, max_size=settings.db_pool_size)
-        ledger_store = PgLedgerStore(engine, pg_pool, low_balance_threshold=threshold)
+        pg_ledger = PgLedgerStore(engine, pg_pool, low_balance_threshold=threshold)
         agent_store = PgAgentStore(engine, pg_pool)
+        writes = PgProcessWrites(engine, pg_pool, pg_ledger, agent_store)
+        ledger_store = pg_ledger
     ledger = LedgerService(store=ledger_store, clock=clock, costs=costs)
     registry = default_registry()
     secret_box = SecretBox.from_optional_env_value(settings.secret_keys)
@@ -212,7 +215,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         reservation_ttl=timedelta(seconds=settings.action_ttl_seconds) + timedelta(hours=1),
         lease=timedelta(seconds=settings.execution_lease_seconds),
         settler=(
-            PgSettler(ledger_store)
+            PgSettler(engine, ledger_store, agent_store)
             if isinstance(ledger_store, PgLedgerStore)
             else SqlSettler(engine, ledger_store, agent_store)
         ),
@@ -230,11 +233,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         engine=build_engine(settings, registry, offline),
         offline=offline,
         action_ttl=timedelta(seconds=settings.action_ttl_seconds),
-        holder=(
-            PgExchangeHolder(pg_pool, ledger_store)
-            if pg_pool is not None and isinstance(ledger_store, PgLedgerStore)
-            else SqlExchangeHolder(engine, ledger_store, agent_store)
-        ),
+        writes=writes,
     )
     return App(
         settings=settings,

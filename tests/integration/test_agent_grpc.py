@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2
@@ -644,23 +645,36 @@ async def test_concurrent_process_calls_share_transactions_safely(harness: Harne
 
 
 async def test_one_bad_exchange_fails_alone(harness: Harness) -> None:
+    from agentserver.domain.agent import Drafted
     from agentserver.domain.conversations import Exchange, Message, Role, Session
+    from agentserver.domain.decision.levels import DecisionLevel
+    from agentserver.domain.decision.policy import PolicyOutcome
 
     t = await harness.tenant()
     now = harness.clock.now()
 
-    def exchange(session_id: str, new: bool) -> Exchange:
+    def draft(session_id: str, new: bool) -> Any:
         session = Session(session_id, t.id, "u", "", "title", 0, now, now)
         msg = Message(f"msg_{uuid.uuid4().hex}", session_id, Role.USER, "hi", now)
-        return Exchange(t.id, session, new, [msg], [], now)
+        exchange = Exchange(t.id, session, new, [msg], [], now)
+        outcome = PolicyOutcome([], DecisionLevel.AUTOMATIC, "")
+        return lambda _available: Drafted(
+            outcome, [], DecisionLevel.AUTOMATIC, "", msg, exchange, []
+        )
 
-    good = exchange(f"ses_{uuid.uuid4().hex[:12]}", True)
-    orphan = exchange("ses_does_not_exist", False)  # its messages point at no session
-    results = await harness.app.agent._record_batch("all", [good, orphan])
-    assert results[0] is None
+    good_id = f"ses_{uuid.uuid4().hex[:12]}"
+    # The orphan's messages point at no session: the batch fails, then each alone.
+    results = await asyncio.gather(
+        harness.app.agent.writes.hold_and_record(t.id, "", draft(good_id, True)),
+        harness.app.agent.writes.hold_and_record(t.id, "", draft("ses_does_not_exist", False)),
+        return_exceptions=True,
+    )
+    assert not isinstance(results[0], BaseException)
     assert isinstance(results[1], Exception)
-    stored = await harness.app.agent_store.get_session(t.id, good.session.id)
+    stored = await harness.app.agent_store.get_session(t.id, good_id)
     assert stored.message_count == 1
+    kinds = [e["type"] for e in await harness.app.admin.outbox(t.id)]
+    assert kinds.count("message.stored") == 1, "the failed one told nobody anything"
 
 
 async def test_balance_covers_the_first_action_only(harness: Harness) -> None:

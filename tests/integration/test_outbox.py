@@ -138,3 +138,42 @@ async def test_reservation_ends_and_expiry_are_events(harness: Harness) -> None:
         if e["type"] == "ledger.entry"
     ]
     assert kinds[-3:] == ["capture", "release", "expire"]
+
+
+async def test_a_process_and_its_decisions_are_events(harness: Harness) -> None:
+    from agentserver.v1 import agent_service_pb2 as apb
+
+    t = await harness.tenant(100)
+    await harness.app.admin.set_tenant_policy(
+        t.id, {"level_overrides": {"sms.send": "approval_required"}}
+    )
+    before = len(await outbox(harness, t.id))
+    async with t.client("alice") as client:
+        resp = await client.process(
+            apb.ProcessRequest(
+                message=(
+                    "Email ann@example.com that we open at 9"
+                    " and text +15551234567 that we open at 9"
+                )
+            )
+        )
+        email, sms = resp.actions
+        approver = client.with_identity(user_id="bob")
+        await approver.reject_action(
+            apb.RejectActionRequest(action_id=sms.id, reason="not today", request_id=rid())
+        )
+    events = (await outbox(harness, t.id))[before:]
+    kinds = [(e["type"], e["aggregate_id"]) for e in events]
+    assert ("action.created", email.id) in kinds and ("action.created", sms.id) in kinds
+    assert ("action.waiting", sms.id) in kinds
+    assert ("action.succeeded", email.id) in kinds
+    assert ("action.rejected", sms.id) in kinds
+    stored = [e for e in events if e["type"] == "message.stored"]
+    assert [e["payload"]["role"] for e in stored] == ["user", "assistant", "system"]  # type: ignore[index]
+    waiting = next(e for e in events if e["type"] == "action.waiting")
+    assert waiting["payload"]["waiting_for"] == "approver"  # type: ignore[index]
+    rejected = next(e for e in events if e["type"] == "action.rejected")
+    assert rejected["payload"]["reason"] == "not today"  # type: ignore[index]
+    assert rejected["payload"]["decided_by"] == "bob"  # type: ignore[index]
+    seqs = [e["seq"] for e in await outbox(harness, t.id)]
+    assert seqs == list(range(1, len(seqs) + 1))

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from agentserver.domain.decision.levels import DecisionLevel
+from agentserver.domain.events import ACTION_CREATED, ACTION_WAITING, DomainEvent
 from agentserver.domain.paging import PageRequest
 
 
@@ -141,17 +142,6 @@ class ActionStore(Protocol):
         the updated action, or None when another writer got there first."""
         ...
 
-    async def advance(
-        self,
-        action: Action,
-        from_states: frozenset[ActionState],
-        to_state: ActionState,
-        now: datetime,
-        **changes: Any,
-    ) -> Action | None:
-        """`transition` for a caller holding the current row; nothing is read back."""
-        ...
-
     async def update(
         self, tenant_id: str, action_id: str, now: datetime, **changes: Any
     ) -> Action: ...
@@ -167,3 +157,80 @@ class ActionStore(Protocol):
     ) -> list[tuple[str, str]]:
         """(tenant, action) of actions in `state` that have not changed since `before`."""
         ...
+
+
+# What other systems hear when an action reaches a state (none for `executing`: a
+# send is told when it ends).
+_STATE_EVENTS = {
+    ActionState.APPROVED: "action.approved",
+    ActionState.SUCCEEDED: "action.succeeded",
+    ActionState.FAILED: "action.failed",
+    ActionState.REJECTED: "action.rejected",
+    ActionState.EXPIRED: "action.expired",
+    ActionState.CANCELLED: "action.cancelled",
+    ActionState.OUTCOME_UNKNOWN: "action.outcome_unknown",
+}
+_WAITING_FOR = {
+    ActionState.AWAITING_USER: "user",
+    ActionState.AWAITING_COORDINATOR: "coordinator",
+    ActionState.AWAITING_APPROVER: "approver",
+}
+
+
+def _about(action: Action) -> dict[str, Any]:
+    return {
+        "action_type": action.action_type,
+        "session_id": action.session_id,
+        "location_id": action.location_id,
+        "requested_by": action.requested_by,
+        "state": action.state.value,
+        "decision_level": action.level.name.lower(),
+        "token_cost": action.token_cost,
+    }
+
+
+def created_events(action: Action) -> list[DomainEvent]:
+    """An action proposed: `action.created`, and `action.waiting` if it waits for a
+    person."""
+    events = [
+        DomainEvent(
+            ACTION_CREATED,
+            "action",
+            action.id,
+            {
+                **_about(action),
+                "parameters": action.parameters,
+                "executable": action.executable,
+                "blocked": [b.get("reason", "") for b in action.blocked],
+                "depends_on": action.depends_on,
+            },
+        )
+    ]
+    return events + transition_events(action)
+
+
+def transition_events(action: Action) -> list[DomainEvent]:
+    """What reaching its current state tells other systems (nothing for a state
+    nobody is told about)."""
+    if action.state in _WAITING_FOR:
+        payload = {
+            **_about(action),
+            "waiting_for": _WAITING_FOR[action.state],
+            "expires_at": action.expires_at.isoformat() if action.expires_at else None,
+        }
+        return [DomainEvent(ACTION_WAITING, "action", action.id, payload)]
+    kind = _STATE_EVENTS.get(action.state)
+    if kind is None:
+        return []
+    payload = _about(action)
+    if action.decided_by and action.state in (ActionState.APPROVED, ActionState.REJECTED):
+        payload["decided_by"] = action.decided_by
+    if action.state is ActionState.REJECTED:
+        payload["reason"] = action.rejection_reason
+    result = action.result or {}
+    if action.state in (ActionState.SUCCEEDED, ActionState.FAILED, ActionState.OUTCOME_UNKNOWN):
+        payload["channel"] = str(result.get("channel", ""))
+        payload["provider_id"] = str(result.get("provider_id", ""))
+        if result.get("error"):
+            payload["error"] = str(result["error"])
+    return [DomainEvent(kind, "action", action.id, payload)]

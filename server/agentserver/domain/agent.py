@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, Protocol
 
 from agentserver.domain import people
@@ -24,7 +23,7 @@ from agentserver.domain.actions import (
     ActionState,
     ActionStore,
 )
-from agentserver.domain.batching import Coalescer, each_alone_on_failure
+from agentserver.domain.batching import Coalescer
 from agentserver.domain.clock import Clock
 from agentserver.domain.conversations import (
     ConversationStore,
@@ -124,32 +123,37 @@ class CachedPolicySource:
 
 
 class AgentStore(ConversationStore, ActionStore, Protocol):
-    """Conversations and actions together, so an exchange is stored in one transaction."""
-
-    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> None:
-        """Store the exchanges (sessions if new, messages, actions) all or nothing."""
-        ...
+    """Conversations and actions together."""
 
     async def append_messages(
         self, tenant_id: str, session_id: str, messages: Sequence[Message], now: datetime
     ) -> None: ...
 
 
-class ExchangeHolder(Protocol):
-    """Holds the tokens of a batch of exchanges' actions and stores the exchanges,
-    together, where the store can (one statement on PostgreSQL)."""
+@dataclass(frozen=True)
+class Drafted:
+    """A message's exchange as decided for a balance: what Process stores, and the
+    tokens its actions hold."""
+
+    outcome: PolicyOutcome
+    actions: list[Action]
+    level: DecisionLevel
+    reply: str
+    assistant: Message
+    exchange: Exchange
+    holds: list[Debit]
+
+
+class ProcessWrites(Protocol):
+    """Process's unit of work: a message's holds and exchange, with their events,
+    written all or nothing (the store batches concurrent calls below this port)."""
 
     async def hold_and_record(
-        self,
-        tenant_id: str,
-        location_id: str,
-        batch: Sequence[tuple[Exchange, Sequence[Debit]]],
-        now: datetime,
-    ) -> Sequence[bool]:
-        """All or nothing: True for every exchange when the holds and rows were
-        written, False for every one when nothing was and the long way will explain
-        (the holds do not fit the wallet whole, a key was used before). Raises when
-        the batch failed otherwise (an exchange the store refuses)."""
+        self, tenant_id: str, location_id: str, draft: Callable[[int | None], Drafted]
+    ) -> Drafted:
+        """Decide with `draft` (given the balance available, or None to assume the
+        holds fit: the store then checks, and decides again with the balance if
+        they did not), hold the tokens and store the exchange; the draft written."""
         ...
 
 
@@ -217,36 +221,12 @@ class AgentService:
     clock: Clock
     engine: DecisionEngine
     offline: DecisionEngine
+    writes: ProcessWrites
     action_ttl: timedelta = timedelta(hours=24)
-    holder: ExchangeHolder | None = None
-    _exchanges: Coalescer[str, Exchange, None] = field(init=False)
-    _held: Coalescer[tuple[str, str], tuple[Exchange, Sequence[Debit]], bool] = field(init=False)
     _revisions: Coalescer[str, tuple[str, str, str], None] = field(init=False)
 
     def __post_init__(self) -> None:
-        # Concurrent Process calls share one transaction for what they store.
-        self._exchanges = Coalescer(self._record_batch)
         self._revisions = Coalescer(self._revise)
-        # Per wallet: the holds of a batch are one conditional update of it.
-        self._held = Coalescer(self._hold_and_record_batch)
-
-    async def _record_batch(self, _key: str, batch: list[Exchange]) -> list[Exception | None]:
-        async def record(exchanges: list[Exchange]) -> list[None]:
-            await self.store.record_exchanges(exchanges)
-            return [None] * len(exchanges)
-
-        return await each_alone_on_failure(record, batch)
-
-    async def _hold_and_record_batch(
-        self, key: tuple[str, str], batch: list[tuple[Exchange, Sequence[Debit]]]
-    ) -> list[bool | Exception]:
-        holder = self.holder
-        assert holder is not None
-
-        async def hold(items: list[tuple[Exchange, Sequence[Debit]]]) -> Sequence[bool]:
-            return await holder.hold_and_record(key[0], key[1], items, self.clock.now())
-
-        return await each_alone_on_failure(hold, batch)
 
     async def _revise(self, _key: str, batch: list[tuple[str, str, str]]) -> list[None]:
         await self.store.revise_messages(batch)
@@ -322,22 +302,32 @@ class AgentService:
             location_id=location,
         )
         proposal = await self._propose(engine_request, tenant, location, user_message.id)
-        draft = _Draft(tenant, session, new_session, user_message, location, user, now)
-        held = await self._hold_and_record(proposal, permissions, settings, draft)
-        if held is not None:
-            outcome, actions, level, reply, assistant = held
-        else:
-            outcome, actions = await self._decide_and_hold(proposal, permissions, settings, draft)
+        d = _Draft(tenant, session, new_session, user_message, location, user, now)
+
+        def draft(available: int | None) -> Drafted:
+            outcome = decide(
+                proposal,
+                self.registry,
+                self.costs,
+                permissions,
+                available,
+                settings=settings,
+                message=text,
+            )
+            actions, holds = self._holding_actions(outcome, d)
             level, reply, assistant = self._answer(proposal, actions, session.id)
-            try:
-                await self._exchanges.submit(
-                    "all",
-                    Exchange(tenant, session, new_session, [user_message, assistant], actions, now),
-                )
-            except BaseException:
-                for action in actions:
-                    await self.executor.release(action)
-                raise
+            messages = [user_message, assistant]
+            exchange = Exchange(tenant, session, new_session, messages, actions, now)
+            return Drafted(outcome, actions, level, reply, assistant, exchange, holds)
+
+        drafted = await self.writes.hold_and_record(tenant, location, draft)
+        outcome, actions, level, reply, assistant = (
+            drafted.outcome,
+            drafted.actions,
+            drafted.level,
+            drafted.reply,
+            drafted.assistant,
+        )
         # The stored reply was written before the automatic actions ran ("in
         # progress"). Each success rewrites it to the reply as it reads if that
         # action is done, in the same step where the store can; what is still
@@ -395,51 +385,6 @@ class AgentService:
         )
         return level, reply, assistant
 
-    async def _hold_and_record(
-        self,
-        proposal: Proposal,
-        permissions: PermissionSet,
-        settings: PolicySettings,
-        d: _Draft,
-    ) -> tuple[PolicyOutcome, list[Action], DecisionLevel, str, Message] | None:
-        """The common case in one write, where the store can: decide as if every hold
-        fits, then hold the tokens and store the exchange together. None when there is
-        nothing to hold or the holds did not fit whole: then nothing was written, and
-        `_decide_and_hold` takes the long way (hold by hold, deciding again on a
-        refusal), which ends where this would have when everything fits."""
-        if self.holder is None:
-            return None
-        outcome = decide(
-            proposal,
-            self.registry,
-            self.costs,
-            permissions,
-            None,
-            settings=settings,
-            message=d.user_message.content,
-        )
-        actions: list[Action] = []
-        debits: list[Debit] = []
-        for decision in outcome.actions:
-            action = self._draft_action(decision, d, actions)
-            if decision.executable:
-                reservation_id = new_id("res") if action.token_cost > 0 else None
-                debit = self.executor.hold(action, reservation_id)
-                if debit is not None:
-                    validate_debit(debit)
-                    debits.append(debit)
-                action = self._holding(action, reservation_id, d.now)
-            actions.append(action)
-        if not debits:
-            return None  # nothing to hold: the plain exchange path stores it
-        level, reply, assistant = self._answer(proposal, actions, d.session.id)
-        exchange = Exchange(
-            d.tenant, d.session, d.new_session, [d.user_message, assistant], actions, d.now
-        )
-        if not await self._held.submit((d.tenant, d.location), (exchange, debits)):
-            return None
-        return outcome, actions, level, reply, assistant
-
     async def _propose(
         self, request: EngineRequest, tenant: str, location: str, message_id: str
     ) -> Proposal:
@@ -466,71 +411,23 @@ class AgentService:
             return _with_engine(proposal, note)
         return await self.engine.propose(request)
 
-    async def _decide_and_hold(
-        self,
-        proposal: Proposal,
-        permissions: PermissionSet,
-        settings: PolicySettings,
-        d: _Draft,
-    ) -> tuple[PolicyOutcome, list[Action]]:
-        """Decide, then hold each executable action's tokens in order.
-
-        The balance is not read up front: the reservations are the check. When one
-        is refused, the refusal reports what was available, and the policy decides
-        again with the balance this request started from (available + what it
-        already holds), exactly as if it had been read first; the actions already
-        held still fit, since the policy fits them greedily in the same order.
-        """
-        text = d.user_message.content
-        outcome = decide(
-            proposal, self.registry, self.costs, permissions, None, settings=settings, message=text
-        )
+    def _holding_actions(
+        self, outcome: PolicyOutcome, d: _Draft
+    ) -> tuple[list[Action], list[Debit]]:
+        """The decided actions, each executable one with the hold of its tokens."""
         actions: list[Action] = []
-        held = 0
-        redecided = False
-        new = partial(self._new_action, d=d, earlier=actions)
-        try:
-            for i in range(len(outcome.actions)):
-                try:
-                    action = await new(_after_prerequisite(outcome.actions[i], actions))
-                except InsufficientTokens as err:
-                    if not redecided:
-                        redecided = True
-                        balance = err.violation.available + held
-                        outcome = decide(
-                            proposal,
-                            self.registry,
-                            self.costs,
-                            permissions,
-                            balance,
-                            settings=settings,
-                            message=text,
-                        )
-                    decision = _after_prerequisite(outcome.actions[i], actions)
-                    try:
-                        action = await new(decision)
-                    except InsufficientTokens as again:  # spent meanwhile by someone else
-                        action = await new(_refused(decision, again))
-                if action.reservation_id:
-                    held += action.token_cost
-                actions.append(action)
-        except BaseException:
-            for action in actions:
-                await self.executor.release(action)
-            raise
-        return outcome, actions
-
-    async def _new_action(
-        self, decision: ActionDecision, *, d: _Draft, earlier: list[Action]
-    ) -> Action:
-        action = self._draft_action(decision, d, earlier)
-        if not decision.executable:
-            return action
-        try:
-            reservation_id = await self.executor.reserve(action)
-        except NotFound:  # no wallet at all: nothing is available
-            raise InsufficientTokens(f"tenants/{d.tenant}", decision.token_cost, 0) from None
-        return self._holding(action, reservation_id, d.now)
+        holds: list[Debit] = []
+        for decision in outcome.actions:
+            action = self._draft_action(_after_prerequisite(decision, actions), d, actions)
+            if action.executable:
+                reservation_id = new_id("res") if action.token_cost > 0 else None
+                hold = self.executor.hold(action, reservation_id)
+                if hold is not None:
+                    validate_debit(hold)
+                    holds.append(hold)
+                action = self._holding(action, reservation_id, d.now)
+            actions.append(action)
+        return actions, holds
 
     def _draft_action(self, decision: ActionDecision, d: _Draft, earlier: list[Action]) -> Action:
         """The action as proposed, before any tokens are held; `earlier` are the
@@ -950,18 +847,6 @@ def _action_token(action: Action) -> str:
 
 def _replace(action: Action, **changes: Any) -> Action:
     return replace(action, **changes)
-
-
-def _refused(decision: ActionDecision, err: InsufficientTokens) -> ActionDecision:
-    """A decision the ledger refused after the policy allowed it (a concurrent spend):
-    not executable, and never automatic."""
-    blocked = BlockedReason("INSUFFICIENT_TOKENS", err.message, "balance")
-    return replace(
-        decision,
-        executable=False,
-        blocked=[*decision.blocked, blocked],
-        level=max(decision.level, DecisionLevel.SUGGESTION),
-    )
 
 
 def _after_prerequisite(decision: ActionDecision, earlier: list[Action]) -> ActionDecision:

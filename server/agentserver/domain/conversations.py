@@ -6,9 +6,11 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+from agentserver.domain.actions import Action, created_events
 from agentserver.domain.errors import InvalidArgument
+from agentserver.domain.events import MESSAGE_STORED, DomainEvent
 from agentserver.domain.paging import PageRequest
 
 MAX_MESSAGE_CHARS = 8000
@@ -51,8 +53,38 @@ class Exchange:
     session: Session
     new_session: bool
     messages: list[Message]
-    actions: list[Any]
+    actions: list[Action]
     now: datetime
+
+
+def message_events(
+    tenant_id: str, session: Session, messages: Sequence[Message]
+) -> list[DomainEvent]:
+    """`message.stored` for each message joining `session`'s conversation."""
+    return [
+        DomainEvent(
+            MESSAGE_STORED,
+            "session",
+            session.id,
+            {
+                "message_id": m.id,
+                "user_id": session.user_id,
+                "location_id": session.location_id,
+                "role": m.role.value,
+                "content": m.content,
+                "decision_level": m.decision_level,
+                "action_ids": list(m.action_ids),
+            },
+        )
+        for m in messages
+    ]
+
+
+def exchange_events(exchange: Exchange) -> list[DomainEvent]:
+    """What storing one Process exchange tells other systems: each action created
+    (and waiting), then each message stored."""
+    events = [e for action in exchange.actions for e in created_events(action)]
+    return events + message_events(exchange.tenant_id, exchange.session, exchange.messages)
 
 
 class ConversationStore(Protocol):

@@ -4,8 +4,8 @@
     -> run through the channel (bounded retries of transient errors)
     -> record the result -> capture on success | release on failure
 
-A success's capture and state change are one step where the store can (a
-`Settler`: one statement on PostgreSQL); elsewhere they follow each other.
+A success's capture and state change are one step (a `Settler`: one statement on
+PostgreSQL, one transaction elsewhere).
 
 An execution is detached from the rpc that started it: a caller that goes away
 (a deadline, a cancelled call) does not stop a send halfway; it runs to its end and
@@ -30,13 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from agentserver.domain.actions import CANCELLABLE, Action, ActionState, ActionStore
-from agentserver.domain.batching import Coalescer
 from agentserver.domain.channels import ChannelError, ChannelResult, PermanentChannelError
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import OperationType
@@ -105,25 +104,27 @@ class Settled:
 
 @dataclass(frozen=True)
 class Success:
-    """An action that ran, to settle: capture all of its reservation (`capture_request_id`
-    is the key) and move it from executing to succeeded with `changes`."""
+    """An action that ran, to settle: end its reservation (`end_request_id` is the
+    key): capture all of it, or with `capture=False` release it (a send that cost
+    nothing after all); and move it from executing to succeeded with `changes`."""
 
     action: Action
-    capture_request_id: str
+    end_request_id: str
     now: datetime
     changes: dict[str, Any]
     revision: Revision | None = None
+    capture: bool = True
 
 
 class Settler(Protocol):
-    """Settles successes atomically where the store can (one statement on PostgreSQL,
-    one transaction elsewhere). The executor coalesces concurrent ones per tenant."""
+    """The unit of work of a success: the reservation ended, the action moved from
+    executing to succeeded with its event, and the revision's message rewritten,
+    together (one statement on PostgreSQL, one transaction elsewhere; concurrent
+    successes are batched below this port). A hold that ended meanwhile (expired)
+    is charged instead, if the tokens are there; if not, the success says so in its
+    result: the send happened, and no balance goes below zero."""
 
-    async def succeed(self, tenant_id: str, batch: Sequence[Success]) -> Sequence[Settled | None]:
-        """Per success: the tokens captured and the state changed (and the revision's
-        message rewritten) together; None when that cannot be done here, and the
-        executor captures and advances one after the other."""
-        ...
+    async def succeed(self, success: Success) -> Settled: ...
 
 
 def reservation_ids(action_id: str) -> tuple[str, str, str]:
@@ -142,18 +143,14 @@ class Executor:
     runner: ActionRunner
     clock: Clock
     retry: Retry
+    settler: Settler
     reservation_ttl: timedelta = timedelta(days=2)
-    settler: Settler | None = None
     # An action executing this long without a live executor is recovered by the sweep.
     lease: timedelta = DEFAULT_EXECUTION_LEASE
     # How long an action's tokens stay held while a person finds out what happened.
     outcome_hold: timedelta = MAX_RESERVATION_TTL
     windows: ConversationWindows | None = None
-    _settles: Coalescer[str, Success, Settled | None] = field(init=False)
     _inflight: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._settles = Coalescer(self._settle_batch)
 
     async def _detached(self, work: Coroutine[Any, Any, T]) -> T:
         """Run `work` in a task of its own, which the caller's cancellation does not
@@ -195,10 +192,6 @@ class Executor:
             log.warning("stopped %d executions in flight at shutdown", len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _settle_batch(self, tenant_id: str, batch: list[Success]) -> Sequence[Settled | None]:
-        assert self.settler is not None
-        return await self.settler.succeed(tenant_id, batch)
-
     def hold(self, action: Action, reservation_id: str | None = None) -> Debit | None:
         """The reservation that holds the action's tokens; None when it costs nothing."""
         if action.token_cost <= 0:
@@ -230,11 +223,6 @@ class Executor:
             # Already ended (expired by the ledger sweep): nothing is held any more.
             with contextlib.suppress(FailedPrecondition):
                 await self.ledger.release(action.tenant_id, action.reservation_id, release_id)
-
-    async def capture(self, action: Action) -> None:
-        if action.reservation_id:
-            _, capture_id, _ = reservation_ids(action.id)
-            await self.ledger.capture(action.tenant_id, action.reservation_id, None, capture_id)
 
     async def execute(self, action: Action) -> Action:
         """Run an APPROVED action once the action it depends on (if any) succeeded,
@@ -397,16 +385,11 @@ class Executor:
 
     async def _settle_free(self, action: Action, result: dict[str, Any]) -> Action:
         """A success that costs nothing after all: its hold is released, not captured."""
-        await self.release(action)
-        done = await self.actions.advance(
-            action,
-            frozenset({ActionState.EXECUTING}),
-            ActionState.SUCCEEDED,
-            self.clock.now(),
-            result=result,
-            token_cost=0,
-        )
-        return done or await self.actions.get(action.tenant_id, action.id)
+        _, _, release_id = reservation_ids(action.id)
+        changes = {"result": result, "token_cost": 0}
+        success = Success(action, release_id, self.clock.now(), changes, capture=False)
+        settled = await self.settler.succeed(success)
+        return settled.action or await self.actions.get(action.tenant_id, action.id)
 
     async def _succeed(self, action: Action, result: dict[str, Any] | None = None) -> Action:
         return (await self._settle(action, result, None))[0]
@@ -415,22 +398,12 @@ class Executor:
         self, action: Action, result: dict[str, Any] | None, revision: Revision | None
     ) -> tuple[Action, bool]:
         changes = {} if result is None else {"result": result}
-        if self.settler is not None and action.reservation_id:
-            _, capture_id, _ = reservation_ids(action.id)
-            success = Success(action, capture_id, self.clock.now(), changes, revision)
-            settled = await self._settles.submit(action.tenant_id, success)
-            if settled is not None:
-                found = settled.action or await self.actions.get(action.tenant_id, action.id)
-                return found, settled.revised
-        await self.capture(action)
-        done = await self.actions.advance(
-            action,
-            frozenset({ActionState.EXECUTING}),
-            ActionState.SUCCEEDED,
-            self.clock.now(),
-            **changes,
+        _, capture_id, _ = reservation_ids(action.id)
+        settled = await self.settler.succeed(
+            Success(action, capture_id, self.clock.now(), changes, revision)
         )
-        return done or await self.actions.get(action.tenant_id, action.id), False
+        found = settled.action or await self.actions.get(action.tenant_id, action.id)
+        return found, settled.revised
 
     async def _fail(self, action: Action, err: Exception) -> Action:
         await self.release(action)

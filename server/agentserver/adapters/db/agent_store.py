@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
-from agentserver.domain.actions import Action, ActionFilter, ActionState
-from agentserver.domain.conversations import Exchange, Message, Role, Session
+from agentserver.adapters.db.outbox import write_outbox
+from agentserver.domain.actions import Action, ActionFilter, ActionState, transition_events
+from agentserver.domain.conversations import Exchange, Message, Role, Session, message_events
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import NotFound
 from agentserver.domain.paging import PageRequest, bad_token, encode_token
@@ -241,11 +242,6 @@ class SqlAgentStore:
             ).all()
         return [_message(r) for r in reversed(rows)]
 
-    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> None:
-        """Store many exchanges in one transaction (concurrent Process calls share it)."""
-        async with self._engine.begin() as conn:
-            await self.insert_exchanges_on(conn, exchanges)
-
     async def insert_exchanges_on(self, conn: Any, exchanges: Sequence[Exchange]) -> None:
         sessions = [
             {
@@ -301,6 +297,14 @@ class SqlAgentStore:
     ) -> None:
         async with self._engine.begin() as conn:
             await self._append(conn, tenant_id, session_id, messages, now)
+            row = (
+                await conn.execute(
+                    select(S).where(S.c.tenant_id == tenant_id, S.c.id == session_id)
+                )
+            ).first()
+            if row is not None:
+                events = message_events(tenant_id, _session(row), messages)
+                await write_outbox(conn, tenant_id, events, now)
 
     async def _append(
         self,
@@ -365,29 +369,14 @@ class SqlAgentStore:
     ) -> Action | None:
         statement = _transition_statement(from_states, to_state, tuple(sorted(changes)))
         params = {f"p_{k}": v for k, v in changes.items()}
-        row = await self._write_one(
-            statement, {"p_tenant": tenant_id, "p_action": action_id, "p_now": now, **params}
-        )
-        return None if row is None else _action(row)
-
-    async def advance(
-        self,
-        action: Action,
-        from_states: frozenset[ActionState],
-        to_state: ActionState,
-        now: datetime,
-        **changes: Any,
-    ) -> Action | None:
-        """`transition` for a caller that holds the current row: nothing is read back."""
-        if self._single is None:
-            async with self._engine.begin() as conn:
-                done = await self.advance_on(conn, action, from_states, to_state, now, changes)
-        else:
-            async with self._single.connect() as conn:
-                done = await self.advance_on(conn, action, from_states, to_state, now, changes)
-        if not done:
-            return None
-        return action.moved(to_state, now, **changes)
+        params.update(p_tenant=tenant_id, p_action=action_id, p_now=now)
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(statement, params)).first()
+            if row is None:
+                return None
+            action = _action(row)
+            await write_outbox(conn, tenant_id, transition_events(action), now)
+        return action
 
     async def advance_on(
         self,
@@ -398,7 +387,8 @@ class SqlAgentStore:
         now: datetime,
         changes: dict[str, Any],
     ) -> bool:
-        """`advance` inside the caller's transaction; True when the row changed."""
+        """`advance` inside the caller's transaction; True when the row changed. The
+        caller writes its events (`transition_events`) with its own."""
         statement = _transition_statement(
             from_states, to_state, tuple(sorted(changes)), returning=False
         )

@@ -4,7 +4,6 @@ concurrent callers that hold their action's row (`advance`, coalesced)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Sequence
@@ -17,8 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentserver.adapters.db import models
 from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.pg import PgPool
-from agentserver.domain.actions import Action, ActionState
-from agentserver.domain.batching import Coalescer
 from agentserver.domain.conversations import Exchange
 
 
@@ -83,8 +80,6 @@ def renumber(sql: str, by: int) -> str:
     return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql) if by else sql
 
 
-_EXCHANGES = f"WITH {exchange_ctes()} SELECT 1"
-
 _REVISE = """
 UPDATE messages AS t SET content = u.content
   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, id, content)
@@ -106,41 +101,14 @@ def _array_type(column: Any) -> str:
 
 _ARRAY_TYPES = {c.name: _array_type(c) for c in models.actions.c}
 
-AdvanceKey = tuple[frozenset[ActionState], ActionState, tuple[str, ...]]
-AdvanceItem = tuple[str, str, datetime, list[Any]]
-
-
-@functools.lru_cache(maxsize=64)
-def _advance_statement(changed: tuple[str, ...]) -> str:
-    """A compare-and-set on the state of many actions: $1 allowed states, $2 the new
-    state, then arrays of tenant ids, action ids, times and each changed column."""
-    sets = ["state = $2", "updated_at = u.now", "version = t.version + 1"]
-    arrays = ["$3::text[]", "$4::text[]", "$5::timestamptz[]"]
-    names = ["tenant_id", "id", "now"]
-    for n, name in enumerate(changed):
-        if name not in _ARRAY_TYPES:
-            raise ValueError(f"actions has no column {name!r}")
-        arrays.append(f"${n + 6}::{_ARRAY_TYPES[name]}")
-        names.append(f"c{n}")
-        sets.append(f"{name} = u.c{n}::json" if name in _JSON_COLUMNS else f"{name} = u.c{n}")
-    return (
-        f"UPDATE actions AS t SET {', '.join(sets)} "
-        f"FROM unnest({', '.join(arrays)}) AS u({', '.join(names)}) "
-        "WHERE t.tenant_id = u.tenant_id AND t.id = u.id AND t.state = ANY($1::text[]) "
-        "RETURNING t.id"
-    )
-
 
 class PgAgentStore(SqlAgentStore):
-    """SqlAgentStore with exchanges and `advance` as single asyncpg statements."""
+    """SqlAgentStore with the rewriting of replies as one asyncpg statement per batch
+    (the exchanges themselves are written by process_writes.py)."""
 
     def __init__(self, engine: AsyncEngine, pool: PgPool) -> None:
         super().__init__(engine)
         self._pool = pool
-        self._advances: Coalescer[AdvanceKey, AdvanceItem, bool] = Coalescer(self._advance_batch)
-
-    async def record_exchanges(self, exchanges: Sequence[Exchange]) -> None:
-        await self._pool.execute(_EXCHANGES, *exchange_arrays(exchanges))
 
     async def revise_messages(self, revisions: Sequence[tuple[str, str, str]]) -> None:
         last = {(t, m): c for t, m, c in revisions}  # one change of a row per statement
@@ -150,48 +118,6 @@ class PgAgentStore(SqlAgentStore):
             [m for _, m in last],
             list(last.values()),
         )
-
-    async def advance(
-        self,
-        action: Action,
-        from_states: frozenset[ActionState],
-        to_state: ActionState,
-        now: datetime,
-        **changes: Any,
-    ) -> Action | None:
-        """Concurrent advances of the same shape share one statement."""
-        names = tuple(sorted(changes))
-        values = [json.dumps(changes[n]) if n in _JSON_COLUMNS else changes[n] for n in names]
-        key = (from_states, to_state, names)
-        if not await self._advances.submit(key, (action.tenant_id, action.id, now, values)):
-            return None
-        return action.moved(to_state, now, **changes)
-
-    async def _advance_batch(self, key: AdvanceKey, items: list[AdvanceItem]) -> list[bool]:
-        from_states, to_state, names = key
-        first: list[AdvanceItem] = []
-        again: list[int] = []
-        seen: set[tuple[str, str]] = set()
-        for i, (tenant_id, action_id, _, _) in enumerate(items):
-            if (tenant_id, action_id) in seen:
-                again.append(i)  # a second change of one row in one statement: alone, after
-            else:
-                seen.add((tenant_id, action_id))
-                first.append(items[i])
-        rows = await self._pool.fetch(
-            _advance_statement(names),
-            sorted(s.value for s in from_states),
-            to_state.value,
-            [item[0] for item in first],
-            [item[1] for item in first],
-            [item[2] for item in first],
-            *([item[3][n] for item in first] for n in range(len(names))),
-        )
-        changed = {row["id"] for row in rows}
-        done = [item[1] in changed for item in items]
-        for i in again:
-            done[i] = (await self._advance_batch(key, [items[i]]))[0]
-        return done
 
 
 def exchange_arrays(exchanges: Sequence[Exchange]) -> list[list[Any]]:

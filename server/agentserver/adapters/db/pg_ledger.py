@@ -37,6 +37,7 @@ from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
 from agentserver.domain.actions import ActionState
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError
+from agentserver.domain.events import DomainEvent
 from agentserver.domain.ledger import (
     Debit,
     DebitResult,
@@ -52,6 +53,7 @@ from agentserver.domain.ledger_kernel import (
     Snapshot,
     Wallet,
     debit_results,
+    entry_event,
     plan_debits,
     plan_ends,
 )
@@ -159,6 +161,13 @@ def final_columns(row: Any) -> Columns:
     )
 
 
+# An event of an action is kept if the action advanced; any other (an entry's) if its
+# end was written.
+_KEEP = (
+    "CASE WHEN o.agg_type = 'action' THEN o.agg_id IN (SELECT id FROM a)"
+    " ELSE o.pos IN (SELECT ord FROM x) END"
+)
+
 # Reservation ends, and with them (when an end names one) an action's success: $1
 # tenant, $2 now, per end (in reservation-id order, the lock order of the general path)
 # $3 reservation, $4 amount, $5 wallet, $6 new state, $7 captured, $8 used delta,
@@ -227,7 +236,7 @@ WITH q AS (
    WHERE mm.id = ANY($18::text[]) AND mm.id = x.message_id AND mm.tenant_id || '' = $1
      AND EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id)
   RETURNING mm.id
-), {outbox_ctes(20, "o.pos IN (SELECT ord FROM x)")}
+), {outbox_ctes(20, _KEEP)}
 SELECT x.ord, x.total_after, x.used_after, x.reserved_after,
        EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id) AS advanced,
        EXISTS (SELECT 1 FROM rv WHERE rv.id = x.message_id) AS revised
@@ -250,6 +259,7 @@ class SuccessItem:
     result: str | None
     message_id: str | None = None
     content: str | None = None
+    events: Sequence[DomainEvent] = ()  # the action's, written only if it advanced
 
 
 # Where an expected reservation's real expiry is checked: by the statement's guard.
@@ -433,7 +443,7 @@ class PgLedgerStore(SqlLedgerStore):
             [i.message_id for i in picked] if picked else none,
             [i.content for i in picked] if picked else none,
             # each end's events, by its position in the plan: written only if it was
-            *outbox_args(plan.tenant_id, plan.now, plan.outbox(), list(range(n))),
+            *outbox_args(plan.tenant_id, plan.now, *_events_by_position(plan, items)),
         ]
         try:
             rows = await self._pool.fetch(_ENDS, *args)
@@ -464,6 +474,22 @@ class PgLedgerStore(SqlLedgerStore):
             )
             out.append((pos, entry, bool(row["advanced"]), bool(row["revised"])))
         return out
+
+
+def _events_by_position(
+    plan: Plan, items: Sequence[SuccessItem] | None
+) -> tuple[list[DomainEvent], list[int]]:
+    """The plan's events and its items' (the actions'), each with the position in the
+    plan of the end it belongs to."""
+    events: list[DomainEvent] = []
+    positions: list[int] = []
+    for pos, entry in enumerate(plan.entries):
+        events.append(entry_event(entry))
+        positions.append(pos)
+        for event in items[pos].events if items else ():
+            events.append(event)
+            positions.append(pos)
+    return events, positions
 
 
 def _first_per_reservation(reservation_ids: Sequence[str]) -> list[int]:
