@@ -327,6 +327,7 @@ def server_settings(db: Database, *, access_log: bool) -> dict[str, str]:
         "access_log": "true" if access_log else "false",
         "monthly_fee_interval_seconds": "0",
         "bootstrap_demo": "false",
+        "web_listen": "off",  # several benches may run at once; gRPC-web has its own
     }
 
 

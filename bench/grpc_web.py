@@ -68,6 +68,7 @@ async def main() -> None:
             key = keys[TENANT]
             web_port = free_port()
             settings = server_settings(db, access_log=not args.no_access_log)
+            settings.pop("web_listen")
             server = await Server.agentserver(
                 work, work / "server.log", web_listen=f"127.0.0.1:{web_port}", **settings
             )
