@@ -24,9 +24,9 @@ from agentserver.adapters.secrets import generate_key
 from agentserver.app import App, build_app, prepare_database
 from agentserver.client import AgentServerClient
 from agentserver.config import Settings
-from agentserver.domain.clock import FakeClock
 from agentserver.domain.identity import PLATFORM_DEFAULT_SCOPES, TENANT_DEFAULT_SCOPES
 from agentserver.entrypoints.grpc.server import RunningServer, start_server
+from tests.fakes.clock import FakeClock
 
 PG_ADMIN_DSN = os.environ.get("AGENTSERVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AGENTSERVER_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -25,7 +25,7 @@ from agentserver.domain.channels import (
     PermanentChannelError,
     TransientChannelError,
 )
-from agentserver.domain.clock import FakeClock
+from tests.fakes.clock import FakeClock
 
 USER, PASSWORD = "bistro", "s3cret"
 

@@ -17,12 +17,12 @@ from agentserver.adapters.secrets import generate_key
 from agentserver.app import build_app, prepare_database
 from agentserver.config import Settings
 from agentserver.domain.actions import ActionState
-from agentserver.domain.clock import FakeClock
 from agentserver.entrypoints.grpc.server import start_server
 from agentserver.v1 import agent_service_pb2 as apb
 from agentserver.v1 import token_service_pb2 as tpb
 from tests import procs
 from tests.conftest import Harness, Tenant, ledger_invariant
+from tests.fakes.clock import FakeClock
 from tests.integration.fakes import FakeOpenAI, tool_call
 
 

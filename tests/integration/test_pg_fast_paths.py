@@ -33,7 +33,6 @@ from agentserver.app import App, build_app, prepare_database
 from agentserver.config import Settings
 from agentserver.domain.actions import Action, ActionState
 from agentserver.domain.agent import AgentService, Drafted, ProcessInput
-from agentserver.domain.clock import FakeClock
 from agentserver.domain.conversations import Exchange, Message, Role, Session
 from agentserver.domain.costs import OperationType
 from agentserver.domain.decision.levels import DecisionLevel
@@ -44,6 +43,7 @@ from agentserver.domain.identity import TENANT_DEFAULT_SCOPES, Caller
 from agentserver.domain.ids import new_id
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
 from tests.conftest import PgDatabases, ledger_invariant
+from tests.fakes.clock import FakeClock
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 SMS = OperationType.SMS

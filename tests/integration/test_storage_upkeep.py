@@ -18,10 +18,10 @@ from sqlalchemy.engine import Connection
 from agentserver.adapters.db.models import Base
 from agentserver.app import App, build_app, prepare_database
 from agentserver.config import Settings
-from agentserver.domain.clock import FakeClock
 from agentserver.entrypoints.grpc.server import start_server
 from agentserver.v1 import token_service_pb2 as tpb
 from tests.conftest import Harness, PgDatabases
+from tests.fakes.clock import FakeClock
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 

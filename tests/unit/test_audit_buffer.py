@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agentserver.adapters.audit import BufferedAuditLog
-from agentserver.domain.clock import FakeClock
+from tests.fakes.clock import FakeClock
 
 
 class Writer:
