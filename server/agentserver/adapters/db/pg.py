@@ -58,13 +58,13 @@ def asyncpg_dsn(url: str) -> str:
     return parsed.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
-# Every statement on this pool reaches its rows by key. asyncpg prepares statements
-# and PostgreSQL soon reuses a generic plan; planned while a table is still small
-# (a fresh database, a new deployment), that plan joins the `unnest` arrays to a
-# sequential scan (seen with EXPLAIN on empty tables) and keeps it while the table
-# grows. With sequential scans priced out, the plans are index lookups whatever
-# the table's size when they were made.
-_SESSION = {"enable_seqscan": "off"}
+# Every statement on this pool reaches its rows by key. asyncpg prepares statements,
+# and PostgreSQL soon reuses a generic plan: one that cannot see the values or the
+# arrays' sizes, made perhaps while a table was still small (a fresh database),
+# which walked whole tables (or every row of a tenant) as they grew. Planning each
+# execution with its own values keeps the plans index lookups, at the cost of
+# planning every time (measured in bench/: see bench/README.md).
+_SESSION = {"plan_cache_mode": "force_custom_plan"}
 
 
 async def _keep_session(_conn: Any) -> None:

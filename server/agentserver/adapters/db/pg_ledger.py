@@ -191,8 +191,8 @@ WITH q AS (
   UPDATE reservations r
      SET state = q.to_state, captured_amount = q.captured, ended_at = $2
     FROM q
-   WHERE r.id = ANY($3::text[]) AND r.id = q.reservation_id AND r.tenant_id || '' = $1
-     AND r.state || '' = '{_PENDING}' AND r.amount = q.amount AND r.wallet_id = q.wallet_id
+   WHERE r.id = ANY($3::text[]) AND r.id = q.reservation_id AND r.tenant_id = $1
+     AND r.state = '{_PENDING}' AND r.amount = q.amount AND r.wallet_id = q.wallet_id
      AND r.expires_at > $2
   RETURNING r.id, r.tenant_id, r.location_id, r.wallet_location_id, r.operation_type,
             r.description, q.*
@@ -227,13 +227,13 @@ WITH q AS (
      SET state = '{ActionState.SUCCEEDED.value}', updated_at = $2, version = t.version + 1,
          result = coalesce(x.result::json, t.result)
     FROM x
-   WHERE t.id = ANY($16::text[]) AND t.id = x.action_id AND t.tenant_id || '' = $1
-     AND t.state || '' = '{ActionState.EXECUTING.value}'
+   WHERE t.id = ANY($16::text[]) AND t.id = x.action_id AND t.tenant_id = $1
+     AND t.state = '{ActionState.EXECUTING.value}'
   RETURNING t.id
 ), rv AS (
   UPDATE messages mm SET content = x.content
     FROM x
-   WHERE mm.id = ANY($18::text[]) AND mm.id = x.message_id AND mm.tenant_id || '' = $1
+   WHERE mm.id = ANY($18::text[]) AND mm.id = x.message_id AND mm.tenant_id = $1
      AND EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id)
   RETURNING mm.id
 ), {outbox_ctes(20, _KEEP)}
@@ -242,7 +242,7 @@ SELECT x.ord, x.total_after, x.used_after, x.reserved_after,
        EXISTS (SELECT 1 FROM rv WHERE rv.id = x.message_id) AS revised
   FROM x
 """
-_RESERVATIONS = "SELECT * FROM reservations WHERE id = ANY($2::text[]) AND tenant_id || '' = $1"
+_RESERVATIONS = "SELECT * FROM reservations WHERE id = ANY($2::text[]) AND tenant_id = $1"
 
 
 @dataclass(frozen=True)
