@@ -30,7 +30,7 @@ from agentserver.adapters.db.window_store import SqlConversationWindows
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.config import Settings
-from agentserver.domain.agent import AgentService, CachedPolicySource
+from agentserver.domain.agent import AgentService
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.costs import CostTable
 from agentserver.domain.decision.crosscheck import CheckedEngine
@@ -44,6 +44,7 @@ from agentserver.domain.identity import (
     Authenticator,
 )
 from agentserver.domain.ledger import LedgerService
+from agentserver.domain.policy_source import CachedPolicySource
 from agentserver.domain.ratelimit import InProcessRateLimiter, NoRateLimit, RateLimiter
 from agentserver.domain.registry import Registry, default_registry
 

@@ -199,7 +199,7 @@ async def cmd_channel_set(app: App, args: argparse.Namespace) -> int:
 
 
 async def cmd_policy_set(app: App, args: argparse.Namespace) -> int:
-    from agentserver.domain.agent import policy_settings
+    from agentserver.domain.policy_source import policy_settings
 
     policy = json.loads(args.policy)
     policy_settings(policy)  # refuse what the server could not read

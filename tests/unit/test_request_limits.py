@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from agentserver.domain.agent import MAX_REASON_CHARS
 from agentserver.domain.conversations import MAX_MESSAGE_CHARS
+from agentserver.domain.deciding import MAX_REASON_CHARS
 from agentserver.domain.identity import MAX_LOCATION_ID, MAX_TENANT_ID, MAX_USER_ID
 from agentserver.domain.ledger import MAX_REQUEST_ID
 from agentserver.entrypoints.grpc.requests import check_request

@@ -88,7 +88,7 @@ async def test_checked_engine_wraps_any_engine() -> None:
 
 def test_every_state_has_words_in_every_language() -> None:
     from agentserver.domain.actions import ActionState
-    from agentserver.domain.agent import _STATE_WORDS, _STATE_WORDS_IN
+    from agentserver.domain.replies import _STATE_WORDS, _STATE_WORDS_IN
 
     for words in (_STATE_WORDS, *_STATE_WORDS_IN.values()):
         assert set(words) == set(ActionState)
