@@ -27,11 +27,10 @@ unattended. It only proposes; the policy decides.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime, tzinfo
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentserver.domain.decision import quantities, records
 from agentserver.domain.decision.answers import answer
@@ -41,6 +40,14 @@ from agentserver.domain.decision.dependencies import link
 from agentserver.domain.decision.engine import Concern, EngineRequest, Proposal, ProposedAction
 from agentserver.domain.decision.languages import detect as detect_language
 from agentserver.domain.decision.languages import phrase, pivot
+from agentserver.domain.decision.offline.context import (
+    _clean,
+    _Context,
+    _context,
+    _Extracted,
+    _quotes_in,
+    _unquote,
+)
 from agentserver.domain.decision.offline.tokens import (
     _first,
     _fold,
@@ -317,47 +324,6 @@ def _resource_ref(text: str) -> bool:
 # --- extraction helpers -----------------------------------------------------------
 
 
-@dataclass
-class _Context:
-    """What extraction may draw on beyond the segment's own words."""
-
-    now: datetime
-    tz: tzinfo | None
-    country_code: str
-    quotes: list[str]
-    customer: Mapping[str, Any]
-    contacts: list[Mapping[str, Any]]
-    default_booking_minutes: int | None
-    last_person: dict[str, Any] = field(default_factory=dict)
-
-
-def _unquote(text: str, ctx: _Context) -> str:
-    return re.sub(
-        r"\s*QUOTE(\d+)\s*",
-        lambda m: f' "{ctx.quotes[int(m.group(1))]}" ' if int(m.group(1)) < len(ctx.quotes) else "",
-        text,
-    ).strip()
-
-
-def _clean(fragment: str | None, ctx: _Context) -> str | None:
-    if fragment is None:
-        return None
-    s = _unquote(fragment, ctx).strip(" \t\n,;:-")
-    s = re.sub(r"\s+", " ", s).rstrip(".!?;,")
-    if s.startswith('"') and s.endswith('"') and s.count('"') == 2:
-        s = s[1:-1]
-    return s or None
-
-
-def _quotes_in(text: str, ctx: _Context) -> list[tuple[int, str]]:
-    out = []
-    for m in re.finditer(r"QUOTE(\d+)", text):
-        i = int(m.group(1))
-        if i < len(ctx.quotes):
-            out.append((m.start(), ctx.quotes[i]))
-    return out
-
-
 _CONTENT_RE = re.compile(
     r"\b(?:saying|that\s+says|to\s+say|and\s+say|with\s+the\s+(?:message|text)|message:|"
     r"text:|body:|tell(?:ing)?\s+(?:him|her|them)(?:\s+that)?|letting\s+(?:him|her|them)\s+know"
@@ -471,9 +437,6 @@ def _subject_from(body: str) -> str:
 
 
 # --- the extractors, one per action type -------------------------------------------
-
-# (parameters, missing parameters, notes for the reply about missing things)
-_Extracted = tuple[dict[str, Any], list[str]]
 
 
 def _names_a_recipient(phrase: str) -> bool:
@@ -1211,7 +1174,7 @@ class OfflineEngine:
         for start, end in reversed(spans):
             clean = clean[:start] + " " + clean[end:]
         masked, quotes = mask_quotes(clean)
-        ctx = self._context(request, quotes)
+        ctx = _context(request, quotes, self._country_code)
 
         segments = self._segments(masked)
         actions: list[ProposedAction] = []
@@ -1356,28 +1319,6 @@ class OfflineEngine:
             concern = Concern(UNCERTAIN_TEXT, "I am not sure where the text to send ends")
             out[i] = replace(action, concerns=[*action.concerns, concern])
         return out
-
-    def _context(self, request: EngineRequest, quotes: list[str]) -> _Context:
-        bc = request.business_context or {}
-        tz: tzinfo | None = None
-        if isinstance(bc.get("timezone"), str):
-            try:
-                tz = ZoneInfo(bc["timezone"])
-            except (ZoneInfoNotFoundError, ValueError):
-                tz = None
-        customer = bc.get("customer") if isinstance(bc.get("customer"), Mapping) else {}
-        contacts = [c for c in bc.get("contacts") or [] if isinstance(c, Mapping)]
-        cc = bc.get("default_country_code")
-        minutes = bc.get("default_booking_minutes")
-        return _Context(
-            now=request.now,
-            tz=tz,
-            country_code=cc if isinstance(cc, str) and cc.startswith("+") else self._country_code,
-            quotes=quotes,
-            customer=customer or {},
-            contacts=contacts,
-            default_booking_minutes=minutes if isinstance(minutes, int) and minutes > 0 else None,
-        )
 
     def _segments(self, masked: str) -> list[_Segment]:
         segments: list[_Segment] = []
