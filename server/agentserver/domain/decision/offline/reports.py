@@ -7,11 +7,7 @@ from __future__ import annotations
 import re
 
 from agentserver.domain.decision.engine import ProposedAction
-from agentserver.domain.decision.offline.context import (
-    _Context,
-    _Extracted,
-    _unquote,
-)
+from agentserver.domain.decision.offline.context import _Context, _Extracted, _unquote
 from agentserver.domain.decision.offline.tokens import _Segment
 
 _PERIODS: list[tuple[str, str]] = [
