@@ -29,22 +29,26 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
-from agentserver.domain.decision import quantities, records
+from agentserver.domain.decision import records
 from agentserver.domain.decision.answers import answer
-from agentserver.domain.decision.bypass import BypassClassifier, detect_bypass
-from agentserver.domain.decision.bypass_weights import WEIGHTS as _BYPASS_WEIGHTS
+from agentserver.domain.decision.bypass import detect_bypass
 from agentserver.domain.decision.dependencies import link
 from agentserver.domain.decision.engine import Concern, EngineRequest, Proposal, ProposedAction
 from agentserver.domain.decision.languages import detect as detect_language
 from agentserver.domain.decision.languages import phrase, pivot
 from agentserver.domain.decision.offline.booking import _extract_booking, _extract_cancel
-from agentserver.domain.decision.offline.classify import _CHANNEL_TYPES
 from agentserver.domain.decision.offline.communication import (
     _extract_call,
     _extract_email,
     _extract_message,
+)
+from agentserver.domain.decision.offline.concerns import (
+    BYPASS,
+    DOUBT,
+    _exact_text,
+    _too_many,
+    _uncertain_ends,
 )
 from agentserver.domain.decision.offline.context import (
     _clean,
@@ -66,24 +70,14 @@ from agentserver.domain.decision.offline.resources import (
     _extract_resource_read,
     _extract_resource_update,
 )
-from agentserver.domain.decision.offline.splitting import _instruction, _segments
+from agentserver.domain.decision.offline.splitting import _segments
 from agentserver.domain.decision.offline.tokens import _Segment
-from agentserver.domain.decision.policy import (
-    POSSIBLE_BYPASS,
-    QUANTITY_NOT_SUPPORTED,
-    UNCERTAIN_TEXT,
-)
-from agentserver.domain.decision.textparse import find_emails, find_phones, mask_quotes
-from agentserver.domain.decision.verbatim import anchor
+from agentserver.domain.decision.policy import POSSIBLE_BYPASS
+from agentserver.domain.decision.textparse import mask_quotes
 from agentserver.domain.registry import default_registry
 
 __all__ = ["OfflineEngine", "detect_bypass"]
 
-# --- attempts to bypass the rules (see bypass.py) ------------------------------------
-
-BYPASS = BypassClassifier(_BYPASS_WEIGHTS, threshold=0.5)
-# From this likelihood on, a message not flagged still runs nothing unattended.
-DOUBT = 0.1
 
 # --- the extractors, one per action type -------------------------------------------
 
@@ -173,20 +167,12 @@ class OfflineEngine:
                 else None
             )
             params, missing = record or _EXTRACTORS[seg.family](seg, ctx)
-            concerns = self._exact_text(seg.family, params, message, ctx)
+            concerns = _exact_text(self._verbatim, seg.family, params, message, ctx)
             if doubt is not None:
                 concerns.append(doubt)
-            bulk = quantities.bulk(_instruction(seg.text)) if seg.family in _CHANNEL_TYPES else None
-            if bulk is not None:
-                concerns.append(
-                    Concern(
-                        QUANTITY_NOT_SUPPORTED,
-                        f'"{bulk}" is more than I can do at once: one request sends one '
-                        "message to one recipient (or places one call); a list of recipients "
-                        "needs one request each",
-                        blocks=True,
-                    )
-                )
+            too_many = _too_many(seg.family, seg.text)
+            if too_many is not None:
+                concerns.append(too_many)
             # Missing parameters lower the confidence, but a clearly worded request
             # stays in the suggestion band: the policy already blocks it and asks the
             # requester for what is missing, which is better than a coordinator.
@@ -210,7 +196,7 @@ class OfflineEngine:
             )
             joints.append(joint)
             texts.append(_unquote(seg.text, ctx))
-        actions = self._uncertain_ends(actions, joints, texts, ctx)
+        actions = _uncertain_ends(self._verbatim, actions, joints, texts, ctx)
         links = link([a.action_type for a in actions], texts, joints)
         actions = [
             a
@@ -252,47 +238,3 @@ class OfflineEngine:
             bypass_attempt=bypass,
             language=lang,
         )
-
-    def _exact_text(
-        self, family: str, params: dict[str, Any], message: str, ctx: _Context
-    ) -> list[Concern]:
-        """Replace each text meant for a person by the message's own characters for
-        it; a concern for any that cannot be found there as written."""
-        concerns: list[Concern] = []
-        for name in self._verbatim.get(family, ()):
-            value = params.get(name)
-            if not isinstance(value, str) or not value.strip():
-                continue
-            exact = anchor(value, message)
-            if exact is None:
-                words = name.replace("_", " ")
-                concerns.append(
-                    Concern(UNCERTAIN_TEXT, f"I could not keep the {words} exactly as written")
-                )
-            else:
-                params[name] = exact
-        return concerns
-
-    def _uncertain_ends(
-        self, actions: list[ProposedAction], joints: list[str], texts: list[str], ctx: _Context
-    ) -> list[ProposedAction]:
-        """A text that runs on into what reads as another request ("Text Maria:
-        running late, call me back") may end earlier or later than the split says:
-        unless the next request names its own address or a sentence ends between
-        them, the text is not sure enough to send unattended."""
-        out = list(actions)
-        for i, action in enumerate(actions[:-1]):
-            names = self._verbatim.get(action.action_type, ())
-            body = next((action.parameters.get(n) for n in names if action.parameters.get(n)), None)
-            if not isinstance(body, str) or body in ctx.quotes:
-                continue
-            joint, following, after = joints[i + 1], texts[i + 1], actions[i + 1]
-            if re.search(r"[.!?;]|\n", joint) or after.action_type not in _CHANNEL_TYPES:
-                continue
-            if body in after.parameters.values():
-                continue  # "email and text them that …": one text for both
-            if find_emails(following) or find_phones(following, ctx.country_code):
-                continue
-            concern = Concern(UNCERTAIN_TEXT, "I am not sure where the text to send ends")
-            out[i] = replace(action, concerns=[*action.concerns, concern])
-        return out

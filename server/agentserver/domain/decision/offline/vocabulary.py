@@ -1,9 +1,6 @@
 """The offline engine's words: which phrases fold into one word, which word names
 which concept (EMAIL, BOOK, RESOURCE, ...), which keywords a typo may reach and which
 real words it must never be taken for, and the small words a request is padded with.
-
-Names with a leading underscore are private to the offline package: its modules
-share them, nothing outside it uses them.
 """
 
 from __future__ import annotations
