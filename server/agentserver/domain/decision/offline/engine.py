@@ -9,19 +9,20 @@ It reads a message the way a careful assistant would:
    read as a request for approval;
 3. hide quoted text, so words inside quotes never trigger actions;
 4. split the message into one segment per requested action ("email X … and text Y
-   …"), keeping a record's listed fields and a dictated text together;
-5. classify each segment into an action type from its keywords (typos forgiven;
-   records of customers, suppliers, orders, products and staff: `records`);
-6. extract that action's parameters, and *ask* for what is missing rather than
-   guess; text meant for a person is taken exactly as written (`verbatim`), a
-   quantity one request cannot honour is refused (`quantities`);
+   …"), keeping a record's listed fields and a dictated text together (`splitting`);
+5. classify each segment into an action type from its keywords (`classify`; typos
+   forgiven; records of customers, suppliers, orders, products and staff: `records`);
+6. extract that action's parameters (one module per family, `_EXTRACTORS`), and
+   *ask* for what is missing rather than guess; text meant for a person is taken
+   exactly as written (`verbatim`), a quantity one request cannot honour is refused
+   (`quantities`; both in `concerns`);
 7. link a report on a change to that change (`dependencies`), and answer a
    question the business context answers instead of acting (`answers`).
 
 Confidence reflects how much really matched: a clear keyword with every parameter
-scores about 90, a typo or a loose phrasing less, each missing parameter less again.
-Anything it is unsure of becomes a concern that keeps an action from running
-unattended. It only proposes; the policy decides.
+scores about 90, a typo or a loose phrasing less, each missing parameter less again
+(`scoring`). Anything it is unsure of becomes a concern that keeps an action from
+running unattended. It only proposes; the policy decides.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from agentserver.domain.decision.offline.resources import (
     _extract_resource_read,
     _extract_resource_update,
 )
+from agentserver.domain.decision.offline.scoring import _confidence, _overall
 from agentserver.domain.decision.offline.splitting import _segments
 from agentserver.domain.decision.offline.tokens import _Segment
 from agentserver.domain.decision.policy import POSSIBLE_BYPASS
@@ -173,12 +175,7 @@ class OfflineEngine:
             too_many = _too_many(seg.family, seg.text)
             if too_many is not None:
                 concerns.append(too_many)
-            # Missing parameters lower the confidence, but a clearly worded request
-            # stays in the suggestion band: the policy already blocks it and asks the
-            # requester for what is missing, which is better than a coordinator.
-            confidence = max(20, min(95, seg.strength) - 10 * len(missing))
-            if missing and seg.strength >= 85:
-                confidence = max(confidence, 60)
+            confidence = _confidence(seg.strength, missing)
             reasoning = f"'{_clean(seg.text, ctx)}' reads as {seg.family}"
             if seg.typo:
                 reasoning += " (matched a misspelt keyword)"
@@ -207,12 +204,7 @@ class OfflineEngine:
             for a, d in zip(actions, links, strict=True)
         ]
 
-        if actions:
-            overall = min(a.confidence for a in actions)
-            if ambiguous:
-                overall = max(20, overall - 20)
-        else:
-            overall = 30 if ambiguous else 10
+        overall = _overall(actions, ambiguous)
         reasoning = "; ".join(a.reasoning for a in actions) if actions else "no action recognised"
         reply = _reply(actions, bypass, ambiguous, lang)
         known = (
