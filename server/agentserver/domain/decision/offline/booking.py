@@ -14,6 +14,7 @@ from agentserver.domain.decision.offline.names import (
     _RESOURCE_REF_RE,
     _person_after,
     _resolve_person,
+    _resource_id,
 )
 from agentserver.domain.decision.offline.tokens import _has, _has_word, _Segment, _tokenise
 from agentserver.domain.decision.offline.vocabulary import _PRONOUNS, _RESOURCE_NOUNS
@@ -50,12 +51,9 @@ _NOT_A_RESOURCE_WORD = _PRONOUNS | {"me", "us", "it", "booking", "appointment", 
 
 def _booking_resource(text: str) -> tuple[str | None, str | None]:
     """(resource id, resource name) a booking message names."""
-    m = re.search(r"\bresource\s+(?:id\s+)?#?(?P<id>[A-Za-z]*-?\d+)\b", text, re.IGNORECASE)
-    if m:
-        return m.group("id"), None
-    m = re.search(r"\b[A-Z]{1,4}-\d+\b", text)
-    if m:
-        return m.group(0), None
+    rid = _resource_id(text)
+    if rid is not None:
+        return rid, None
     m = re.search(
         r"\b(?:book|reserve|schedule|booking|reservation)\s+(?:(?:the|a|an|our)\s+)?"
         rf"(?P<r>(?!for\b|on\b|at\b|in\b)[A-Za-z][\w'-]*(?:\s+[\w'-]+){{0,3}}?){_STOP_AFTER_RESOURCE}",

@@ -26,6 +26,15 @@ _RESOURCE_REF_RE = re.compile(
 )
 
 
+def _resource_id(text: str) -> str | None:
+    """The id a message gives a resource: "resource 12", "resource id #R7", "R-12"."""
+    m = re.search(r"\bresource\s+(?:id\s+)?#?(?P<id>[A-Za-z]*-?\d+)\b", text, re.IGNORECASE)
+    if m:
+        return m.group("id")
+    m = re.search(r"\b[A-Z]{1,4}-\d+\b", text)
+    return m.group(0) if m else None
+
+
 def _looks_named(text: str) -> bool:
     return bool(_NAMED_RE.search(text) or _RESOURCE_REF_RE.search(text) or "QUOTE" in text)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from agentserver.domain.decision.offline.context import _clean, _Context, _Extracted, _quotes_in
-from agentserver.domain.decision.offline.names import _NAMED_RE, _RESOURCE_REF_RE
+from agentserver.domain.decision.offline.names import _NAMED_RE, _RESOURCE_REF_RE, _resource_id
 from agentserver.domain.decision.offline.tokens import _Segment, _Token
 from agentserver.domain.decision.offline.vocabulary import _CONCEPTS, _VERB_CONCEPTS
 from agentserver.domain.decision.textparse import singular
@@ -35,7 +35,7 @@ def _attributes(fragment: str | None, ctx: _Context) -> list[dict[str, str]] | N
             key, value = m.group("k2"), m.group("v2")
         else:
             key, value = m.group("k"), m.group("v")
-        key = re.sub(r"\s+", "_", key.strip().lower())
+        key = _key(key)
         value = _clean(value, ctx) or ""
         if key and value:
             out.append({"key": key, "value": value})
@@ -44,12 +44,9 @@ def _attributes(fragment: str | None, ctx: _Context) -> list[dict[str, str]] | N
 
 def _resource_name(text: str, ctx: _Context) -> tuple[str | None, str | None]:
     """(resource id, resource name) an update/delete/read message names."""
-    m = re.search(r"\bresource\s+(?:id\s+)?#?(?P<id>[A-Za-z]*-?\d+)\b", text, re.IGNORECASE)
-    if m:
-        return m.group("id"), None
-    m = re.search(r"\b[A-Z]{1,4}-\d+\b", text)
-    if m:
-        return m.group(0), None
+    rid = _resource_id(text)
+    if rid is not None:
+        return rid, None
     quotes = _quotes_in(text, ctx)
     if quotes:
         return None, quotes[0][1]
