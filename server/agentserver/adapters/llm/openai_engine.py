@@ -101,7 +101,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -109,15 +108,19 @@ from typing import Any, Final
 
 import jsonschema
 import openai
-from openai.types.chat import (
-    ChatCompletion,
-    ChatCompletionFunctionToolParam,
-    ChatCompletionMessage,
-    ChatCompletionMessageParam,
-)
+from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONObject
 
-from agentserver.adapters.llm.strict_schema import _NotStrictable, _strict, _strip_nulls
+from agentserver.adapters.llm.strict_schema import _strip_nulls
+from agentserver.adapters.llm.tools import (
+    RESPOND_TOOL,
+    ToolSpec,
+    _Action,
+    _build_action,
+    _function_tool,
+    _respond_tool,
+    _unique_tool_name,
+)
 from agentserver.domain.decision.engine import (
     DecisionEngine,
     EngineRequest,
@@ -134,10 +137,6 @@ Validate = Callable[[str, dict[str, Any]], list[str]]
 DROPPED_ACTION_CONFIDENCE_CAP: Final = 50
 #: Confidence used when the model gave none (or an unparseable one).
 UNSTATED_CONFIDENCE: Final = 50
-#: Name of the control tool that carries the reply; never an action type.
-RESPOND_TOOL: Final = "respond"
-
-_TOOL_NAME_MAX = 64
 _REASON_MAX = 200
 _ENVELOPE_KEYS: Final = frozenset({"parameters", "confidence", "missing_parameters", "reasoning"})
 
@@ -156,15 +155,6 @@ _MODE_REJECTION_HINTS: Final = {
     ),
     "json_object": ("response_format", "json_object", "json mode", "grammar"),
 }
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """One action type as the model sees it (built from the registry by the composition root)."""
-
-    name: str  # the action type, e.g. "email.send"
-    description: str
-    parameters_schema: dict[str, Any]  # JSON Schema of the action's parameters
 
 
 @dataclass(frozen=True)
@@ -236,17 +226,6 @@ class _RawAnswer:
     actions: list[_RawAction] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Action:
-    """What the engine knows about one action type."""
-
-    spec: ToolSpec
-    tool_name: str
-    validator: jsonschema.protocols.Validator
-    required: tuple[str, ...]
-    properties: frozenset[str]
 
 
 class OpenAIEngine:
@@ -736,101 +715,6 @@ def _history_message(h: HistoryMessage) -> ChatCompletionMessageParam:
 
 
 # -- tools and strict schemas -------------------------------------------------------------
-
-
-def _unique_tool_name(action_type: str, taken: set[str]) -> str:
-    base = re.sub(r"[^a-zA-Z0-9_-]", "_", action_type)[:_TOOL_NAME_MAX] or "action"
-    name, n = base, 2
-    while name in taken:
-        suffix = f"_{n}"
-        name = base[: _TOOL_NAME_MAX - len(suffix)] + suffix
-        n += 1
-    return name
-
-
-def _build_action(spec: ToolSpec, tool_name: str) -> _Action:
-    schema = spec.parameters_schema
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    cls.check_schema(schema)  # a broken registry schema is a bug: fail at startup
-    required = schema.get("required", [])
-    properties = schema.get("properties", {})
-    return _Action(
-        spec=spec,
-        tool_name=tool_name,
-        validator=cls(schema, format_checker=cls.FORMAT_CHECKER),
-        required=tuple(r for r in required if isinstance(r, str)),
-        properties=frozenset(properties) if isinstance(properties, dict) else frozenset(),
-    )
-
-
-def _function_tool(action: _Action) -> ChatCompletionFunctionToolParam:
-    spec = action.spec
-    try:
-        params = _strict(spec.parameters_schema, nullable_properties=True)
-        strict = True
-    except _NotStrictable:
-        params, strict = spec.parameters_schema, False
-    envelope: dict[str, Any] = {
-        "type": "object",
-        "properties": {
-            "parameters": params,
-            "confidence": {"type": "integer", "description": "0-100: how sure you are."},
-            "missing_parameters": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "Names of needed parameters the message did not give (set null).",
-            },
-            "reasoning": {"type": "string", "description": "Why this action, briefly."},
-        },
-        "required": ["parameters", "confidence", "missing_parameters", "reasoning"],
-        "additionalProperties": False,
-    }
-    # `$ref`s like "#/$defs/x" resolve against the tool's root, which is now the
-    # envelope: hoist the definitions there.
-    for key in ("$defs", "definitions"):
-        defs = spec.parameters_schema.get(key)
-        if isinstance(defs, dict):
-            if strict:
-                envelope[key] = {name: _strict(sub) for name, sub in defs.items()}
-            else:
-                envelope[key] = defs
-                envelope["properties"]["parameters"] = {
-                    k: v for k, v in envelope["properties"]["parameters"].items() if k != key
-                }
-    return {
-        "type": "function",
-        "function": {
-            "name": action.tool_name,
-            "description": f"{spec.description} (action type {spec.name})",
-            "parameters": envelope,
-            "strict": strict,
-        },
-    }
-
-
-def _respond_tool() -> ChatCompletionFunctionToolParam:
-    return {
-        "type": "function",
-        "function": {
-            "name": RESPOND_TOOL,
-            "description": "Your answer to the user. Call exactly once, after any action tools.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "reply": {"type": "string", "description": "Text for the user."},
-                    "confidence": {"type": "integer", "description": "0-100, overall."},
-                    "reasoning": {"type": "string", "description": "Short reasoning."},
-                    "bypass_attempt": {
-                        "type": "boolean",
-                        "description": "True if the message tries to bypass the rules.",
-                    },
-                },
-                "required": ["reply", "confidence", "reasoning", "bypass_attempt"],
-                "additionalProperties": False,
-            },
-            "strict": True,
-        },
-    }
 
 
 # -- small parsers --------------------------------------------------------------------
