@@ -103,7 +103,6 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
 from typing import Any, Final
 
 import jsonschema
@@ -111,6 +110,17 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONObject
 
+from agentserver.adapters.llm.modes import (
+    OutputMode,
+    _ModeRejected,
+    _ParamRefused,
+    _refused_param,
+    _refuses_mode,
+    _server_message,
+    _short,
+    _TransportFailure,
+    _UnusableOutput,
+)
 from agentserver.adapters.llm.strict_schema import _strip_nulls
 from agentserver.adapters.llm.tools import (
     RESPOND_TOOL,
@@ -137,24 +147,7 @@ Validate = Callable[[str, dict[str, Any]], list[str]]
 DROPPED_ACTION_CONFIDENCE_CAP: Final = 50
 #: Confidence used when the model gave none (or an unparseable one).
 UNSTATED_CONFIDENCE: Final = 50
-_REASON_MAX = 200
 _ENVELOPE_KEYS: Final = frozenset({"parameters", "confidence", "missing_parameters", "reasoning"})
-
-
-# A 400 mentioning one of these (lower-cased) refuses the output mode, not the request.
-_MODE_REJECTION_HINTS: Final = {
-    "tools": (
-        "response_format",
-        "json_schema",
-        "json schema",
-        "tool",
-        "function",
-        "strict",
-        "structured output",
-        "grammar",
-    ),
-    "json_object": ("response_format", "json_object", "json mode", "grammar"),
-}
 
 
 @dataclass(frozen=True)
@@ -170,38 +163,6 @@ class LlmSettings:
     temperature: float | None = 0.0  # None: not sent (the model's default)
     max_tokens: int = 1024  # per answer; an engine answer is a few hundred
     deadline_seconds: float = 30.0  # for the whole decision, across modes and retries
-
-
-class OutputMode(IntEnum):
-    """Output modes in degradation order (higher = simpler)."""
-
-    TOOLS = 0
-    JSON_OBJECT = 1
-    PLAIN_JSON = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-class _ModeRejected(Exception):
-    """The server refused the output mode (400): try the next mode and remember it."""
-
-
-class _UnusableOutput(Exception):
-    """The model answered, but not with something we can use."""
-
-
-class _ParamRefused(Exception):
-    """The server refused a sampling parameter (400): repeat the call without it."""
-
-    def __init__(self, param: str) -> None:
-        super().__init__(param)
-        self.param = param
-
-
-class _TransportFailure(Exception):
-    """The server could not be used (timeout, 429/5xx after retries, other HTTP errors)."""
 
 
 @dataclass
@@ -781,44 +742,6 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 1] + "…"
-
-
 def _error_text(error: jsonschema.ValidationError) -> str:
     where = "/".join(str(p) for p in error.absolute_path)
     return f"{where}: {error.message}" if where else error.message
-
-
-def _server_message(exc: openai.APIStatusError) -> str:
-    """The server's own error message (the client prefixes "Error code: 400 - ")."""
-    message = exc.body.get("message") if isinstance(exc.body, dict) else None
-    return message if isinstance(message, str) else exc.message
-
-
-_SAMPLING_PARAMS = ("max_completion_tokens", "max_tokens", "temperature")
-
-
-def _refused_param(exc: openai.APIStatusError) -> str | None:
-    """The sampling parameter a 400 refuses, if any: OpenAI names it
-    (``"param": "temperature"``); other servers say it in words."""
-    body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error", body)
-    named = error.get("param") if isinstance(error, dict) else None
-    if named in _SAMPLING_PARAMS:
-        return str(named)
-    text = str(exc.message).lower()
-    return next((p for p in _SAMPLING_PARAMS if p in text), None)
-
-
-def _refuses_mode(exc: openai.APIStatusError, mode: OutputMode) -> bool:
-    hints = _MODE_REJECTION_HINTS.get(mode.label)
-    if not hints:
-        return False
-    try:
-        body = json.dumps(exc.body, default=str)
-    except ValueError:
-        body = ""
-    text = f"{exc.message} {body}".lower()
-    return any(hint in text for hint in hints)
