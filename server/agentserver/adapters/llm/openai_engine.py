@@ -107,16 +107,12 @@ from typing import Any, Final
 
 import jsonschema
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionMessageParam
-from openai.types.shared_params import ResponseFormatJSONObject
+from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageParam
 
 from agentserver.adapters.llm.modes import (
     OutputMode,
     _ModeRejected,
     _ParamRefused,
-    _refused_param,
-    _refuses_mode,
-    _server_message,
     _short,
     _TransportFailure,
     _UnusableOutput,
@@ -131,6 +127,7 @@ from agentserver.adapters.llm.tools import (
     _respond_tool,
     _unique_tool_name,
 )
+from agentserver.adapters.llm.transport import LlmSettings, _Completions
 from agentserver.domain.decision.engine import (
     DecisionEngine,
     EngineRequest,
@@ -148,21 +145,6 @@ DROPPED_ACTION_CONFIDENCE_CAP: Final = 50
 #: Confidence used when the model gave none (or an unparseable one).
 UNSTATED_CONFIDENCE: Final = 50
 _ENVELOPE_KEYS: Final = frozenset({"parameters", "confidence", "missing_parameters", "reasoning"})
-
-
-@dataclass(frozen=True)
-class LlmSettings:
-    """How to reach the model. ``base_url=None`` means OpenAI itself."""
-
-    base_url: str | None
-    api_key: str
-    model: str
-    timeout_seconds: float = 20.0  # per HTTP attempt
-    max_retries: int = 2  # the client's own retries on timeouts, 408/409/429/5xx
-    history_messages: int = 10  # how many past messages the model sees
-    temperature: float | None = 0.0  # None: not sent (the model's default)
-    max_tokens: int = 1024  # per answer; an engine answer is a few hundred
-    deadline_seconds: float = 30.0  # for the whole decision, across modes and retries
 
 
 @dataclass
@@ -205,25 +187,6 @@ class OpenAIEngine:
         self._fallback = fallback
         self._validate = validate
         self._mode = OutputMode.TOOLS
-        self._send_temperature = settings.temperature is not None
-        self._tokens_param = "max_tokens"  # or "max_completion_tokens", once refused
-        self._owns_client = client is None
-        if client is None:
-            client = openai.AsyncOpenAI(
-                # Local servers (llama.cpp, Ollama) ignore the key, but the client
-                # refuses to start without one.
-                api_key=settings.api_key or "no-key",
-                base_url=settings.base_url,
-                timeout=settings.timeout_seconds,
-                max_retries=settings.max_retries,
-            )
-        else:
-            # The engine's bounds hold whoever built the client.
-            client = client.with_options(
-                timeout=settings.timeout_seconds, max_retries=settings.max_retries
-            )
-        self._client = client
-
         self._actions: dict[str, _Action] = {}
         self._by_tool_name: dict[str, str] = {}
         taken = {RESPOND_TOOL}
@@ -234,8 +197,9 @@ class OpenAIEngine:
             taken.add(tool_name)
             self._actions[spec.name] = _build_action(spec, tool_name)
             self._by_tool_name[tool_name] = spec.name
-        self._tool_params = [_function_tool(a) for a in self._actions.values()]
-        self._tool_params.append(_respond_tool())
+        tool_params = [_function_tool(a) for a in self._actions.values()]
+        tool_params.append(_respond_tool())
+        self._completions = _Completions(settings, tool_params, client, self.name)
         self._tools_prompt = _TOOLS_PROMPT
         self._json_prompt = _json_prompt(list(self._actions.values()))
 
@@ -271,7 +235,7 @@ class OpenAIEngine:
             try:
                 return await self._propose_in(mode, request)
             except _ParamRefused as exc:
-                if not self._stop_sending(exc.param):  # refused again: not ours to fix
+                if not self._completions.stop_sending(exc.param):  # refused again: not ours to fix
                     failures.append(f"{mode.label}: bad request ({exc.param})")
                     return None
             except _ModeRejected as exc:
@@ -294,22 +258,9 @@ class OpenAIEngine:
 
     async def aclose(self) -> None:
         """Close the HTTP client if this engine created it."""
-        if self._owns_client:
-            await self._client.close()
+        await self._completions.aclose()
 
     # -- one attempt ----------------------------------------------------------------
-
-    def _stop_sending(self, param: str) -> bool:
-        """Stop sending a refused parameter (the newer name, for the token bound);
-        False when it was not being sent: the refusal is about something else."""
-        if param == "temperature" and self._send_temperature:
-            self._send_temperature = False
-        elif param == "max_tokens" and self._tokens_param == "max_tokens":
-            self._tokens_param = "max_completion_tokens"
-        else:
-            return False
-        log.warning("%s: server refused %s; adapting from now on", self.name, param)
-        return True
 
     def _demote_past(self, mode: OutputMode) -> OutputMode | None:
         """Remember that `mode` is refused by this server; return the next mode to try."""
@@ -325,7 +276,7 @@ class OpenAIEngine:
 
     async def _propose_in(self, mode: OutputMode, request: EngineRequest) -> Proposal:
         messages = self._messages(mode, request)
-        completion = await self._complete(mode, messages)
+        completion = await self._completions.create(mode, messages)
         if not completion.choices:
             raise _UnusableOutput("no choices in the response")
         choice = completion.choices[0]
@@ -339,53 +290,6 @@ class OpenAIEngine:
         else:
             answer = self._answer_from_text(message.content)
         return self._assemble(answer, mode)
-
-    async def _complete(
-        self, mode: OutputMode, messages: list[ChatCompletionMessageParam]
-    ) -> ChatCompletion:
-        """One chat completion (with the client's bounded retries), errors classified."""
-        json_object: ResponseFormatJSONObject = {"type": "json_object"}
-        try:
-            return await self._client.chat.completions.create(
-                model=self._settings.model,
-                messages=messages,
-                temperature=(
-                    self._settings.temperature
-                    if self._send_temperature and self._settings.temperature is not None
-                    else openai.omit
-                ),
-                max_tokens=(
-                    self._settings.max_tokens if self._tokens_param == "max_tokens" else openai.omit
-                ),
-                max_completion_tokens=(
-                    self._settings.max_tokens
-                    if self._tokens_param == "max_completion_tokens"
-                    else openai.omit
-                ),
-                tools=self._tool_params if mode is OutputMode.TOOLS else openai.omit,
-                tool_choice="required" if mode is OutputMode.TOOLS else openai.omit,
-                response_format=json_object if mode is OutputMode.JSON_OBJECT else openai.omit,
-            )
-        except openai.APITimeoutError as exc:
-            raise _TransportFailure("timeout") from exc
-        except openai.APIConnectionError as exc:
-            raise _TransportFailure("connection error") from exc
-        except openai.RateLimitError as exc:
-            raise _TransportFailure("rate limited (429)") from exc
-        except openai.InternalServerError as exc:
-            raise _TransportFailure(f"server error ({exc.status_code})") from exc
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            if param := _refused_param(exc):
-                raise _ParamRefused(param) from exc
-            if _refuses_mode(exc, mode):
-                raise _ModeRejected(
-                    f"mode rejected ({exc.status_code}: {_short(_server_message(exc))})"
-                ) from exc
-            raise _TransportFailure(f"bad request ({exc.status_code})") from exc
-        except openai.APIStatusError as exc:
-            raise _TransportFailure(f"http {exc.status_code}") from exc
-        except openai.APIError as exc:  # e.g. a response body the client cannot read
-            raise _UnusableOutput(f"invalid response ({type(exc).__name__})") from exc
 
     # -- prompt ---------------------------------------------------------------------
 
