@@ -99,25 +99,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Final
 
-import jsonschema
 import openai
 
 from agentserver.adapters.llm.modes import (
     OutputMode,
     _ModeRejected,
     _ParamRefused,
-    _short,
     _TransportFailure,
     _UnusableOutput,
 )
-from agentserver.adapters.llm.parsing import _AnswerParser, _RawAction, _RawAnswer, _text
+from agentserver.adapters.llm.parsing import _AnswerParser
 from agentserver.adapters.llm.prompts import _Prompts
-from agentserver.adapters.llm.strict_schema import _strip_nulls
 from agentserver.adapters.llm.tools import (
     RESPOND_TOOL,
     ToolSpec,
@@ -128,21 +123,10 @@ from agentserver.adapters.llm.tools import (
     _unique_tool_name,
 )
 from agentserver.adapters.llm.transport import LlmSettings, _Completions
-from agentserver.domain.decision.engine import (
-    DecisionEngine,
-    EngineRequest,
-    Proposal,
-    ProposedAction,
-)
+from agentserver.adapters.llm.validation import Validate, _AnswerChecker
+from agentserver.domain.decision.engine import DecisionEngine, EngineRequest, Proposal
 
 log = logging.getLogger(__name__)
-
-Validate = Callable[[str, dict[str, Any]], list[str]]
-
-#: Overall confidence ceiling when at least one proposed action had to be dropped.
-DROPPED_ACTION_CONFIDENCE_CAP: Final = 50
-#: Confidence used when the model gave none (or an unparseable one).
-UNSTATED_CONFIDENCE: Final = 50
 
 
 class OpenAIEngine:
@@ -175,6 +159,7 @@ class OpenAIEngine:
         tool_params = [_function_tool(a) for a in self._actions.values()]
         tool_params.append(_respond_tool())
         self._completions = _Completions(settings, tool_params, client, self.name)
+        self._checker = _AnswerChecker(self.name, self._actions, validate)
         self._parser = _AnswerParser(self._actions, self._by_tool_name)
         self._prompts = _Prompts(settings, list(self._actions.values()))
 
@@ -264,91 +249,13 @@ class OpenAIEngine:
             answer = self._parser.from_tool_calls(message)
         else:
             answer = self._parser.from_text(message.content)
-        return self._assemble(answer, mode)
+        return self._checker.assemble(answer, mode)
 
     # -- prompt ---------------------------------------------------------------------
 
     # -- parsing --------------------------------------------------------------------
 
     # -- validation -----------------------------------------------------------------
-
-    def _assemble(self, answer: _RawAnswer, mode: OutputMode) -> Proposal:
-        """Validate every action and build the Proposal (or reject the whole answer)."""
-        stated = _confidence(answer.confidence, -1)
-        default = stated if stated >= 0 else UNSTATED_CONFIDENCE
-        actions: list[ProposedAction] = []
-        dropped = list(answer.dropped)
-        for raw in answer.actions:
-            checked = self._check(raw, default)
-            if isinstance(checked, str):
-                dropped.append(checked)
-            else:
-                actions.append(checked)
-        if dropped and not actions:
-            raise _UnusableOutput(f"no usable action ({'; '.join(dropped)})")
-
-        if stated >= 0:
-            confidence = stated
-        elif actions:
-            confidence = min(a.confidence for a in actions)
-        else:
-            confidence = UNSTATED_CONFIDENCE
-        notes = list(answer.notes)
-        if dropped:
-            confidence = min(confidence, DROPPED_ACTION_CONFIDENCE_CAP)
-            notes.append(f"dropped {len(dropped)} proposed action(s): {'; '.join(dropped)}")
-        reasoning = answer.reasoning
-        if notes:
-            reasoning = " ".join(
-                part for part in (reasoning, f"[engine: {'; '.join(notes)}]") if part
-            )
-        if dropped:
-            log.warning("%s: dropped actions: %s", self.name, "; ".join(dropped))
-        return Proposal(
-            reply=answer.reply,
-            actions=actions,
-            confidence=confidence,
-            reasoning=reasoning,
-            engine=self.name if mode is OutputMode.TOOLS else f"{self.name} ({mode.label})",
-            bypass_attempt=answer.bypass_attempt,
-        )
-
-    def _check(self, raw: _RawAction, default_confidence: int) -> ProposedAction | str:
-        """A valid ProposedAction, or the reason (one line) why the action is dropped."""
-        action = self._actions[raw.action_type]
-        params = _strip_nulls(raw.parameters, action.spec.parameters_schema)
-        missing = [name for name in action.required if name not in params]
-        if isinstance(raw.missing_parameters, list):
-            missing.extend(
-                name
-                for name in raw.missing_parameters
-                if isinstance(name, str)
-                and name in action.properties
-                and name not in params
-                and name not in missing
-            )
-        if missing or self._validate is None:
-            errors = [
-                _error_text(e)
-                for e in action.validator.iter_errors(params)
-                # A missing top-level required field is reported, not an error.
-                if not (e.validator == "required" and not e.absolute_path)
-            ]
-        else:
-            try:
-                errors = list(self._validate(raw.action_type, params))
-            except Exception:  # a broken validator must not break propose()
-                log.exception("%s: validator failed for %s", self.name, raw.action_type)
-                errors = ["validator error"]
-        if errors:
-            return f"{raw.action_type}: invalid parameters ({_short('; '.join(errors))})"
-        return ProposedAction(
-            action_type=raw.action_type,
-            parameters=params,
-            confidence=_confidence(raw.confidence, default_confidence),
-            reasoning=_text(raw.reasoning),
-            missing_parameters=missing,
-        )
 
     # -- fallback -------------------------------------------------------------------
 
@@ -361,25 +268,3 @@ class OpenAIEngine:
 
 
 # -- small parsers --------------------------------------------------------------------
-
-
-def _confidence(value: object, default: int) -> int:
-    """A 0..100 integer from whatever the model wrote; `default` when unusable."""
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, str):
-        try:
-            value = float(value.strip().rstrip("%"))
-        except ValueError:
-            return default
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return default
-    number = float(value)
-    if isinstance(value, float) and 0.0 < number < 1.0:
-        number *= 100  # a probability, despite the prompt
-    return max(0, min(100, round(number)))
-
-
-def _error_text(error: jsonschema.ValidationError) -> str:
-    where = "/".join(str(p) for p in error.absolute_path)
-    return f"{where}: {error.message}" if where else error.message
