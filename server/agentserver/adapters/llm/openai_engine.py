@@ -93,6 +93,14 @@ parameters) -> [problems]``. A required parameter the model left out or set to
 engine asks instead of guessing. The injected validator cannot know which fields
 are deliberately missing, so for an action with missing parameters the engine uses
 its own schema check, ignoring only the top-level ``required`` errors.
+
+The pieces
+----------
+What the model is offered (`tools`, `strict_schema`) and told (`prompts`); the call
+with its bounds (`transport`); the output modes and the failures that move between
+them (`modes`); reading the answer (`parsing`) and checking it (`validation`).
+`OpenAIEngine` composes them: it owns the degradation from mode to mode, the
+deadline and the fallback.
 """
 
 from __future__ import annotations
@@ -143,7 +151,6 @@ class OpenAIEngine:
     ) -> None:
         self._settings = settings
         self._fallback = fallback
-        self._validate = validate
         self._mode = OutputMode.TOOLS
 
         self._actions: dict[str, _Action] = {}
@@ -251,12 +258,6 @@ class OpenAIEngine:
             answer = self._parser.from_text(message.content)
         return self._checker.assemble(answer, mode)
 
-    # -- prompt ---------------------------------------------------------------------
-
-    # -- parsing --------------------------------------------------------------------
-
-    # -- validation -----------------------------------------------------------------
-
     # -- fallback -------------------------------------------------------------------
 
     async def _fall_back(self, request: EngineRequest, failures: list[str]) -> Proposal:
@@ -265,6 +266,3 @@ class OpenAIEngine:
         log.warning("%s failed (%s); using %s", self.name, reason, self._fallback.name)
         proposal = await self._fallback.propose(request)
         return replace(proposal, engine=f"{proposal.engine} ({self.name} failed: {reason})")
-
-
-# -- small parsers --------------------------------------------------------------------
