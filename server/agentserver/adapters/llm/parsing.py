@@ -41,6 +41,18 @@ class _RawAnswer:
     notes: list[str] = field(default_factory=list)
 
 
+def _answer(fields: dict[str, Any], actions: list[_RawAction], dropped: list[str]) -> _RawAnswer:
+    """The answer whose reply, confidence, reasoning and bypass flag are ``fields``'."""
+    return _RawAnswer(
+        reply=_text(fields.get("reply")),
+        confidence=fields.get("confidence"),
+        reasoning=_text(fields.get("reasoning")),
+        bypass_attempt=_flag(fields.get("bypass_attempt")),
+        actions=actions,
+        dropped=dropped,
+    )
+
+
 def _unwrap_envelope(action_type: str, args: dict[str, Any]) -> _RawAction:
     """Our envelope, or (from a server that flattened it) the bare parameters."""
     if isinstance(args.get("parameters"), dict) and args.keys() <= _ENVELOPE_KEYS:
@@ -137,14 +149,7 @@ class _AnswerParser:
                 dropped=dropped,
                 notes=["the model did not call respond"],
             )
-        return _RawAnswer(
-            reply=_text(respond.get("reply")),
-            confidence=respond.get("confidence"),
-            reasoning=_text(respond.get("reasoning")),
-            bypass_attempt=_flag(respond.get("bypass_attempt")),
-            actions=actions,
-            dropped=dropped,
-        )
+        return _answer(respond, actions, dropped)
 
     def from_text(self, content: str | None) -> _RawAnswer:
         obj = _first_json_object(content or "")
@@ -183,11 +188,4 @@ class _AnswerParser:
                     reasoning=item.get("reasoning"),
                 )
             )
-        return _RawAnswer(
-            reply=_text(obj.get("reply")),
-            confidence=obj.get("confidence"),
-            reasoning=_text(obj.get("reasoning")),
-            bypass_attempt=_flag(obj.get("bypass_attempt")),
-            actions=actions,
-            dropped=dropped,
-        )
+        return _answer(obj, actions, dropped)
