@@ -1,5 +1,11 @@
-"""LLM-backed decision engines (OpenAI Chat Completions and compatible servers)."""
+"""LLM-backed decision engines (OpenAI Chat Completions and compatible servers).
 
-from agentserver.adapters.llm.openai_engine import LlmSettings, OpenAIEngine, ToolSpec
+Names with a leading underscore are private to this package: its modules share
+them, nothing outside it uses them.
+"""
+
+from agentserver.adapters.llm.openai_engine import OpenAIEngine
+from agentserver.adapters.llm.tools import ToolSpec
+from agentserver.adapters.llm.transport import LlmSettings
 
 __all__ = ["LlmSettings", "OpenAIEngine", "ToolSpec"]

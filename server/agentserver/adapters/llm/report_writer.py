@@ -12,7 +12,7 @@ from typing import Any
 
 import openai
 
-from agentserver.adapters.llm.openai_engine import LlmSettings
+from agentserver.adapters.llm.transport import LlmSettings
 
 _SYSTEM = (
     "You write short business reports (at most 120 words) for a small business owner. "

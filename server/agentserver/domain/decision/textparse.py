@@ -311,6 +311,16 @@ def _number(word: str) -> float:
     return float(_NUMBER_WORDS.get(word, 0)) if word in _NUMBER_WORDS else float(word)
 
 
+def _dated(year: int | None, month: int, day: int, today: date) -> date | None:
+    """That day, or None when there is no such day. Without a year, this year's,
+    or next year's when it has passed."""
+    try:
+        d = date(today.year if year is None else year, month, day)
+    except ValueError:
+        return None
+    return d.replace(year=d.year + 1) if year is None and d < today else d
+
+
 def _find_date(text: str, today: date) -> date | None:
     m = _ISO_DATE_RE.search(text)
     if m:
@@ -322,24 +332,13 @@ def _find_date(text: str, today: date) -> date | None:
         m = rx.search(text)
         if m:
             month, day = _MONTHS[m.group(month_group)], int(m.group(day_group))
-            year = int(m.group(3)) if m.group(3) else today.year
-            try:
-                d = date(year, month, day)
-            except ValueError:
-                return None
-            # A date without a year that has passed means next year's.
-            return d.replace(year=d.year + 1) if not m.group(3) and d < today else d
+            return _dated(int(m.group(3)) if m.group(3) else None, month, day, today)
     m = _SLASH_DATE_RE.search(text)
     if m:
         # Month first (US), the default country being +1; ambiguous either way.
         month, day = int(m.group(1)), int(m.group(2))
-        year = int(m.group(3)) if m.group(3) else today.year
-        year = year + 2000 if year < 100 else year
-        try:
-            d = date(year, month, day)
-        except ValueError:
-            return None
-        return d.replace(year=d.year + 1) if not m.group(3) and d < today else d
+        year = int(m.group(3)) if m.group(3) else None
+        return _dated(year + 2000 if year is not None and year < 100 else year, month, day, today)
     m = _DAY_WORD_RE.search(text)
     if m:
         word = m.group(1)
