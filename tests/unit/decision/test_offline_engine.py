@@ -431,3 +431,29 @@ def test_spanish_german_and_french(
     assert (p.language, action.action_type) == (lang, family)
     assert {k: action.parameters[k] for k in params} == params
     assert p.reply == reply
+
+
+async def test_29_february_after_it_passed_is_the_next_leap_years() -> None:
+    from datetime import UTC, datetime
+
+    from agentserver.domain.decision.engine import EngineRequest
+    from agentserver.domain.decision.offline import OfflineEngine
+
+    engine = OfflineEngine()
+    for now, expected in (
+        (datetime(2028, 3, 5, 12, tzinfo=UTC), "2032-02-29"),
+        (datetime(2028, 2, 1, 12, tzinfo=UTC), "2028-02-29"),
+        (datetime(2027, 3, 5, 12, tzinfo=UTC), "2028-02-29"),
+    ):
+        proposal = await engine.propose(
+            EngineRequest(
+                message="Book room 3 for Ann on Feb 29 at 3pm",
+                now=now,
+                history=[],
+                business_context={},
+                tenant_id="t",
+                location_id="",
+            )
+        )
+        (action,) = proposal.actions
+        assert str(action.parameters["start"]).startswith(expected), action.parameters

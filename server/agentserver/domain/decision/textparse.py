@@ -312,13 +312,21 @@ def _number(word: str) -> float:
 
 
 def _dated(year: int | None, month: int, day: int, today: date) -> date | None:
-    """That day, or None when there is no such day. Without a year, this year's,
-    or next year's when it has passed."""
-    try:
-        d = date(today.year if year is None else year, month, day)
-    except ValueError:
-        return None
-    return d.replace(year=d.year + 1) if year is None and d < today else d
+    """That day, or None when there is no such day. Without a year, the next such
+    day from today on (29 February: the next leap year's, once this one's passed)."""
+    if year is not None:
+        try:
+            return date(year, month, day)
+        except ValueError:
+            return None
+    for candidate in range(today.year, today.year + 9):
+        try:
+            d = date(candidate, month, day)
+        except ValueError:
+            continue
+        if d >= today:
+            return d
+    return None
 
 
 def _find_date(text: str, today: date) -> date | None:
