@@ -31,7 +31,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentserver.adapters.db.ledger_store import IDS, SqlLedgerStore, to_reservation
+from agentserver.adapters.db.ledger_rows import to_reservation
+from agentserver.adapters.db.ledger_store import IDS, SqlLedgerStore
 from agentserver.adapters.db.outbox import outbox_args, outbox_ctes
 from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
 from agentserver.domain.actions import ActionState
