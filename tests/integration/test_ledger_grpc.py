@@ -145,6 +145,38 @@ async def test_reservation_capture_partial_and_ends_once(harness: Harness) -> No
     await ledger_invariant(harness, t.id)
 
 
+async def test_an_end_with_a_request_id_another_write_took_conflicts(harness: Harness) -> None:
+    """The end's request id was a charge's: ALREADY_EXISTS, and the hold stays."""
+    t = await harness.tenant(100)
+    async with t.client() as client:
+        await client.charge_tokens(charge(t.id, 1, "taken-1"))
+        res = (
+            await client.reserve_tokens(
+                pb.ReserveTokensRequest(
+                    tenant_id=t.id, operation_type=SMS, amount=10, request_id=rid()
+                )
+            )
+        ).reservation
+        for end in (
+            client.capture_reservation(
+                pb.CaptureReservationRequest(
+                    tenant_id=t.id, reservation_id=res.id, request_id="taken-1"
+                )
+            ),
+            client.release_reservation(
+                pb.ReleaseReservationRequest(
+                    tenant_id=t.id, reservation_id=res.id, request_id="taken-1"
+                )
+            ),
+        ):
+            with pytest.raises(AgentServerError) as exc:
+                await end
+            assert exc.value.code is StatusCode.ALREADY_EXISTS
+        balance = (await client.get_balance(pb.GetBalanceRequest(tenant_id=t.id))).balance
+        assert (balance.used_tokens, balance.reserved_tokens) == (1, 10)
+    await ledger_invariant(harness, t.id)
+
+
 async def test_release_and_concurrent_end_exactly_once(harness: Harness) -> None:
     t = await harness.tenant(50)
     async with t.client() as client:

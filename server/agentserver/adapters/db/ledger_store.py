@@ -55,6 +55,7 @@ from agentserver.domain.ledger_kernel import (
     Prior,
     Purchase,
     Snapshot,
+    Wallet,
     debit_results,
     end_results,
     expiry_request,
@@ -181,7 +182,10 @@ class SqlLedgerStore:
                 if own_wallet
                 else directory.paying_wallet(lock_wallet)
             )
-            if target is not None:
+            # SQLite's writers hold the database from BEGIN IMMEDIATE (engine.py): the
+            # rows just read are current and stay so; elsewhere the row is locked and
+            # read again.
+            if target is not None and conn.dialect.name != "sqlite":
                 row = (await conn.execute(_LOCK_WALLET, {"wallet_id": target.id})).one()
                 wallets[row.location_id] = to_wallet(row)
         prior: dict[str, Prior] = {}
@@ -405,17 +409,50 @@ class SqlLedgerStore:
         expiring: bool = False,
     ) -> list[tuple[Reservation, Entry] | DomainError]:
         """Capture or release several reservations of a tenant in one transaction."""
+        tries = 0
+
+        async def read(conn: AsyncConnection) -> Snapshot:
+            nonlocal tries
+            tries += 1  # a retry reads everything
+            quick = now if tries == 1 and not expiring else None
+            return await self.end_snapshot_on(conn, tenant_id, requests, quick=quick)
+
         plan, _, finals = await self._write(
-            lambda conn: self.end_snapshot_on(conn, tenant_id, requests),
-            lambda snap: plan_ends(snap, requests, now, IDS, expiring=expiring),
+            read, lambda snap: plan_ends(snap, requests, now, IDS, expiring=expiring)
         )
         return end_results(plan, finals)
 
     async def end_snapshot_on(
-        self, conn: AsyncConnection, tenant_id: str, requests: Sequence[EndRequest]
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        requests: Sequence[EndRequest],
+        *,
+        quick: datetime | None = None,
     ) -> Snapshot:
-        """The reservations locked; no wallet locked (ends never need tokens)."""
+        """The reservations locked; no wallet locked (ends never need tokens).
+
+        `quick` (the time of the ends): when every reservation read is still pending
+        and unexpired then, none of the ends was written before (an end's entry is
+        written with its reservation's end), so the snapshot is the reservations alone,
+        with their wallets as the rows name them. A request id some other write took
+        meets the entries' unique key; the caller then reads again without `quick`."""
         ids = [r.reservation_id for r in requests]
+        if quick is not None:
+            rows = (
+                await conn.execute(
+                    _RESERVATIONS.with_for_update(),
+                    {"tenant_id": tenant_id, "ids": sorted(set(ids))},
+                )
+            ).all()
+            read = {r.id: to_reservation(r) for r in rows}
+            if len(read) == len(set(ids)) and all(
+                r.state is ReservationState.PENDING and r.expires_at > quick for r in read.values()
+            ):
+                wallets = {
+                    r.wallet_id: Wallet(r.wallet_id, tenant_id, r.wallet_location_id) for r in rows
+                }
+                return Snapshot(tenant_id, tuple(wallets.values()), reservations=read)
         return await self.snapshot_on(
             conn,
             tenant_id,

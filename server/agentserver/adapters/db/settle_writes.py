@@ -37,6 +37,7 @@ from agentserver.domain.events import DomainEvent
 from agentserver.domain.executor import Settled, Success
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
 from agentserver.domain.ledger_kernel import Fresh, Replay, plan_debits, plan_ends
+from agentserver.domain.ledger_kernel.plan import Outcome
 
 _EXECUTING = frozenset({ActionState.EXECUTING})
 _RETRIES = 5
@@ -61,34 +62,67 @@ class SqlSettler:
         return await each_alone_on_failure(settle, batch)
 
     async def settle(self, tenant_id: str, batch: Sequence[Success]) -> list[Settled]:
-        for _ in range(_RETRIES):
+        now = max(s.now for s in batch)
+        for attempt in range(_RETRIES):
             try:
                 async with self._engine.begin() as conn:
                     events: list[DomainEvent] = []
-                    settled = [await self._settle_on(conn, s, events) for s in batch]
-                    await write_outbox(conn, tenant_id, events, max(s.now for s in batch))
+                    outcomes = await self._end_all_on(
+                        conn, tenant_id, batch, now, events, quick=attempt == 0
+                    )
+                    settled = [
+                        await self._settle_on(conn, s, outcome, events)
+                        for s, outcome in zip(batch, outcomes, strict=True)
+                    ]
+                    await write_outbox(conn, tenant_id, events, now)
                     return settled
             except (GuardFailed, IntegrityError) as err:
                 if isinstance(err, IntegrityError) and not reused_key(err):
                     raise
         raise Unavailable("too much contention on this tenant's ledger right now; retry")
 
-    async def _settle_on(self, conn: Any, s: Success, events: list[DomainEvent]) -> Settled:
-        action, changes = s.action, dict(s.changes)
-        if action.reservation_id:
-            end = EndRequest(action.reservation_id, s.end_request_id, capture=s.capture)
-            snap = await self._ledger.end_snapshot_on(conn, action.tenant_id, [end])
-            plan = plan_ends(snap, [end], s.now, IDS)
-            if plan.writes:  # the end itself, or (for a late one) its expiry
+    async def _end_all_on(
+        self,
+        conn: Any,
+        tenant_id: str,
+        batch: Sequence[Success],
+        now: datetime,
+        events: list[DomainEvent],
+        *,
+        quick: bool,
+    ) -> list[Outcome | None]:
+        """The batch's reservation ends, planned and written together (a first attempt
+        reads quickly, see `end_snapshot_on`): per success, its end's outcome (None
+        when it holds nothing)."""
+        at: list[int] = []
+        ends: list[EndRequest] = []
+        for i, s in enumerate(batch):
+            if s.action.reservation_id:
+                at.append(i)
+                ends.append(EndRequest(s.action.reservation_id, s.end_request_id, s.capture))
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        if ends:
+            snap = await self._ledger.end_snapshot_on(
+                conn, tenant_id, ends, quick=now if quick else None
+            )
+            plan = plan_ends(snap, ends, now, IDS)
+            if plan.writes:  # the ends themselves, or (for a late one) its expiry
                 await self._ledger.apply_on(conn, plan)
                 events += plan.outbox()
-            outcome = plan.outcomes[0]
-            if isinstance(outcome, DomainError) and s.capture:
-                note = await self._charge_instead(conn, s, events, outcome)
-                if note:
-                    changes["result"] = {**changes.get("result", action.result), "settlement": note}
-            # Fresh: ended now; Replay: ended before, by this same key (a retry)
-            assert isinstance(outcome, Fresh | Replay | DomainError)
+            for i, outcome in zip(at, plan.outcomes, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    async def _settle_on(
+        self, conn: Any, s: Success, outcome: Outcome | None, events: list[DomainEvent]
+    ) -> Settled:
+        action, changes = s.action, dict(s.changes)
+        # Fresh: ended now; Replay: ended before, by this same key (a retry); an
+        # error: the hold had ended some other way.
+        if isinstance(outcome, DomainError) and s.capture:
+            note = await self._charge_instead(conn, s, events, outcome)
+            if note:
+                changes["result"] = {**changes.get("result", action.result), "settlement": note}
         if not await self._agent.advance_on(
             conn, action, _EXECUTING, ActionState.SUCCEEDED, s.now, changes
         ):
