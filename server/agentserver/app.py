@@ -29,6 +29,7 @@ from agentserver.adapters.db.settle_writes import PgSettler, SqlSettler
 from agentserver.adapters.db.window_store import SqlConversationWindows
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
+from agentserver.adapters.telemetry import build_telemetry, shutdown_tracing
 from agentserver.config import Settings
 from agentserver.domain.agent import AgentService
 from agentserver.domain.clock import Clock, SystemClock
@@ -47,8 +48,11 @@ from agentserver.domain.ledger import LedgerService
 from agentserver.domain.policy_source import CachedPolicySource
 from agentserver.domain.ratelimit import InProcessRateLimiter, NoRateLimit, RateLimiter
 from agentserver.domain.registry import Registry, default_registry
+from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from agentserver.adapters.llm import LlmSettings
 
 log = logging.getLogger("agentserver")
@@ -83,6 +87,7 @@ class App:
     secret_box: SecretBox | None
     limiter: RateLimiter
     audit: BufferedAuditLog
+    telemetry: Telemetry = NO_TELEMETRY
     pg_pool: PgPool | None = None
     _next_prune: datetime = NEVER
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -106,6 +111,7 @@ class App:
         if self.pg_pool is not None:
             await self.pg_pool.close()
         await self.engine.dispose()
+        shutdown_tracing(self.telemetry)
 
     def start_background(self) -> None:
         """Reservation and action sweeps and the monthly fee, on every replica (all
@@ -181,7 +187,11 @@ class App:
             await asyncio.sleep(seconds)
 
 
-async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
+async def build_app(
+    settings: Settings, *, clock: Clock | None = None, span_exporter: SpanExporter | None = None
+) -> App:
+    """Every piece, from `settings`. `span_exporter` receives the spans (tests), as if
+    traces were configured."""
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     costs = CostTable.parse(settings.costs)
@@ -236,6 +246,15 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         action_ttl=timedelta(seconds=settings.action_ttl_seconds),
         writes=writes,
     )
+    audit = BufferedAuditLog(PgEventWriter(pg_pool) if pg_pool is not None else admin, clock)
+    telemetry = build_telemetry(
+        audit=audit,
+        metrics=bool(settings.metrics_listen),
+        tenant_label=settings.metrics_tenant_label,
+        traces=settings.traces,
+        span_exporter=span_exporter,
+    )
+    ledger.telemetry = agent.telemetry = executor.telemetry = runner.telemetry = telemetry
     return App(
         settings=settings,
         engine=engine,
@@ -261,7 +280,8 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         agent=agent,
         secret_box=secret_box,
         limiter=build_limiter(settings),
-        audit=BufferedAuditLog(PgEventWriter(pg_pool) if pg_pool is not None else admin, clock),
+        audit=audit,
+        telemetry=telemetry,
         pg_pool=pg_pool,
     )
 

@@ -60,6 +60,7 @@ class Deciding(AgentBase):
             action.tenant_id, action.id, WAITING, ActionState.EXPIRED, self.clock.now()
         )
         if expired is not None:
+            self._ended(expired)
             await self.executor.release(expired)
             await self.executor.follow(expired)
         return expired or await self.store.get(action.tenant_id, action.id)
@@ -154,6 +155,7 @@ class Deciding(AgentBase):
             if current.decision_request_id == request_id and current.decided_by == caller.user_id:
                 return current
             raise self._not_waiting(current)
+        self._ended(rejected)
         await self.executor.release(rejected)
         await self.executor.follow(rejected)
         note = Message(
@@ -243,6 +245,7 @@ class Deciding(AgentBase):
                 tenant_id, action_id, WAITING, ActionState.EXPIRED, now
             )
             if expired is not None:
+                self._ended(expired)
                 await self.executor.release(expired)
                 await self.executor.follow(expired)
                 counts["expired"] += 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from agentserver.domain.audit import Change
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.errors import (
     FieldViolation,
@@ -75,6 +76,8 @@ class Caller:
     user_id: str = ""
     location_id: str = ""
     person_bound: bool = False  # the key speaks for `user_id` only
+    # What this call changed, for the audit trail (see domain/audit.py).
+    changes: list[Change] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def is_platform(self) -> bool:
@@ -84,6 +87,10 @@ class Caller:
     def is_service(self) -> bool:
         """A service acting for itself: a key not bound to a person, naming no user."""
         return not self.person_bound and not self.user_id
+
+    def note_change(self, change: Change) -> None:
+        """Say what this call changed; the entrypoint audits it when the call ends."""
+        self.changes.append(change)
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes and "*" not in self.scopes:
@@ -215,6 +222,7 @@ class Authenticator:
             raise RateLimited(
                 "too many calls without a valid API key from this address; retry after the delay",
                 wait,
+                budget="unauthenticated",
             )
 
     def forget(self) -> None:
