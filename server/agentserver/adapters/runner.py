@@ -22,6 +22,7 @@ from agentserver.adapters.db.admin_store import SqlAdminStore
 from agentserver.adapters.db.business_store import SqlBusinessStore, period_bounds
 from agentserver.adapters.secrets import SecretBox
 from agentserver.domain.actions import Action
+from agentserver.domain.channel_settings import Naming, validate_channel
 from agentserver.domain.channels import (
     Channel,
     ChannelResult,
@@ -30,10 +31,9 @@ from agentserver.domain.channels import (
     TransientChannelError,
 )
 from agentserver.domain.clock import Clock
+from agentserver.domain.errors import InvalidArgument
 from agentserver.domain.executor import PendingStatus
 from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
-
-CHANNEL_KINDS = ("smtp", "twilio", "elevenlabs", "coordinators")
 
 
 class ReportWriter(Protocol):
@@ -140,12 +140,18 @@ class ActionRunner:
         if stored is None:
             return None
         config, secret = stored
-        merged = dict(config)
+        secrets: dict[str, Any] = {}
         if secret:
             if self.secret_box is None:
                 raise PermanentChannelError("AGENTSERVER_SECRET_KEYS is not set")
-            merged.update(json.loads(self.secret_box.decrypt(secret)))
-        return merged
+            secrets = json.loads(self.secret_box.decrypt(secret))
+        try:  # settings stored before they were checked when set
+            clean, secrets = validate_channel(kind, config, secrets, Naming("config", "secrets"))
+        except InvalidArgument as err:
+            raise PermanentChannelError(
+                f"the tenant's {kind} settings are not valid ({err.message}): set them again"
+            ) from None
+        return {**clean, **secrets}
 
     async def _send(
         self,

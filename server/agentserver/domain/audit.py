@@ -25,6 +25,7 @@ REDACTED = "<redacted>"
 class Change:
     """One change, as the audit trail keeps it."""
 
+    tenant_id: str  # whose trail it joins ('' for the platform's: a platform key, ...)
     type: str  # what kind of change: "policy.set", "key.create", "user_data.erase", ...
     object: str  # what it changed: "tenant:acme", "key:3f2a...", "location:front-desk", ...
     before: dict[str, Any] | None = None  # None: did not exist (or is not kept)

@@ -234,6 +234,24 @@ class Deciding(AgentBase):
 
     # -- background ----------------------------------------------------------
 
+    async def withdraw(self, action: Action, reason: str) -> Action | None:
+        """End a waiting action that nobody will decide any more (its requester's data
+        is being erased): rejected with `reason`, its tokens released, what depends on
+        it followed up. None when it was not waiting (any more)."""
+        withdrawn = await self.store.transition(
+            action.tenant_id,
+            action.id,
+            WAITING,
+            ActionState.REJECTED,
+            self.clock.now(),
+            rejection_reason=reason,
+        )
+        if withdrawn is not None:
+            self._ended(withdrawn)
+            await self.executor.release(withdrawn)
+            await self.executor.follow(withdrawn)
+        return withdrawn
+
     async def sweep(self, limit: int = 200) -> dict[str, int]:
         """Expire overdue waiting actions; past the execution lease, run approved ones
         whose execution never began and recover executing ones whose executor is gone

@@ -34,8 +34,17 @@ SCOPE_AGENT = "agent"  # Process, actions, conversations
 SCOPE_TOKENS_READ = "tokens:read"
 SCOPE_TOKENS_WRITE = "tokens:write"  # charge, reserve, capture, release
 SCOPE_BILLING = "billing"  # AddTokens; platform keys only
+SCOPE_ADMIN = "admin"  # AdminService: its own tenant, or (platform keys) any tenant
 TENANT_DEFAULT_SCOPES = (SCOPE_AGENT, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE)
-PLATFORM_DEFAULT_SCOPES = (SCOPE_BILLING, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE, SCOPE_AGENT)
+PLATFORM_DEFAULT_SCOPES = (
+    SCOPE_BILLING,
+    SCOPE_TOKENS_READ,
+    SCOPE_TOKENS_WRITE,
+    SCOPE_AGENT,
+    SCOPE_ADMIN,
+)
+# The scopes a tenant key may carry (a platform key may carry billing too).
+TENANT_SCOPES = (SCOPE_AGENT, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE, SCOPE_ADMIN)
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def _audit(
     changes: list[Change | None] = [*caller.changes] or [None]
     for change in changes:
         audit.record(
-            tenant_id=caller.tenant_id or None,
+            tenant_id=(change.tenant_id if change else caller.tenant_id) or None,
             actor=f"{caller.key_id}/{caller.user_id}",
             operation=change.type if change else operation,
             outcome=outcome,

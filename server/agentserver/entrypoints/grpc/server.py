@@ -10,6 +10,7 @@ import signal
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,11 +22,18 @@ from agentserver.adapters.telemetry import (
     serve_metrics,
 )
 from agentserver.app import App
+from agentserver.entrypoints.grpc.admin_servicer import AdminServicer
 from agentserver.entrypoints.grpc.agent_servicer import AgentServicer
+from agentserver.entrypoints.grpc.base import ServicerBase
 from agentserver.entrypoints.grpc.conversation_servicer import ConversationServicer
 from agentserver.entrypoints.grpc.requests import add_service
 from agentserver.entrypoints.grpc.token_servicer import TokenServicer
-from agentserver.v1 import agent_service_pb2, conversation_service_pb2, token_service_pb2
+from agentserver.v1 import (
+    admin_service_pb2,
+    agent_service_pb2,
+    conversation_service_pb2,
+    token_service_pb2,
+)
 
 log = logging.getLogger("agentserver.server")
 
@@ -36,7 +44,8 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
 CONVERSATION_SERVICE = conversation_service_pb2.DESCRIPTOR.services_by_name["ConversationService"]
 TOKEN_SERVICE = token_service_pb2.DESCRIPTOR.services_by_name["TokenService"]
-SERVICES = (AGENT_SERVICE, CONVERSATION_SERVICE, TOKEN_SERVICE)
+ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"]
+SERVICES = (AGENT_SERVICE, CONVERSATION_SERVICE, TOKEN_SERVICE, ADMIN_SERVICE)
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
@@ -77,11 +86,14 @@ async def start_server(app: App, listen: str) -> RunningServer:
     tokens = TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log)
     agent = AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log)
     conversations = ConversationServicer(app.auth, app.agent, access_log=access_log)
-    for servicer, service in (
+    admin = AdminServicer(app.auth, app.administration, app.personal, access_log=access_log)
+    servicers: tuple[tuple[ServicerBase, ServiceDescriptor], ...] = (
         (tokens, TOKEN_SERVICE),
         (agent, AGENT_SERVICE),
         (conversations, CONVERSATION_SERVICE),
-    ):
+        (admin, ADMIN_SERVICE),
+    )
+    for servicer, service in servicers:
         servicer.limiter = app.limiter
         servicer.audit = app.audit
         servicer.telemetry = app.telemetry
@@ -114,6 +126,7 @@ async def start_server(app: App, listen: str) -> RunningServer:
             "AgentService": agent,
             "ConversationService": conversations,
             "TokenService": tokens,
+            "AdminService": admin,
         },
     )
 
