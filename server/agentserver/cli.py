@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from agentserver import logs
-from agentserver.app import App, bootstrap_demo, build_app, operator_caller, prepare_database
+from agentserver.app import (
+    App,
+    bootstrap_demo,
+    build_app,
+    operator_caller,
+    prepare_database,
+    warn_about_upkeep,
+)
 from agentserver.config import Settings
 from agentserver.domain.admin import Rule
 from agentserver.domain.audit import AuditFilter
@@ -52,6 +59,8 @@ def _run(fn: Callable[[App, argparse.Namespace], Awaitable[int]], args: argparse
 
 async def cmd_serve(app: App, args: argparse.Namespace) -> int:
     from agentserver.entrypoints.grpc.server import serve_until_signalled
+
+    await warn_about_upkeep(app)
 
     if app.settings.bootstrap_demo and app.settings.is_sqlite:
         keys = await bootstrap_demo(app, CREDENTIALS_FILE)
@@ -110,6 +119,8 @@ async def cmd_tenant_update(app: App, args: argparse.Namespace) -> int:
 async def cmd_key_create(app: App, args: argparse.Namespace) -> int:
     if bool(args.tenant) == bool(args.platform):
         raise InvalidArgument.field("--tenant", "give exactly one of --tenant ID or --platform")
+    if args.user and args.platform:
+        raise InvalidArgument.field("--user", "binds a tenant key to a person; not with --platform")
     key, secret = await app.administration.create_key(
         args.caller,
         args.tenant or "",

@@ -101,8 +101,9 @@ class Entry:
     used_after: int
     reserved_after: int
     created_at: datetime
-    # The first result of this request_id, returned again (nothing was written now).
-    replayed: bool = False
+    # The first result of this request_id, returned again (nothing was written now);
+    # not part of what the entry is, so a replay still equals the first result.
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def available_after(self) -> int:

@@ -1,8 +1,8 @@
 """The audit trail names key, user and object; locations; conversation retention;
 autovacuum thresholds for the tables every call updates (PostgreSQL)
 
-Revision ID: 0004_operating
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03 10:00:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from agentserver.adapters.db.models import UTCDateTime
 
-revision: str = "0004_operating"
-down_revision: str | None = "0003"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
