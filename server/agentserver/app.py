@@ -450,6 +450,30 @@ async def prepare_database(app: App) -> None:
         )
 
 
+# The tables every call updates: their dead row versions pile up fastest.
+HOT_TABLES = ("actions", "reservations", "business_tokens", "sessions")
+
+
+async def warn_about_upkeep(app: App) -> str | None:
+    """On PostgreSQL with autovacuum off, a warning (logged, and returned): the tables
+    every call updates grow dead rows until someone runs VACUUM, and every call slows
+    down with them (measured: 640/s to 270/s in five minutes; bench/soak.py)."""
+    if app.settings.is_sqlite:
+        return None
+    async with app.engine.connect() as conn:
+        setting = (await conn.exec_driver_sql("SHOW autovacuum")).scalar_one()
+    if str(setting).lower() in ("on", "true", "1"):
+        return None
+    warning = (
+        "autovacuum is off on this PostgreSQL server: the tables every call updates ("
+        + ", ".join(HOT_TABLES)
+        + ") fill with dead rows and every call slows down; turn autovacuum on"
+        " (the migrations set per-table thresholds for it) or VACUUM them on a schedule"
+    )
+    log.warning(warning)
+    return warning
+
+
 async def bootstrap_demo(app: App, credentials_file: Path | None) -> dict[str, str] | None:
     """On an empty embedded database, create a demo tenant with tokens and keys.
 
