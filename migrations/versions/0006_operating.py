@@ -18,7 +18,8 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Tables whose rows every call updates, and how soon their dead rows are vacuumed.
+# Tables whose rows every call updates (Process rewrites its reply message once its
+# actions ran), and how soon their dead rows are vacuumed.
 # PostgreSQL's defaults wait for 20% of a table to be dead: on a table of ten
 # million actions, two million dead row versions slow every scan and index lookup
 # first. These wait for 1% (plus a floor, so small tables are not vacuumed
@@ -43,7 +44,7 @@ _HOT = {
             "autovacuum_vacuum_insert_scale_factor": "0.05",
             "autovacuum_vacuum_cost_delay": "0",
         }
-        for table in ("actions", "reservations", "sessions")
+        for table in ("actions", "reservations", "sessions", "messages")
     },
 }
 

@@ -451,7 +451,7 @@ async def prepare_database(app: App) -> None:
 
 
 # The tables every call updates: their dead row versions pile up fastest.
-HOT_TABLES = ("actions", "reservations", "business_tokens", "sessions")
+HOT_TABLES = ("actions", "reservations", "business_tokens", "sessions", "messages")
 
 
 async def warn_about_upkeep(app: App) -> str | None:

@@ -117,7 +117,7 @@ async def test_hot_tables_have_their_own_autovacuum_thresholds(app: App) -> None
     assert set(options) == set(HOT_TABLES)
     assert "autovacuum_vacuum_threshold=1000" in options["business_tokens"]
     assert "autovacuum_vacuum_scale_factor=0" in options["business_tokens"]
-    for table in ("actions", "reservations", "sessions"):
+    for table in ("actions", "reservations", "sessions", "messages"):
         assert "autovacuum_vacuum_scale_factor=0.01" in options[table], options[table]
     warning = await warn_about_upkeep(app)
     if autovacuum == "off":  # this machine's PostgreSQL: serve says so

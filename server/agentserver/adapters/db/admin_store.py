@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentserver.adapters.audit import UNAUTHENTICATED_KIND
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
-from agentserver.domain.admin import KeyInfo, LocationInfo, TenantInfo
+from agentserver.domain.admin_model import KeyInfo, LocationInfo, TenantInfo
 from agentserver.domain.audit import AuditEvent, AuditFilter
 from agentserver.domain.errors import Conflict, InvalidArgument, NotFound
 from agentserver.domain.identity import MAX_USER_ID, KeyRecord, generate_key, hash_key

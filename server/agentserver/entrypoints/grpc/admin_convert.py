@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from agentserver.domain.admin import ChannelInfo, KeyInfo, LocationInfo, Rule, TenantInfo
+from agentserver.domain.admin_model import ChannelInfo, KeyInfo, LocationInfo, Rule, TenantInfo
 from agentserver.domain.audit import AuditEvent
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import InvalidArgument
