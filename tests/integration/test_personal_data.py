@@ -236,3 +236,26 @@ def apb_messages(session_id: str) -> Any:
     from agentserver.v1 import conversation_service_pb2
 
     return conversation_service_pb2.ListMessagesRequest(session_id=session_id)
+
+
+async def test_another_tenants_person_of_the_same_name_is_left_alone(harness: Harness) -> None:
+    a, b = await harness.tenant(10), await harness.tenant(10)
+    for t in (a, b):
+        async with t.client("pat") as pat:
+            await pat.process(apb.ProcessRequest(message="Email x@example.com that we open at 9"))
+    async with await admin_of(harness, a) as admin_a:
+        with pytest.raises(AgentServerError) as err:
+            await admin_a.erase_user_data(
+                pb.EraseUserDataRequest(tenant_id=b.id, user_id="pat", reason="not yours")
+            )
+        assert err.value.code is StatusCode.PERMISSION_DENIED
+        with pytest.raises(AgentServerError) as err:
+            request = pb.ExportUserDataRequest(tenant_id=b.id, user_id="pat")
+            [p async for p in admin_a.export_user_data(request)]
+        assert err.value.code is StatusCode.PERMISSION_DENIED
+        done = await admin_a.erase_user_data(pb.EraseUserDataRequest(user_id="pat", reason="asked"))
+        assert done.messages_deleted == 2
+    async with await admin_of(harness, b) as admin_b:
+        doc, _ = await export(admin_b, "pat")
+        assert len(doc["sessions"]) == 1 and len(doc["sessions"][0]["messages"]) == 2
+        assert doc["actions"][0]["parameters"]["to"] == "x@example.com"

@@ -10,6 +10,7 @@ are rewritten in Python: few rows, and the same code on both databases.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -145,7 +146,12 @@ class SqlPersonalDataStore:
             & or_(
                 EV.c.user_id == user_id,
                 EV.c.object == f"user:{user_id}",
-                cast(EV.c.payload, String).contains(user_id, autoescape=True),
+                # Named in a before/after: as a JSON string of its own, or as `user:<id>`
+                # (written as the JSON encoder escapes it, as the payload was).
+                cast(EV.c.payload, String).contains(json.dumps(user_id), autoescape=True),
+                cast(EV.c.payload, String).contains(
+                    "user:" + json.dumps(user_id)[1:-1], autoescape=True
+                ),
             )
         )
 
