@@ -87,6 +87,13 @@ async def test_who_may_manage_what(harness: Harness) -> None:
             StatusCode.INVALID_ARGUMENT, ops.create_tenant(pb.CreateTenantRequest(tenant_id="a b"))
         )
         assert fields(err) == ["tenant_id"]
+        err = await fails(
+            StatusCode.INVALID_ARGUMENT,
+            ops.create_api_key(pb.CreateApiKeyRequest(platform=True, user_id="x")),
+        )
+        assert fields(err) == ["user_id"]
+        platform_key = await ops.create_api_key(pb.CreateApiKeyRequest(platform=True))
+        assert "billing" in platform_key.key.scopes and not platform_key.key.tenant_id
         # A platform key manages any tenant it names.
         assert (await ops.get_tenant(pb.GetTenantRequest(tenant_id=b.id))).tenant.id == b.id
         await fails(StatusCode.NOT_FOUND, ops.get_tenant(pb.GetTenantRequest(tenant_id="ghost")))
@@ -133,6 +140,13 @@ async def test_keys_created_listed_and_revoked(harness: Harness) -> None:
             ):
                 err = await fails(StatusCode.INVALID_ARGUMENT, admin.create_api_key(bad))
                 assert fields(err) == [field]
+            person = await admin.create_api_key(
+                pb.CreateApiKeyRequest(user_id="pat", scopes=["agent"], description="pat's browser")
+            )
+            assert person.key.user_id == "pat"
+            async with harness.client(person.secret, t.id, user_id="someone-else") as pat:
+                err = await fails(StatusCode.PERMISSION_DENIED, pat.list_user_sessions())
+                assert err.details.reason == "USER_MISMATCH"
             revoked = await admin.revoke_api_key(
                 pb.RevokeApiKeyRequest(key_id=made.key.id, reason="leaked")
             )

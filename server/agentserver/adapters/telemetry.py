@@ -166,10 +166,10 @@ class PrometheusTelemetry(Telemetry):
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
+        key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)

@@ -4,6 +4,7 @@ rate limits, the error table, the audit trail, metrics and the access log."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -242,7 +243,8 @@ class _Call:
                     "key_id": caller.key_id if caller else "",
                 },
             )
-        request_id_var.reset(self.token)
+        with contextlib.suppress(ValueError):  # a stream closed from another context
+            request_id_var.reset(self.token)
 
     async def abort(self) -> NoReturn:
         """Answer the status `failed` set (INTERNAL without internals when it is not
