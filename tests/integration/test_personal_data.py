@@ -130,6 +130,7 @@ async def test_erasure_leaves_no_trace_in_the_database_files(
         assert (done.messages_deleted, done.sessions_redacted) == (7, 3)
         assert (done.actions_withdrawn, done.permission_rules_removed) == (1, 1)
         assert done.actions_redacted == 3 and done.audit_events_redacted >= 4
+        assert done.outbox_events_redacted > 0  # what other systems are told, too
         again = await admin.erase_user_data(
             pb.EraseUserDataRequest(user_id=user, reason="once more")
         )
@@ -227,6 +228,13 @@ async def test_retention_removes_old_conversations(harness: Harness) -> None:
             email = got.action
             assert INVOICE not in str(email.parameters) and ADDRESS not in str(email.parameters)
             assert email.state == apb.ACTION_STATE_SUCCEEDED and email.token_cost == 1
+            async with harness.app.engine.connect() as conn:
+                outbox = (
+                    await conn.execute(
+                        text("SELECT payload FROM outbox WHERE tenant_id = :t"), {"t": t.id}
+                    )
+                ).all()
+            assert outbox and not any(INVOICE in str(r.payload) for r in outbox)
             assert await harness.app.apply_retention() == 0  # nothing twice
         finally:
             harness.clock.advance(timedelta(days=-31))

@@ -161,7 +161,7 @@ class PrometheusTelemetry(Telemetry):
         )
         self._batches = Histogram(
             "agentserver_batch_size",
-            "Items carried by one coalesced write (ledger debits, reservation ends, ...)",
+            "Items carried by one coalesced ledger write (debits, reservation ends)",
             ("kind",),
             buckets=BATCH_BUCKETS,
             registry=registry,

@@ -46,6 +46,7 @@ class Erasure:
     audit_events_redacted: int = 0
     permission_rules_removed: int = 0
     api_keys_redacted: int = 0
+    outbox_events_redacted: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,16 @@ class Retention:
     messages_deleted: int = 0
     sessions_redacted: int = 0
     actions_redacted: int = 0
+    outbox_events_redacted: int = 0
 
     @property
     def total(self) -> int:
-        return self.messages_deleted + self.sessions_redacted + self.actions_redacted
+        return (
+            self.messages_deleted
+            + self.sessions_redacted
+            + self.actions_redacted
+            + self.outbox_events_redacted
+        )
 
 
 class PersonalDataStore(Protocol):

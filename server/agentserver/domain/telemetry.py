@@ -62,8 +62,7 @@ class Telemetry:
         "ok", "transient_error" or "permanent_error"."""
 
     def batch(self, kind: str, size: int) -> None:
-        """How many items one coalesced write carried (ledger debits, reservation ends,
-        exchanges, settles)."""
+        """How many items one coalesced ledger write carried (debits, reservation ends)."""
 
 
 NO_TELEMETRY = Telemetry()

@@ -38,8 +38,12 @@ E = models.ledger_entries
 EV = models.events
 PR = models.permission_rules
 K = models.api_keys
+OB = models.outbox
 
 REDACTED_RESULT = {"redacted": True}
+# The words an outbox event may carry (a message's content, an action's parameters,
+# a rejection's reason, a provider's error, which can quote an address).
+_WORDS = {"content": "", "parameters": {}, "reason": "", "error": ""}
 # What stands where an action's reasoning was: also how retention knows it is done.
 REDACTED = "[redacted]"
 _UNFINISHED = [s.value for s in (*WAITING, *RUNNING)]
@@ -58,6 +62,10 @@ def _replaced(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [_replaced(v, old, new) for v in value]
     return value
+
+
+def _without_words(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, **{k: v for k, v in _WORDS.items() if k in payload}, "redacted": True}
 
 
 class SqlPersonalDataStore:
@@ -173,6 +181,8 @@ class SqlPersonalDataStore:
     async def erase(self, tenant_id: str, user_id: str, pseudonym: str, now: datetime) -> Erasure:
         async with self._engine.begin() as conn:
             sessions = [r.id for r in await conn.execute(self._their_sessions(tenant_id, user_id))]
+            # The outbox first: it finds their actions by the ids the rows still name.
+            outbox = await self._redact_outbox(conn, tenant_id, user_id, pseudonym, sessions)
             messages = await self._delete_messages(conn, tenant_id, sessions)
             await conn.execute(
                 update(S)
@@ -200,7 +210,45 @@ class SqlPersonalDataStore:
             audit_events_redacted=events,
             permission_rules_removed=int(rules.rowcount or 0),
             api_keys_redacted=int(keys.rowcount or 0),
+            outbox_events_redacted=outbox,
         )
+
+    async def _redact_outbox(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        user_id: str,
+        pseudonym: str,
+        sessions: Sequence[str],
+    ) -> int:
+        """The events other systems are told carry what the user wrote (a message's
+        content, an action's parameters) and their id: kept, in sequence, without
+        them (a reader resuming from a sequence number still misses nothing)."""
+        actions = select(A.c.id).where(self._their_actions(tenant_id, user_id))
+        rows = (
+            await conn.execute(
+                select(OB.c.id, OB.c.aggregate_type, OB.c.payload).where(
+                    OB.c.tenant_id == tenant_id,
+                    or_(
+                        (OB.c.aggregate_type == "session") & OB.c.aggregate_id.in_(sessions),
+                        (OB.c.aggregate_type == "action") & OB.c.aggregate_id.in_(actions),
+                    ),
+                )
+            )
+        ).all()
+        own = set(sessions)
+        for row in rows:
+            payload = dict(row.payload or {})
+            theirs = (  # a message of their conversations, or an action they asked for
+                row.aggregate_type == "session"
+                or payload.get("session_id") in own
+                or payload.get("requested_by") == user_id
+            )
+            if theirs:
+                payload = _without_words(payload)
+            payload = _replaced(payload, user_id, pseudonym)
+            await conn.execute(update(OB).where(OB.c.id == row.id).values(payload=payload))
+        return len(rows)
 
     async def _checkpoint(self) -> None:
         """On SQLite, copy the write-ahead log into the file and empty it: the log
@@ -347,8 +395,34 @@ class SqlPersonalDataStore:
                     parameters={}, result=REDACTED_RESULT, reasoning=REDACTED, rejection_reason=""
                 )
             )
+            outbox = await self._retain_outbox(conn, tenant_id, before, limit)
         return Retention(
+            outbox_events_redacted=outbox,
             messages_deleted=int(messages.rowcount or 0),
             sessions_redacted=int(sessions.rowcount or 0),
             actions_redacted=int(actions.rowcount or 0),
         )
+
+    @staticmethod
+    async def _retain_outbox(
+        conn: AsyncConnection, tenant_id: str, before: datetime, limit: int
+    ) -> int:
+        """Outbox events older than `before` that carry words (messages stored, actions
+        created) keep their place without them."""
+        rows = (
+            await conn.execute(
+                select(OB.c.id, OB.c.payload)
+                .where(
+                    OB.c.tenant_id == tenant_id,
+                    OB.c.created_at < before,
+                    OB.c.type.in_(("message.stored", "action.created")),
+                    ~cast(OB.c.payload, String).contains('"redacted": true'),
+                )
+                .order_by(OB.c.id)
+                .limit(limit)
+            )
+        ).all()
+        for row in rows:
+            payload = _without_words(dict(row.payload or {}))
+            await conn.execute(update(OB).where(OB.c.id == row.id).values(payload=payload))
+        return len(rows)

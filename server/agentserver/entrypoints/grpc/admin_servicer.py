@@ -293,4 +293,5 @@ class AdminServicer(ServicerBase, admin_service_pb2_grpc.AdminServiceServicer):
             audit_events_redacted=done.audit_events_redacted,
             permission_rules_removed=done.permission_rules_removed,
             api_keys_redacted=done.api_keys_redacted,
+            outbox_events_redacted=done.outbox_events_redacted,
         )

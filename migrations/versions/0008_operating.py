@@ -1,8 +1,8 @@
 """The audit trail names key, user and object; locations; conversation retention;
 autovacuum thresholds for the tables every call updates (PostgreSQL)
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-03 10:00:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from agentserver.adapters.db.models import UTCDateTime
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
