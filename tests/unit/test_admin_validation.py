@@ -190,3 +190,21 @@ def test_scopes_ids_and_rules() -> None:
     ]
     assert wrong(lambda: validate_rule(Rule("user", "", "deny", "sms:send"))) == ["rule.subject_id"]
     assert REDACTED == "<redacted>"
+
+
+def test_every_knob_of_the_policy_can_be_set() -> None:
+    """A knob added to PolicySettings must be known here too (else it is refused)."""
+    from agentserver.domain.admin_model import POLICY_KEYS
+    from agentserver.domain.decision.policy import PolicySettings
+
+    assert set(POLICY_KEYS) == set(PolicySettings.__dataclass_fields__)
+
+
+def test_the_servers_own_reading_checks_the_values() -> None:
+    registry = default_registry()
+    for policy in (
+        {"automatic_min_confidence": 50, "suggestion_min_confidence": 70},  # bands out of order
+        {"consultation_min_cost": -1},
+        {"automatic_min_confidence": 500},
+    ):
+        assert wrong(lambda policy=policy: validate_policy(policy, registry)) == ["policy"]

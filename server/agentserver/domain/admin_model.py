@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from agentserver.domain.agent import policy_settings
 from agentserver.domain.audit import AuditEvent, AuditFilter
 from agentserver.domain.decision.levels import DecisionLevel
-from agentserver.domain.decision.policy import PolicySettings
 from agentserver.domain.errors import FieldViolation, InvalidArgument
 from agentserver.domain.identity import (
     MAX_USER_ID,
@@ -209,9 +209,10 @@ POLICY_KEYS = ("level_overrides", *_INT_KEYS, *_LEVEL_KEYS)
 
 def validate_policy(raw: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
     """A tenant's policy as it is stored (levels by name, numbers as integers), or
-    InvalidArgument naming every field that is wrong: an unknown key, an unknown
-    action type or level, a number that is not a whole number. The ranges and the
-    order of the bands are PolicySettings' own rules."""
+    InvalidArgument naming every field that is wrong: an unknown key (which the
+    server would silently ignore), an unknown action type or level, a number that is
+    not a whole number. Then the server's own reading of a policy checks the values
+    (`policy_settings`: ranges, the order of the bands)."""
     problems: list[FieldViolation] = []
     out: dict[str, Any] = {}
     for key, value in raw.items():
@@ -247,18 +248,9 @@ def validate_policy(raw: Mapping[str, Any], registry: Registry) -> dict[str, Any
             out[key] = int(value)
     if problems:
         raise InvalidArgument(problems)
-    try:
-        PolicySettings(
-            **{
-                **{k: v for k, v in out.items() if k in _INT_KEYS},
-                **{k: _LEVELS[v] for k, v in out.items() if k in _LEVEL_KEYS},
-                "level_overrides": {
-                    k: _LEVELS[v] for k, v in out.get("level_overrides", {}).items()
-                },
-            }
-        )
-    except (TypeError, ValueError) as err:
-        raise InvalidArgument.field("policy", str(err)) from None
+    # The values' own rules (ranges, the order of the bands) are PolicySettings', as
+    # the server applies them (InvalidArgument naming `policy` when one is broken).
+    policy_settings(out)
     return out
 
 
