@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from agentserver.domain.agent import policy_settings
 from agentserver.domain.audit import AuditEvent, AuditFilter
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import FieldViolation, InvalidArgument
@@ -22,6 +21,7 @@ from agentserver.domain.identity import (
 )
 from agentserver.domain.paging import PageRequest
 from agentserver.domain.permissions import parse
+from agentserver.domain.policy_source import policy_settings
 from agentserver.domain.registry import Registry
 
 MAX_REASON_CHARS = 2000
