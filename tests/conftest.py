@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -179,13 +180,14 @@ async def start_harness(url: str, backend: str, **overrides: object) -> Harness:
     # The whole suite calls from one address with many fresh keys: the per-address
     # budget for calls no cached key carries is off unless a test turns it on.
     overrides.setdefault("unauthenticated_per_second", 0.0)
+    overrides.setdefault("access_log", False)
+    span_exporter: Any = overrides.pop("span_exporter", None)
     settings = Settings(
         database_url=url,
-        access_log=False,
         auto_migrate=True,
         **overrides,  # type: ignore[arg-type]
     )
-    app = await build_app(settings, clock=clock)
+    app = await build_app(settings, clock=clock, span_exporter=span_exporter)
     await prepare_database(app)
     server = await start_server(app, "127.0.0.1:0")
     return Harness(app=app, server=server, clock=clock, backend=backend, url=url)

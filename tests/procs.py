@@ -137,14 +137,30 @@ CHROMIUM_FLAGS = [
 
 
 def ensure_chromium() -> Path | None:
-    """Debian's chromium (Playwright cannot download browsers here): installed with
-    apt-get when absent. None when that is not possible."""
-    if CHROMIUM.exists():
-        return CHROMIUM
+    """Debian's chromium (Playwright cannot download browsers here)."""
+    return ensure_debian_binary(CHROMIUM, "chromium", recommends=True)
+
+
+def ensure_debian_binary(binary: Path, package: str, *, recommends: bool = False) -> Path | None:
+    """A program from a Debian package, installed with apt-get when absent (Debian
+    does not start its service here: a test runs its own). None when that is not
+    possible."""
+    if binary.exists():
+        return binary
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+    for command in (
+        ["apt-get", "update", "-q"],
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            *([] if recommends else ["--no-install-recommends"]),
+            package,
+        ],
+    ):
         try:
             subprocess.run(command, env=env, capture_output=True, timeout=900, check=True)
         except (OSError, subprocess.SubprocessError):
             return None
-    return CHROMIUM if CHROMIUM.exists() else None
+    return binary if binary.exists() else None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import getpass
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from agentserver.adapters.db.business_store import SqlBusinessStore
 from agentserver.adapters.db.engine import create_engine
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.migrate import pending_revisions, upgrade
+from agentserver.adapters.db.personal_store import SqlPersonalDataStore
 from agentserver.adapters.db.pg import PgEventWriter, PgPool
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
@@ -29,26 +31,32 @@ from agentserver.adapters.db.settle_writes import PgSettler, SqlSettler
 from agentserver.adapters.db.window_store import SqlConversationWindows
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
+from agentserver.adapters.telemetry import build_telemetry, shutdown_tracing
 from agentserver.config import Settings
+from agentserver.domain.admin import Administration, Rule
 from agentserver.domain.agent import AgentService
+from agentserver.domain.channel_settings import Naming
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.costs import CostTable
 from agentserver.domain.decision.crosscheck import CheckedEngine
 from agentserver.domain.decision.engine import DecisionEngine
 from agentserver.domain.decision.offline import OfflineEngine
-from agentserver.domain.errors import FailedPrecondition, InvalidArgument
 from agentserver.domain.executor import Executor
 from agentserver.domain.identity import (
-    PLATFORM_DEFAULT_SCOPES,
-    TENANT_DEFAULT_SCOPES,
+    MAX_USER_ID,
     Authenticator,
+    Caller,
 )
 from agentserver.domain.ledger import LedgerService
+from agentserver.domain.personal_data import PersonalData
 from agentserver.domain.policy_source import CachedPolicySource
 from agentserver.domain.ratelimit import InProcessRateLimiter, NoRateLimit, RateLimiter
 from agentserver.domain.registry import Registry, default_registry
+from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from agentserver.adapters.llm import LlmSettings
 
 log = logging.getLogger("agentserver")
@@ -73,6 +81,8 @@ class App:
     clock: Clock
     costs: CostTable
     admin: SqlAdminStore
+    administration: Administration
+    personal: PersonalData
     ledger: LedgerService
     auth: Authenticator
     registry: Registry
@@ -83,6 +93,7 @@ class App:
     secret_box: SecretBox | None
     limiter: RateLimiter
     audit: BufferedAuditLog
+    telemetry: Telemetry = NO_TELEMETRY
     pg_pool: PgPool | None = None
     _next_prune: datetime = NEVER
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -106,6 +117,7 @@ class App:
         if self.pg_pool is not None:
             await self.pg_pool.close()
         await self.engine.dispose()
+        shutdown_tracing(self.telemetry)
 
     def start_background(self) -> None:
         """Reservation and action sweeps and the monthly fee, on every replica (all
@@ -130,27 +142,56 @@ class App:
     async def set_channel(
         self, tenant_id: str, kind: str, config: dict[str, Any], secrets: dict[str, Any]
     ) -> None:
-        """Store a tenant's provider settings; `secrets` are encrypted at rest."""
-        from agentserver.adapters.runner import CHANNEL_KINDS
+        """Store a tenant's provider settings as an operator (validated, audited;
+        `secrets` encrypted at rest)."""
+        operator = operator_caller()
+        await self.administration.set_channel(
+            operator, tenant_id, kind, config, secrets, naming=Naming("config", "secrets")
+        )
+        self.record(operator, "set_channel")
 
-        if kind not in CHANNEL_KINDS:
-            raise InvalidArgument.field("channel", f"must be one of {', '.join(CHANNEL_KINDS)}")
-        secret = None
-        if secrets:
-            if self.secret_box is None:
-                raise FailedPrecondition(
-                    "set AGENTSERVER_SECRET_KEYS (agentserver secret-key) before storing secrets"
-                )
-            secret = self.secret_box.encrypt(json.dumps(secrets))
-        await self.admin.set_channel(tenant_id, kind, config, secret, self.clock.now())
-        self.runner.forget(tenant_id)
+    def record(self, caller: Caller, operation: str) -> None:
+        """Audit what an operator (the CLI, a bootstrap) changed outside any rpc."""
+        for change in caller.changes:
+            self.audit.record(
+                tenant_id=change.tenant_id or None,
+                actor=f"{caller.key_id}/{caller.user_id}",
+                operation=change.type,
+                outcome="OK",
+                request_id=operation,
+                key_id=caller.key_id,
+                user_id=caller.user_id,
+                object=change.object,
+                payload={
+                    "rpc": operation,
+                    "before": change.before,
+                    "after": change.after,
+                    "reason": change.reason,
+                },
+            )
+        caller.changes.clear()
 
     async def _sweep(self) -> None:
         await self.agent.sweep()
         await self.ledger.sweep_expired()
         if self.clock.now() >= self._next_prune:
             await self.prune_audit()
+            await self.apply_retention()
             self._next_prune = self.clock.now() + AUDIT_PRUNE_EVERY
+
+    async def apply_retention(self, *, batches: int = 20) -> int:
+        """Remove conversations past each tenant's retention (at most `batches` x
+        5,000 rows of each kind per tenant a call); returns how many rows changed."""
+        changed = 0
+        for tenant_id, days in await self.admin.retention_days():
+            for _ in range(batches):
+                done = await self.personal.apply_retention(tenant_id, days)
+                changed += done.total
+                if done.total == 0:
+                    break
+        if changed:
+            log.info("conversation retention removed or redacted %d rows", changed)
+        return changed
 
     async def prune_audit(self, *, batches: int = 20) -> int:
         """Delete audit events past `audit_retention_days` (0 keeps them), at most
@@ -181,7 +222,27 @@ class App:
             await asyncio.sleep(seconds)
 
 
-async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
+def operator_caller() -> Caller:
+    """Who an operator at the database host is (the `agentserver` CLI): the platform,
+    with every scope, named `cli` and their login in the audit trail."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        login = f"uid-{os.getuid()}"
+    return Caller(
+        key_id="cli",
+        key_tenant_id=None,
+        scopes=frozenset({"*"}),
+        tenant_id="",
+        user_id=login[:MAX_USER_ID],
+    )
+
+
+async def build_app(
+    settings: Settings, *, clock: Clock | None = None, span_exporter: SpanExporter | None = None
+) -> App:
+    """Every piece, from `settings`. `span_exporter` receives the spans (tests), as if
+    traces were configured."""
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     costs = CostTable.parse(settings.costs)
@@ -223,9 +284,10 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         windows=SqlConversationWindows(engine),
     )
     offline = OfflineEngine(default_country_code=settings.default_country_code)
+    policy_cache = CachedPolicySource(admin, ttl=settings.policy_cache_seconds)
     agent = AgentService(
         store=agent_store,
-        policy=CachedPolicySource(admin, ttl=settings.policy_cache_seconds),
+        policy=policy_cache,
         ledger=ledger,
         executor=executor,
         registry=registry,
@@ -236,6 +298,36 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         action_ttl=timedelta(seconds=settings.action_ttl_seconds),
         writes=writes,
     )
+    audit = BufferedAuditLog(PgEventWriter(pg_pool) if pg_pool is not None else admin, clock)
+    telemetry = build_telemetry(
+        audit=audit,
+        metrics=bool(settings.metrics_listen),
+        tenant_label=settings.metrics_tenant_label,
+        traces=settings.traces,
+        span_exporter=span_exporter,
+    )
+    ledger.telemetry = agent.telemetry = executor.telemetry = runner.telemetry = telemetry
+    auth = Authenticator(
+        admin,
+        clock=clock,
+        unvouched=(
+            InProcessRateLimiter(
+                settings.unauthenticated_per_second, settings.unauthenticated_burst
+            )
+            if settings.unauthenticated_per_second > 0
+            else None
+        ),
+    )
+    administration = Administration(
+        store=admin,
+        registry=registry,
+        clock=clock,
+        sealer=secret_box,
+        forget_keys=auth.forget,
+        forget_channels=runner.forget,
+        forget_policy=policy_cache.forget,
+        flush_audit=audit.flush,
+    )
     return App(
         settings=settings,
         engine=engine,
@@ -243,16 +335,14 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         costs=costs,
         admin=admin,
         ledger=ledger,
-        auth=Authenticator(
-            admin,
+        auth=auth,
+        administration=administration,
+        personal=PersonalData(
+            store=SqlPersonalDataStore(engine),
             clock=clock,
-            unvouched=(
-                InProcessRateLimiter(
-                    settings.unauthenticated_per_second, settings.unauthenticated_burst
-                )
-                if settings.unauthenticated_per_second > 0
-                else None
-            ),
+            withdraw=agent.withdraw,
+            flush_audit=audit.flush,
+            tenant_of=administration.tenant_of,
         ),
         registry=registry,
         agent_store=agent_store,
@@ -261,7 +351,8 @@ async def build_app(settings: Settings, *, clock: Clock | None = None) -> App:
         agent=agent,
         secret_box=secret_box,
         limiter=build_limiter(settings),
-        audit=BufferedAuditLog(PgEventWriter(pg_pool) if pg_pool is not None else admin, clock),
+        audit=audit,
+        telemetry=telemetry,
         pg_pool=pg_pool,
     )
 
@@ -359,6 +450,30 @@ async def prepare_database(app: App) -> None:
         )
 
 
+# The tables every call updates: their dead row versions pile up fastest.
+HOT_TABLES = ("actions", "reservations", "business_tokens", "sessions", "messages")
+
+
+async def warn_about_upkeep(app: App) -> str | None:
+    """On PostgreSQL with autovacuum off, a warning (logged, and returned): the tables
+    every call updates grow dead rows until someone runs VACUUM, and every call slows
+    down with them (measured: 640/s to 270/s in five minutes; bench/soak.py)."""
+    if app.settings.is_sqlite:
+        return None
+    async with app.engine.connect() as conn:
+        setting = (await conn.exec_driver_sql("SHOW autovacuum")).scalar_one()
+    if str(setting).lower() in ("on", "true", "1"):
+        return None
+    warning = (
+        "autovacuum is off on this PostgreSQL server: the tables every call updates ("
+        + ", ".join(HOT_TABLES)
+        + ") fill with dead rows and every call slows down; turn autovacuum on"
+        " (the migrations set per-table thresholds for it) or VACUUM them on a schedule"
+    )
+    log.warning(warning)
+    return warning
+
+
 async def bootstrap_demo(app: App, credentials_file: Path | None) -> dict[str, str] | None:
     """On an empty embedded database, create a demo tenant with tokens and keys.
 
@@ -366,20 +481,23 @@ async def bootstrap_demo(app: App, credentials_file: Path | None) -> dict[str, s
     """
     if await app.admin.count_tenants() > 0:
         return None
-    now = app.clock.now()
-    await app.admin.create_tenant(DEMO_TENANT, "Demo business", now)
-    for rule in ("*:*",):
-        await app.admin.set_rule(DEMO_TENANT, "business", "", "allow", rule)
-    _, tenant_key = await app.admin.create_key(
-        DEMO_TENANT, TENANT_DEFAULT_SCOPES, "demo tenant key", now
+    operator = operator_caller()
+    admin = app.administration
+    await admin.create_tenant(operator, DEMO_TENANT, "Demo business", "demo bootstrap")
+    await admin.add_rule(operator, DEMO_TENANT, Rule("business", "", "allow", "*:*"))
+    _, tenant_key = await admin.create_key(
+        operator, DEMO_TENANT, description="demo tenant key", reason="demo bootstrap"
     )
-    _, platform_key = await app.admin.create_key(
-        None, PLATFORM_DEFAULT_SCOPES, "demo platform key", now
+    _, platform_key = await admin.create_key(
+        operator, platform=True, description="demo platform key", reason="demo bootstrap"
     )
+    app.record(operator, "bootstrap demo")
     await app.ledger.add_tokens(DEMO_TENANT, "", DEMO_TOKENS, "demo-initial-tokens", "demo")
     # What the README's examples book and look up.
     for kind, name, attributes in DEMO_RESOURCES:
-        await app.runner.business.create_resource(DEMO_TENANT, "", kind, name, attributes, now)
+        await app.runner.business.create_resource(
+            DEMO_TENANT, "", kind, name, attributes, app.clock.now()
+        )
     keys = {"tenant_id": DEMO_TENANT, "tenant_key": tenant_key, "platform_key": platform_key}
     if credentials_file is not None:
         credentials_file.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"AGENTSERVER_{name}", default)
 
 
-def _web_listen(value: str) -> str:
+def _off_or(value: str) -> str:
+    """A setting that may be switched off: '', off, false, no and 0 all mean off."""
     return "" if value.strip().lower() in {"", "off", "false", "no", "0"} else value.strip()
 
 
@@ -66,6 +67,10 @@ class Settings:
     web_origins: tuple[str, ...] = ()  # other origins allowed to call gRPC-web (CORS)
     console_dir: str = ""  # '' means web/dist beside the sources
     console_api_url: str = ""  # where the console sends its calls; '' is its own origin
+    # Prometheus metrics on their own HTTP listener ('' is off: see the README for why).
+    metrics_listen: str = ""
+    metrics_tenant_label: bool = False  # a tenant label on per-tenant counters
+    traces: str = ""  # '' off, "otlp" (OTEL_EXPORTER_OTLP_* variables) or "console"
 
     @property
     def is_sqlite(self) -> bool:
@@ -114,8 +119,11 @@ class Settings:
             execution_lease_seconds=float(_env("EXECUTION_LEASE_SECONDS", "300")),
             default_country_code=_env("DEFAULT_COUNTRY_CODE", "+1"),
             policy_cache_seconds=float(_env("POLICY_CACHE_SECONDS", "5")),
-            web_listen=_web_listen(_env("WEB_LISTEN", cls.web_listen)),
+            web_listen=_off_or(_env("WEB_LISTEN", cls.web_listen)),
             web_origins=tuple(o.strip() for o in _env("WEB_ORIGINS", "").split(",") if o.strip()),
             console_dir=_env("CONSOLE_DIR", ""),
             console_api_url=_env("CONSOLE_API_URL", ""),
+            metrics_listen=_off_or(_env("METRICS_LISTEN", "")),
+            metrics_tenant_label=_bool(_env("METRICS_TENANT_LABEL", "false")),
+            traces=_off_or(_env("TRACES", "")).lower(),
         )

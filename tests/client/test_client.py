@@ -363,3 +363,14 @@ async def test_close_is_idempotent_and_a_closed_client_is_misuse(address: str) -
     # Calling a closed client is a programming error, not an rpc failure.
     with pytest.raises(grpc.aio.UsageError):
         await client.get_costs()
+
+
+def test_every_rpc_of_every_service_has_a_method() -> None:
+    import re
+
+    from agentserver.entrypoints.grpc.server import SERVICES
+
+    for service in SERVICES:
+        for method in service.methods:
+            name = re.sub(r"(?<!^)(?=[A-Z])", "_", method.name).lower()
+            assert callable(getattr(AgentServerClient, name, None)), f"no client.{name}"

@@ -236,7 +236,7 @@ def test_channel_secrets_are_encrypted_and_required_at_start(tmp_path: Path) -> 
         "--channel",
         "twilio",
         "--config",
-        '{"account_sid": "AC1", "from_number": "+15550001111"}',
+        '{"account_sid": "AC11111111111111111111111111111111", "from_number": "+15550001111"}',
         "--secrets",
         '{"auth_token": "hunter2"}',
     )
@@ -250,7 +250,7 @@ def test_channel_secrets_are_encrypted_and_required_at_start(tmp_path: Path) -> 
         "--channel",
         "twilio",
         "--config",
-        '{"account_sid": "AC1", "from_number": "+15550001111"}',
+        '{"account_sid": "AC11111111111111111111111111111111", "from_number": "+15550001111"}',
         "--secrets",
         '{"auth_token": "hunter2"}',
         secret_keys=key,
@@ -258,7 +258,7 @@ def test_channel_secrets_are_encrypted_and_required_at_start(tmp_path: Path) -> 
     assert stored.returncode == 0, stored.stderr
     raw = (tmp_path / "secrets.db").read_bytes()
     assert b"hunter2" not in raw
-    assert b"AC1" in raw
+    assert b"AC11111111111111111111111111111111" in raw
     no_key = subprocess.run(
         [str(procs.BIN / "agentserver"), "serve"],
         cwd=tmp_path,
@@ -290,7 +290,8 @@ def test_channel_secrets_are_encrypted_and_required_at_start(tmp_path: Path) -> 
 
 async def test_secrets_at_rest_in_the_database(harness: Harness) -> None:
     t = await harness.tenant()
-    await harness.app.set_channel(t.id, "twilio", {"account_sid": "AC9"}, {"auth_token": "s3cret"})
+    config = {"account_sid": "AC99999999999999999999999999999999", "from_number": "+15550001111"}
+    await harness.app.set_channel(t.id, "twilio", config, {"auth_token": "s3cret"})
     async with harness.app.engine.connect() as conn:
         row = (
             await conn.execute(
@@ -300,7 +301,7 @@ async def test_secrets_at_rest_in_the_database(harness: Harness) -> None:
         ).one()
     assert "s3cret" not in str(row.config) and "s3cret" not in row.secret
     assert (await harness.app.runner.settings(t.id, "twilio")) == {
-        "account_sid": "AC9",
+        **config,
         "auth_token": "s3cret",
     }
 

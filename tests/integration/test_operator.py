@@ -231,3 +231,15 @@ async def test_database_down_is_unavailable_not_internal(tmp_path: Path) -> None
     finally:
         await server.stop(0)
         await app.close()
+
+
+def test_readme_admin_examples_work_as_written(served) -> None:  # type: ignore[no-untyped-def]
+    cwd, port, _ = served
+    lines = readme_block("## Operating it")
+    assert any("AdminService/SetPolicy" in line for line in lines)
+    result = run_lines(lines, cwd, **{"localhost:50051": f"localhost:{port}"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"action_type": "sms.send"' in out  # the policy as stored
+    assert '"type": "policy.set"' in out and '"reason": "texts get a second look"' in out
+    assert '"data": "' in out  # the export's pieces (base64 in grpcurl's JSON)

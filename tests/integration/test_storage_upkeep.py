@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from agentserver.adapters.db.models import Base
-from agentserver.app import App, build_app, prepare_database
+from agentserver.app import HOT_TABLES, App, build_app, prepare_database, warn_about_upkeep
 from agentserver.config import Settings
 from agentserver.entrypoints.grpc.server import start_server
 from agentserver.v1 import token_service_pb2 as tpb
@@ -101,3 +101,50 @@ def test_retention_zero_keeps_everything_and_the_cli_sweep_prunes(url: str) -> N
     assert "pruned" not in keep.stdout
     prune = subprocess.run(run, env={**base, **env}, capture_output=True, text=True, check=True)
     assert "pruned 0 audit events older than 90 days" in prune.stdout
+
+
+async def test_hot_tables_have_their_own_autovacuum_thresholds(app: App) -> None:
+    if app.settings.is_sqlite:
+        assert await warn_about_upkeep(app) is None  # SQLite has no vacuum to keep up
+        return
+    async with app.engine.connect() as conn:
+        rows = await conn.exec_driver_sql(
+            "SELECT relname, reloptions FROM pg_class WHERE relname = ANY($1)",
+            (list(HOT_TABLES),),
+        )
+        options = {r.relname: set(r.reloptions or ()) for r in rows}
+        autovacuum = (await conn.exec_driver_sql("SHOW autovacuum")).scalar_one()
+    assert set(options) == set(HOT_TABLES)
+    assert "autovacuum_vacuum_threshold=1000" in options["business_tokens"]
+    assert "autovacuum_vacuum_scale_factor=0" in options["business_tokens"]
+    for table in ("actions", "reservations", "sessions", "messages"):
+        assert "autovacuum_vacuum_scale_factor=0.01" in options[table], options[table]
+    warning = await warn_about_upkeep(app)
+    if autovacuum == "off":  # this machine's PostgreSQL: serve says so
+        assert warning is not None and "autovacuum is off" in warning
+    else:
+        assert warning is None
+
+
+def test_serve_warns_when_autovacuum_is_off(pg_databases: PgDatabases, tmp_path: Path) -> None:
+    """As an operator sees it: the warning is in serve's log (when the server's
+    autovacuum is off, as on this machine; else its absence is checked)."""
+    import asyncpg
+
+    from tests import procs
+
+    url = pg_databases.create()
+
+    async def setting() -> str:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            return str(await conn.fetchval("SHOW autovacuum"))
+        finally:
+            await conn.close()
+
+    import asyncio
+
+    autovacuum = asyncio.run(setting())
+    proc, _ = procs.start(tmp_path, database_url=url, auto_migrate="true")
+    _, log = procs.stop(proc)
+    assert ("autovacuum is off" in log) == (autovacuum == "off"), log[-2000:]

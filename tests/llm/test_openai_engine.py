@@ -494,6 +494,7 @@ async def test_only_unusable_actions_retry_in_json_mode(
     proposal = await engine.propose(request())
 
     assert proposal.engine == "llm:gpt-test (json_object)"
+    assert proposal.fallback == ""
     assert [(a.action_type, a.parameters) for a in proposal.actions] == [("sms.send", GOOD_SMS)]
     assert server.requests[1]["response_format"] == {"type": "json_object"}
     assert "tools" not in server.requests[1]
@@ -560,6 +561,7 @@ async def test_unrelated_bad_request_falls_back_without_demotion(
     proposal = await engine.propose(request())
 
     assert proposal.engine == "offline (llm:gpt-test failed: bad request (400))"
+    assert proposal.fallback == "transport"  # an HTTP error: the next mode would not help
     assert engine.output_mode == "tools"
     assert len(server.requests) == 1
 
@@ -579,6 +581,7 @@ async def test_refusal_degrades_then_falls_back(
     assert proposal.engine == (
         "offline (llm:gpt-test failed: tools: refusal; json_object: refusal)"
     )
+    assert proposal.fallback == "unusable_output"  # the failure that ended the tries
     assert len(fallback.requests) == 1
     assert len(server.requests) == 2
 
@@ -612,6 +615,7 @@ async def test_timeout_falls_back(server: FakeOpenAI, make_engine: EngineFactory
 
     assert time.monotonic() - started < 2.0
     assert proposal.engine == "offline (llm:gpt-test failed: timeout)"
+    assert proposal.fallback == "transport"
     assert proposal.reply == "offline reply"
     assert fallback.requests == [request()]
     assert engine.output_mode == "tools"
@@ -687,6 +691,7 @@ async def test_the_whole_decision_has_a_deadline(
 
     assert time.monotonic() - started < 2.0
     assert proposal.engine == "offline (llm:gpt-test failed: no answer within 0.5 s)"
+    assert proposal.fallback == "deadline"
     assert fallback.requests == [request()]
     assert engine.output_mode == "tools"  # a slow server says nothing about modes
 

@@ -113,3 +113,34 @@ async def test_unauthenticated_calls_have_a_trail_of_their_own() -> None:
     assert row["tenant_id"] is None
     assert row["kind"] == "audit.unauthenticated.GetBalance"
     assert row["payload"] == {"claimed_tenant_id": "victim"}
+
+
+async def test_a_change_is_kept_as_json_bounded_and_without_nul() -> None:
+    writer = Writer()
+    log = BufferedAuditLog(writer, FakeClock())
+    log.record(
+        tenant_id="t1",
+        actor="k1/maria",
+        operation="policy.set",
+        outcome="OK",
+        request_id="r1",
+        key_id="k1" * 30,
+        user_id="maria",
+        object="tenant:t1",
+        payload={"before": {"a\x00b": "c\x00d"}, "after": {"when": FakeClock().now()}},
+    )
+    log.record(
+        tenant_id="t1",
+        actor="k1/maria",
+        operation="channel.set",
+        outcome="OK",
+        request_id="r2",
+        payload={"after": {"huge": "x" * 100_000}},
+    )
+    await log.flush()
+    first, second = writer.rows
+    assert first["kind"] == "audit.policy.set" and first["object"] == "tenant:t1"
+    assert len(first["key_id"]) == 40 and first["user_id"] == "maria"
+    assert first["payload"]["before"] == {"ab": "cd"}
+    assert isinstance(first["payload"]["after"]["when"], str)
+    assert second["payload"]["truncated"] is True and second["payload"]["bytes"] > 100_000

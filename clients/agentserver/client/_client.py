@@ -1,18 +1,18 @@
-"""The typed async client over the generated stubs of the three services."""
+"""The typed async client over the generated stubs of the four services."""
 
 # ruff: noqa: ASYNC109 -- `timeout` is the gRPC deadline sent to the server, not a local wait.
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from agentserver.v1 import (
+    admin_service_pb2_grpc,
     agent_service_pb2,
     agent_service_pb2_grpc,
     conversation_service_pb2,
@@ -21,23 +21,14 @@ from agentserver.v1 import (
     token_service_pb2_grpc,
 )
 
+from ._admin import AdminMethods
 from ._errors import AgentServerError
+from ._options import DEFAULT, Timeout, _UseClientDefault
 
 __all__ = ["AgentServerClient"]
 
 _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
-
-
-class _UseClientDefault(enum.Enum):
-    """Marks a `timeout` that was not passed, as distinct from None (no deadline)."""
-
-    TIMEOUT = enum.auto()
-
-
-_DEFAULT: Final = _UseClientDefault.TIMEOUT
-
-_Timeout = float | None | _UseClientDefault
 
 
 @dataclass(frozen=True)
@@ -62,6 +53,7 @@ class _Stubs:
     agent: agent_service_pb2_grpc.AgentServiceAsyncStub
     conversation: conversation_service_pb2_grpc.ConversationServiceAsyncStub
     token: token_service_pb2_grpc.TokenServiceAsyncStub
+    admin: admin_service_pb2_grpc.AdminServiceAsyncStub
 
     @classmethod
     def for_channel(cls, channel: grpc.aio.Channel) -> _Stubs:
@@ -69,11 +61,13 @@ class _Stubs:
             agent=agent_service_pb2_grpc.AgentServiceStub(channel),
             conversation=conversation_service_pb2_grpc.ConversationServiceStub(channel),
             token=token_service_pb2_grpc.TokenServiceStub(channel),
+            admin=admin_service_pb2_grpc.AdminServiceStub(channel),
         )
 
 
-class AgentServerClient:
-    """An async client for AgentService, ConversationService and TokenService.
+class AgentServerClient(AdminMethods):
+    """An async client for AgentService, ConversationService, TokenService and
+    AdminService.
 
     Use it as an async context manager, or call `close()`::
 
@@ -211,6 +205,7 @@ class AgentServerClient:
         self._channel = channel
         self._owns_channel = owns_channel
         self._stubs = stubs
+        self._admin = stubs.admin
         self._identity = identity
         self._metadata = identity.metadata()
         self._default_timeout = default_timeout
@@ -253,17 +248,22 @@ class AgentServerClient:
         kept = tuple(pair for pair in self._metadata if pair[0] not in replaced)
         return kept + tuple(pair for pair in given if pair[1])
 
+    def _call_options(
+        self, timeout: Timeout, metadata: Sequence[tuple[str, str]]
+    ) -> tuple[float | None, tuple[tuple[str, str], ...]]:
+        deadline = self._default_timeout if isinstance(timeout, _UseClientDefault) else timeout
+        return deadline, self._call_metadata(metadata)
+
     async def _unary(
         self,
         method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
         request: _Req,
-        timeout: _Timeout,
+        timeout: Timeout,
         metadata: Sequence[tuple[str, str]],
     ) -> _Resp:
-        if isinstance(timeout, _UseClientDefault):
-            timeout = self._default_timeout
+        deadline, md = self._call_options(timeout, metadata)
         try:
-            return await method(request, timeout=timeout, metadata=self._call_metadata(metadata))
+            return await method(request, timeout=deadline, metadata=md)
         except grpc.aio.AioRpcError as error:
             raise AgentServerError.from_rpc_error(error) from error
 
@@ -273,7 +273,7 @@ class AgentServerClient:
         self,
         request: agent_service_pb2.ProcessRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> agent_service_pb2.ProcessResponse:
         """Processes one user message into proposed, decided actions.
@@ -287,7 +287,7 @@ class AgentServerClient:
         self,
         request: agent_service_pb2.GetActionRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> agent_service_pb2.GetActionResponse:
         """Returns one action; NOT_FOUND for an unknown id or another tenant's."""
@@ -297,7 +297,7 @@ class AgentServerClient:
         self,
         request: agent_service_pb2.ListActionsRequest | None = None,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> agent_service_pb2.ListActionsResponse:
         """Lists the tenant's actions newest first; by waiting states, the approval inbox."""
@@ -309,7 +309,7 @@ class AgentServerClient:
         self,
         request: agent_service_pb2.ApproveActionRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> agent_service_pb2.ApproveActionResponse:
         """Approves a waiting action (optionally with edited parameters) and runs it.
@@ -324,7 +324,7 @@ class AgentServerClient:
         self,
         request: agent_service_pb2.RejectActionRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> agent_service_pb2.RejectActionResponse:
         """Rejects a waiting action; errors as `approve_action`. Safe to resend as-is."""
@@ -334,7 +334,7 @@ class AgentServerClient:
         self,
         request: agent_service_pb2.ResolveActionOutcomeRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> agent_service_pb2.ResolveActionOutcomeResponse:
         """Settles an action whose outcome is unknown: HAPPENED captures its tokens,
@@ -346,7 +346,7 @@ class AgentServerClient:
         self,
         request: agent_service_pb2.ListActionDefinitionsRequest | None = None,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> agent_service_pb2.ListActionDefinitionsResponse:
         """Lists the action registry, optionally one category."""
@@ -362,7 +362,7 @@ class AgentServerClient:
         self,
         request: conversation_service_pb2.ListUserSessionsRequest | None = None,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> conversation_service_pb2.ListUserSessionsResponse:
         """Lists a user's sessions (by default the caller's), newest activity first."""
@@ -376,7 +376,7 @@ class AgentServerClient:
         self,
         request: conversation_service_pb2.GetSessionRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> conversation_service_pb2.GetSessionResponse:
         """Returns one session; NOT_FOUND for an unknown or another tenant's."""
@@ -386,7 +386,7 @@ class AgentServerClient:
         self,
         request: conversation_service_pb2.ListMessagesRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> conversation_service_pb2.ListMessagesResponse:
         """Lists a session's messages newest first; NOT_FOUND for an unknown session."""
@@ -398,7 +398,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.GetBalanceRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.GetBalanceResponse:
         """Returns the wallet serving the tenant (and location); NOT_FOUND if none."""
@@ -408,7 +408,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.ListUsageRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.ListUsageResponse:
         """Lists a wallet's usage entries, newest first."""
@@ -418,7 +418,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.ListReservationsRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.ListReservationsResponse:
         """Lists a wallet's reservations, newest first, optionally by state."""
@@ -428,7 +428,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.SummarizeUsageRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.SummarizeUsageResponse:
         """Tokens spent per UTC day and operation type over the last days."""
@@ -438,7 +438,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.AddTokensRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.AddTokensResponse:
         """Adds purchased tokens; needs a platform key with the `billing` scope.
@@ -452,7 +452,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.GetCostsRequest | None = None,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.GetCostsResponse:
         """Returns the token cost of every operation type and the monthly fee."""
@@ -464,7 +464,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.ChargeTokensRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.ChargeTokensResponse:
         """Debits tokens at once.
@@ -478,7 +478,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.ReserveTokensRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.ReserveTokensResponse:
         """Holds tokens for a later capture or release; errors as `charge_tokens`."""
@@ -488,7 +488,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.CaptureReservationRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.CaptureReservationResponse:
         """Spends at most the reserved amount; the rest returns to the wallet.
@@ -501,7 +501,7 @@ class AgentServerClient:
         self,
         request: token_service_pb2.ReleaseReservationRequest,
         *,
-        timeout: _Timeout = _DEFAULT,
+        timeout: Timeout = DEFAULT,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> token_service_pb2.ReleaseReservationResponse:
         """Returns all of a reservation to the wallet.

@@ -21,6 +21,8 @@ ledger is its own record).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -32,7 +34,20 @@ from agentserver.domain.clock import Clock
 log = logging.getLogger(__name__)
 
 # Column sizes of the events table (models.Event).
-_LIMITS = {"tenant_id": 64, "kind": 60, "actor": 200, "subject": 200, "outcome": 40}
+_LIMITS = {
+    "tenant_id": 64,
+    "kind": 60,
+    "actor": 200,
+    "subject": 200,
+    "outcome": 40,
+    "key_id": 40,
+    "user_id": 120,
+    "object": 200,
+}
+# The most a payload (before and after of a change) may take, serialized; a larger
+# one is kept as its size and digest (the limits of every setting keep real ones far
+# below it).
+MAX_PAYLOAD_BYTES = 64 * 1024
 UNAUTHENTICATED_KIND = "audit.unauthenticated."
 
 
@@ -42,6 +57,27 @@ class EventWriter(Protocol):
 
 def _bounded(value: str, limit: int) -> str:
     return value.replace("\x00", "")[:limit]
+
+
+def _bounded_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` as the table can hold it: JSON (what is not JSON becomes text), no
+    NUL characters (PostgreSQL's jsonb refuses them), at most MAX_PAYLOAD_BYTES."""
+    loaded: dict[str, Any] = json.loads(json.dumps(_without_nul(payload), default=str))
+    size = len(json.dumps(loaded))
+    if size > MAX_PAYLOAD_BYTES:
+        digest = hashlib.sha256(json.dumps(loaded, sort_keys=True).encode()).hexdigest()
+        return {"truncated": True, "bytes": size, "sha256": digest}
+    return loaded
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(str(k)): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 class BufferedAuditLog:
@@ -72,6 +108,9 @@ class BufferedAuditLog:
         request_id: str,
         authenticated: bool = True,
         payload: dict[str, Any] | None = None,
+        key_id: str = "",
+        user_id: str = "",
+        object: str = "",
     ) -> None:
         if len(self._buffer) >= self._max_buffered:
             self.shed += 1
@@ -84,8 +123,11 @@ class BufferedAuditLog:
                 "actor": _bounded(actor, _LIMITS["actor"]),
                 "subject": _bounded(request_id, _LIMITS["subject"]),
                 "outcome": _bounded(outcome, _LIMITS["outcome"]),
-                "payload": payload or {},
+                "payload": _bounded_payload(payload) if payload else {},
                 "created_at": self._clock.now(),
+                "key_id": _bounded(key_id, _LIMITS["key_id"]),
+                "user_id": _bounded(user_id, _LIMITS["user_id"]),
+                "object": _bounded(object, _LIMITS["object"]),
             }
         )
 

@@ -9,6 +9,7 @@ Tenant channel settings live in `channel_settings`: `smtp`, `twilio`,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -21,16 +22,18 @@ from agentserver.adapters.db.admin_store import SqlAdminStore
 from agentserver.adapters.db.business_store import SqlBusinessStore, period_bounds
 from agentserver.adapters.secrets import SecretBox
 from agentserver.domain.actions import Action
+from agentserver.domain.channel_settings import Naming, validate_channel
 from agentserver.domain.channels import (
     Channel,
     ChannelResult,
     OutboundMessage,
     PermanentChannelError,
+    TransientChannelError,
 )
 from agentserver.domain.clock import Clock
+from agentserver.domain.errors import InvalidArgument
 from agentserver.domain.executor import PendingStatus
-
-CHANNEL_KINDS = ("smtp", "twilio", "elevenlabs", "coordinators")
+from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 
 
 class ReportWriter(Protocol):
@@ -73,6 +76,7 @@ class ActionRunner:
         self.clock = clock
         self.secret_box = secret_box
         self.report_writer = report_writer
+        self.telemetry: Telemetry = NO_TELEMETRY
         self.settings_ttl = 5.0
         self._settings: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         # What the zero-config server "sends": visible through GetAction's result.
@@ -136,12 +140,18 @@ class ActionRunner:
         if stored is None:
             return None
         config, secret = stored
-        merged = dict(config)
+        secrets: dict[str, Any] = {}
         if secret:
             if self.secret_box is None:
                 raise PermanentChannelError("AGENTSERVER_SECRET_KEYS is not set")
-            merged.update(json.loads(self.secret_box.decrypt(secret)))
-        return merged
+            secrets = json.loads(self.secret_box.decrypt(secret))
+        try:  # settings stored before they were checked when set
+            clean, secrets = validate_channel(kind, config, secrets, Naming("config", "secrets"))
+        except InvalidArgument as err:
+            raise PermanentChannelError(
+                f"the tenant's {kind} settings are not valid ({err.message}): set them again"
+            ) from None
+        return {**clean, **secrets}
 
     async def _send(
         self,
@@ -152,12 +162,33 @@ class ActionRunner:
     ) -> ChannelResult:
         config = await self.settings(action.tenant_id, kind)
         if config is None:
-            return await self.dry_run[message_kind(action)].send(message)
+            return await self._observed("dryrun", self.dry_run[message_kind(action)], message)
         channel = make(config)
         try:
-            return await channel.send(message)
+            return await self._observed(kind, channel, message)
         finally:
             await _close(channel)
+
+    async def _observed(
+        self, provider: str, channel: Channel, message: OutboundMessage
+    ) -> ChannelResult:
+        """`channel.send(message)`, timed, counted and in a span of its own."""
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            with self.telemetry.span("channel.send", {"provider": provider}):
+                return await channel.send(message)
+        except TransientChannelError:
+            outcome = "transient_error"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception:
+            outcome = "permanent_error"
+            raise
+        finally:
+            self.telemetry.channel_call(provider, outcome, time.perf_counter() - start)
 
     # -- communication -------------------------------------------------------
 
@@ -239,11 +270,13 @@ class ActionRunner:
         p = action.parameters
         body = str(p.get("first_message") or p.get("purpose") or "")
         channel = await self._phone_channel(action.tenant_id)
+        provider = "dryrun" if channel is self.dry_run["phone"] else "elevenlabs"
         try:
-            result: ChannelResult = await channel.send(
-                OutboundMessage(action.id, str(p["to"]), body, subject=str(p.get("purpose") or ""))
+            return await self._observed(
+                provider,
+                channel,
+                OutboundMessage(action.id, str(p["to"]), body, subject=str(p.get("purpose") or "")),
             )
-            return result
         finally:
             await _close(channel)
 
@@ -356,8 +389,10 @@ class ActionRunner:
             body = f"{p['subject']}\n\n{body}"
         contacts = await self.settings(action.tenant_id, "coordinators")
         if contacts is None:
-            return await self.dry_run["coordinators"].send(
-                OutboundMessage(action.id, "coordinators", body, subject)
+            return await self._observed(
+                "dryrun",
+                self.dry_run["coordinators"],
+                OutboundMessage(action.id, "coordinators", body, subject),
             )
         sent: list[dict[str, str]] = []
         for kind, key in (("email", "email"), ("sms", "sms")):

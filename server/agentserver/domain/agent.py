@@ -67,6 +67,7 @@ from agentserver.domain.reading import Reading
 from agentserver.domain.registry import Registry
 from agentserver.domain.replies import done
 from agentserver.domain.replies import reply as reply_to
+from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class AgentService(Reading, Deciding):
     offline: DecisionEngine
     writes: ProcessWrites
     action_ttl: timedelta = timedelta(hours=24)
+    telemetry: Telemetry = NO_TELEMETRY
     _revisions: Coalescer[str, tuple[str, str, str], None] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -219,7 +221,8 @@ class AgentService(Reading, Deciding):
             exchange = Exchange(tenant, session, new_session, messages, actions, now)
             return Drafted(outcome, actions, level, reply, assistant, exchange, holds)
 
-        drafted = await self.writes.hold_and_record(tenant, location, draft)
+        with self.telemetry.span("ledger.hold"):
+            drafted = await self.writes.hold_and_record(tenant, location, draft)
         outcome, actions, level, reply, assistant = (
             drafted.outcome,
             drafted.actions,
@@ -256,6 +259,9 @@ class AgentService(Reading, Deciding):
         parts = [proposal.reasoning, outcome.reasoning]
         parts += [f"[{a.action_type}] {a.reasoning}" for a in finished]
         reasoning = " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts if p)
+        self.telemetry.decided(
+            tenant, level.name.lower(), [(a.action_type, a.level.name.lower()) for a in finished]
+        )
         return ProcessResult(
             reply=final_reply,
             level=level,
@@ -289,6 +295,16 @@ class AgentService(Reading, Deciding):
     ) -> Proposal:
         """Ask the configured engine; an LLM decision is paid first (1 token), and
         with no balance left the offline engine decides instead."""
+        with self.telemetry.span("engine.propose", {"engine": self.engine.name}):
+            proposal = await self._ask_engine(request, tenant, location, message_id)
+        self.telemetry.engine_used(
+            "offline" if proposal.engine.startswith("offline") else "llm", proposal.fallback
+        )
+        return proposal
+
+    async def _ask_engine(
+        self, request: EngineRequest, tenant: str, location: str, message_id: str
+    ) -> Proposal:
         if self.engine is self.offline:
             return await self.offline.propose(request)
         cost = self.costs.tokens(OperationType.INTERNAL_API_LLM)
@@ -307,7 +323,7 @@ class AgentService(Reading, Deciding):
         except (InsufficientTokens, NotFound):
             proposal = await self.offline.propose(request)
             note = f"offline ({self.engine.name} skipped: no tokens left for the LLM)"
-            return _with_engine(proposal, note)
+            return replace(proposal, engine=note, fallback="no_tokens")
         return await self.engine.propose(request)
 
     def _holding_actions(

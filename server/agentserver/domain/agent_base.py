@@ -19,6 +19,7 @@ from agentserver.domain.people import DecisionRight
 from agentserver.domain.permissions import PermissionSet, effective_permissions
 from agentserver.domain.policy_source import PolicySource
 from agentserver.domain.registry import Registry
+from agentserver.domain.telemetry import Telemetry
 
 
 class AgentStore(ConversationStore, ActionStore, Protocol):
@@ -40,6 +41,12 @@ class AgentBase:
     costs: CostTable
     clock: Clock
     action_ttl: timedelta
+    telemetry: Telemetry
+
+    def _ended(self, action: Action | None) -> None:
+        """Count an action this use case moved to where it ends."""
+        if action is not None:
+            self.telemetry.action_ended(action.tenant_id, action.action_type, action.state.value)
 
     # -- permissions ---------------------------------------------------------
 

@@ -21,16 +21,19 @@ class Coalescer(Generic[K, I, R]):
     The first submitter for a key starts a drain task; everything submitted
     while a batch is in flight forms the next batch. At concurrency 1 this adds
     no delay; under load, batches grow by themselves. `run` returns one result
-    (or the exception for that item) per item, in order.
+    (or the exception for that item) per item, in order. `sized`, if given, is told
+    each batch's size (metrics).
     """
 
     def __init__(
         self,
         run: Callable[[K, list[I]], Awaitable[Sequence[R | Exception]]],
         max_batch: int = 256,
+        sized: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
         self._max_batch = max_batch
+        self._sized = sized
         self._pending: dict[K, list[tuple[I, asyncio.Future[R]]]] = {}
         self._tasks: dict[K, asyncio.Task[None]] = {}
 
@@ -50,6 +53,8 @@ class Coalescer(Generic[K, I, R]):
                 batch, rest = queue[: self._max_batch], queue[self._max_batch :]
                 if rest:
                     self._pending[key] = rest + self._pending.get(key, [])
+                if self._sized is not None:
+                    self._sized(len(batch))
                 try:
                     results = await self._run(key, [item for item, _ in batch])
                 except Exception as exc:  # delivered to every waiter of the batch

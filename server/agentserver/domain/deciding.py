@@ -60,6 +60,7 @@ class Deciding(AgentBase):
             action.tenant_id, action.id, WAITING, ActionState.EXPIRED, self.clock.now()
         )
         if expired is not None:
+            self._ended(expired)
             await self.executor.release(expired)
             await self.executor.follow(expired)
         return expired or await self.store.get(action.tenant_id, action.id)
@@ -154,6 +155,7 @@ class Deciding(AgentBase):
             if current.decision_request_id == request_id and current.decided_by == caller.user_id:
                 return current
             raise self._not_waiting(current)
+        self._ended(rejected)
         await self.executor.release(rejected)
         await self.executor.follow(rejected)
         note = Message(
@@ -232,6 +234,24 @@ class Deciding(AgentBase):
 
     # -- background ----------------------------------------------------------
 
+    async def withdraw(self, action: Action, reason: str) -> Action | None:
+        """End a waiting action that nobody will decide any more (its requester's data
+        is being erased): rejected with `reason`, its tokens released, what depends on
+        it followed up. None when it was not waiting (any more)."""
+        withdrawn = await self.store.transition(
+            action.tenant_id,
+            action.id,
+            WAITING,
+            ActionState.REJECTED,
+            self.clock.now(),
+            rejection_reason=reason,
+        )
+        if withdrawn is not None:
+            self._ended(withdrawn)
+            await self.executor.release(withdrawn)
+            await self.executor.follow(withdrawn)
+        return withdrawn
+
     async def sweep(self, limit: int = 200) -> dict[str, int]:
         """Expire overdue waiting actions; past the execution lease, run approved ones
         whose execution never began and recover executing ones whose executor is gone
@@ -243,6 +263,7 @@ class Deciding(AgentBase):
                 tenant_id, action_id, WAITING, ActionState.EXPIRED, now
             )
             if expired is not None:
+                self._ended(expired)
                 await self.executor.release(expired)
                 await self.executor.follow(expired)
                 counts["expired"] += 1

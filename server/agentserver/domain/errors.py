@@ -97,9 +97,11 @@ class InsufficientTokens(FailedPrecondition):
 class RateLimited(DomainError):
     reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, retry_after_seconds: float) -> None:
+    def __init__(self, message: str, retry_after_seconds: float, *, budget: str = "tenant") -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+        # Which limit refused: "tenant", or "unauthenticated" (per address, no valid key).
+        self.budget = budget
 
 
 class Unavailable(DomainError):

@@ -46,6 +46,7 @@ from agentserver.domain.errors import (
     Unavailable,
 )
 from agentserver.domain.ledger import MAX_RESERVATION_TTL, Debit, EntryKind, LedgerService
+from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 from agentserver.domain.windows import WINDOW, ConversationWindows, WindowKey, window_key
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,13 @@ class Executor:
     # How long an action's tokens stay held while a person finds out what happened.
     outcome_hold: timedelta = MAX_RESERVATION_TTL
     windows: ConversationWindows | None = None
+    telemetry: Telemetry = NO_TELEMETRY
     _inflight: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
+
+    def _ended(self, action: Action | None) -> None:
+        """Count an action this executor moved to where it ends (or outcome_unknown)."""
+        if action is not None:
+            self.telemetry.action_ended(action.tenant_id, action.action_type, action.state.value)
 
     async def _detached(self, work: Coroutine[Any, Any, T]) -> T:
         """Run `work` in a task of its own, which the caller's cancellation does not
@@ -290,6 +297,7 @@ class Executor:
                     now,
                     result={"error": err.message, "reason": err.reason},
                 )
+                self._ended(failed)
                 return failed or await self.actions.get(action.tenant_id, action.id)
         running = await self.actions.transition(
             action.tenant_id,
@@ -316,7 +324,8 @@ class Executor:
     async def _carry_out(self, running: Action, revision: Revision | None) -> tuple[Action, bool]:
         window = await self._open_window(running)
         try:
-            result = await self.retry(lambda: self.runner.run(running))
+            with self.telemetry.span("action.run", {"action_type": running.action_type}):
+                result = await self.retry(lambda: self.runner.run(running))
         except asyncio.CancelledError:  # a shutdown, during the provider call
             # The send may have happened: a window it opened stays open.
             await self._record_stop(running, None)
@@ -399,9 +408,17 @@ class Executor:
     ) -> tuple[Action, bool]:
         changes = {} if result is None else {"result": result}
         _, capture_id, _ = reservation_ids(action.id)
-        settled = await self.settler.succeed(
-            Success(action, capture_id, self.clock.now(), changes, revision)
-        )
+        with self.telemetry.span("ledger.settle"):
+            settled = await self.settler.succeed(
+                Success(action, capture_id, self.clock.now(), changes, revision)
+            )
+        if settled.action is not None:  # this settle moved it: captured and succeeded
+            self._ended(settled.action)
+            self.telemetry.tokens_charged(
+                action.tenant_id,
+                action.operation_type or OperationType.CUSTOM.value,
+                action.token_cost,
+            )
         found = settled.action or await self.actions.get(action.tenant_id, action.id)
         return found, settled.revised
 
@@ -416,6 +433,7 @@ class Executor:
             self.clock.now(),
             result={**action.result, "error": message, "error_type": type(err).__name__},
         )
+        self._ended(failed)
         return failed or await self.actions.get(action.tenant_id, action.id)
 
     async def poll_pending(self, action: Action) -> Action:
@@ -491,6 +509,7 @@ class Executor:
             self.clock.now(),
             result={**action.result, "pending": False, "error": why},
         )
+        self._ended(moved)
         return moved or await self.actions.get(action.tenant_id, action.id)
 
     async def settle_outcome(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from agentserver.domain.audit import Change
 from agentserver.domain.clock import Clock, SystemClock
 from agentserver.domain.errors import (
     FieldViolation,
@@ -33,8 +34,17 @@ SCOPE_AGENT = "agent"  # Process, actions, conversations
 SCOPE_TOKENS_READ = "tokens:read"
 SCOPE_TOKENS_WRITE = "tokens:write"  # charge, reserve, capture, release
 SCOPE_BILLING = "billing"  # AddTokens; platform keys only
+SCOPE_ADMIN = "admin"  # AdminService: its own tenant, or (platform keys) any tenant
 TENANT_DEFAULT_SCOPES = (SCOPE_AGENT, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE)
-PLATFORM_DEFAULT_SCOPES = (SCOPE_BILLING, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE, SCOPE_AGENT)
+PLATFORM_DEFAULT_SCOPES = (
+    SCOPE_BILLING,
+    SCOPE_TOKENS_READ,
+    SCOPE_TOKENS_WRITE,
+    SCOPE_AGENT,
+    SCOPE_ADMIN,
+)
+# The scopes a tenant key may carry (a platform key may carry billing too).
+TENANT_SCOPES = (SCOPE_AGENT, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE, SCOPE_ADMIN)
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,8 @@ class Caller:
     user_id: str = ""
     location_id: str = ""
     person_bound: bool = False  # the key speaks for `user_id` only
+    # What this call changed, for the audit trail (see domain/audit.py).
+    changes: list[Change] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def is_platform(self) -> bool:
@@ -84,6 +96,10 @@ class Caller:
     def is_service(self) -> bool:
         """A service acting for itself: a key not bound to a person, naming no user."""
         return not self.person_bound and not self.user_id
+
+    def note_change(self, change: Change) -> None:
+        """Say what this call changed; the entrypoint audits it when the call ends."""
+        self.changes.append(change)
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes and "*" not in self.scopes:
@@ -215,6 +231,7 @@ class Authenticator:
             raise RateLimited(
                 "too many calls without a valid API key from this address; retry after the delay",
                 wait,
+                budget="unauthenticated",
             )
 
     def forget(self) -> None:

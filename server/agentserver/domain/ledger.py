@@ -38,6 +38,7 @@ from agentserver.domain.costs import CostTable, OperationType
 from agentserver.domain.errors import DomainError, FieldViolation, InvalidArgument
 from agentserver.domain.identity import MAX_LOCATION_ID, MAX_TENANT_ID, check_lengths
 from agentserver.domain.paging import PageRequest
+from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ class Entry:
     used_after: int
     reserved_after: int
     created_at: datetime
+    # The first result of this request_id, returned again (nothing was written now);
+    # not part of what the entry is, so a replay still equals the first result.
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def available_after(self) -> int:
@@ -339,13 +343,22 @@ class LedgerService:
     store: LedgerStore
     clock: Clock
     costs: CostTable
+    telemetry: Telemetry = NO_TELEMETRY
     _coalescer: Coalescer[tuple[str, str], Debit, DebitResult] = field(init=False)
     _ends: Coalescer[str, EndRequest, tuple[Reservation, Entry]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._coalescer = Coalescer(self._apply)
+        self._coalescer = Coalescer(self._apply, sized=lambda n: self.telemetry.batch("debits", n))
         # Captures and releases are coalesced per tenant the same way as debits.
-        self._ends = Coalescer(self._end)
+        self._ends = Coalescer(
+            self._end, sized=lambda n: self.telemetry.batch("reservation_ends", n)
+        )
+
+    def _spent(self, entry: Entry) -> Entry:
+        """Count the tokens a charge or capture spent (once: not for a replay)."""
+        if not entry.replayed and entry.kind in (EntryKind.CHARGE, EntryKind.CAPTURE):
+            self.telemetry.tokens_charged(entry.tenant_id, entry.operation_type.value, entry.tokens)
+        return entry
 
     async def _end(
         self, tenant_id: str, requests: list[EndRequest]
@@ -360,14 +373,16 @@ class LedgerService:
     async def charge(self, debit: Debit) -> Entry:
         """Spend tokens now. Raises InsufficientTokens (nothing changes) when they don't fit."""
         validate_debit(debit)
-        result = await self._coalescer.submit((debit.tenant_id, debit.location_id), debit)
-        return result.entry
+        with self.telemetry.span("ledger.charge", {"operation_type": debit.operation_type.value}):
+            result = await self._coalescer.submit((debit.tenant_id, debit.location_id), debit)
+        return self._spent(result.entry)
 
     async def reserve(self, debit: Debit) -> Reservation:
         """Hold tokens until capture, release or expiry."""
         debit = dataclasses.replace(debit, kind=EntryKind.RESERVE)
         validate_debit(debit)
-        result = await self._coalescer.submit((debit.tenant_id, debit.location_id), debit)
+        with self.telemetry.span("ledger.reserve", {"operation_type": debit.operation_type.value}):
+            result = await self._coalescer.submit((debit.tenant_id, debit.location_id), debit)
         assert result.reservation is not None
         return result.reservation
 
@@ -380,9 +395,11 @@ class LedgerService:
         if amount is not None:
             validate_amount(amount, allow_zero=True)
         validate_request_id(request_id)
-        return await self._ends.submit(
-            tenant_id, EndRequest(reservation_id, request_id, capture=True, amount=amount)
-        )
+        with self.telemetry.span("ledger.capture"):
+            reservation, entry = await self._ends.submit(
+                tenant_id, EndRequest(reservation_id, request_id, capture=True, amount=amount)
+            )
+        return reservation, self._spent(entry)
 
     async def release(
         self, tenant_id: str, reservation_id: str, request_id: str
@@ -391,9 +408,10 @@ class LedgerService:
         if not reservation_id:
             raise InvalidArgument.field("reservation_id", "is required")
         validate_request_id(request_id)
-        return await self._ends.submit(
-            tenant_id, EndRequest(reservation_id, request_id, capture=False)
-        )
+        with self.telemetry.span("ledger.release"):
+            return await self._ends.submit(
+                tenant_id, EndRequest(reservation_id, request_id, capture=False)
+            )
 
     async def reservation_state(self, tenant_id: str, reservation_id: str) -> str:
         return (await self.store.get_reservation(tenant_id, reservation_id)).state.value
@@ -468,7 +486,12 @@ class LedgerService:
         month = month_key(now)
         results = []
         for tenant_id in await self.store.tenant_ids():
-            results.append(
-                await self.store.charge_monthly_fee(tenant_id, month, self.costs.monthly_fee, now)
+            result = await self.store.charge_monthly_fee(
+                tenant_id, month, self.costs.monthly_fee, now
             )
+            if not result.already_charged:
+                self.telemetry.tokens_charged(
+                    tenant_id, OperationType.MONTHLY_FEE.value, result.charged
+                )
+            results.append(result)
         return results

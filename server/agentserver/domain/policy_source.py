@@ -38,6 +38,11 @@ class CachedPolicySource:
         self._rules[tenant_id] = (time.monotonic() + self.ttl, rules)
         return rules
 
+    def forget(self, tenant_id: str) -> None:
+        """Drop what is kept of a tenant (a change made in this process applies at once)."""
+        self._rules.pop(tenant_id, None)
+        self._policies.pop(tenant_id, None)
+
     async def tenant_policy(self, tenant_id: str) -> dict[str, Any]:
         hit = self._policies.get(tenant_id)
         if hit and hit[0] > time.monotonic():

@@ -10,11 +10,15 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentserver.adapters.audit import UNAUTHENTICATED_KIND
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
+from agentserver.domain.admin_model import KeyInfo, LocationInfo, TenantInfo
+from agentserver.domain.audit import AuditEvent, AuditFilter
 from agentserver.domain.errors import Conflict, InvalidArgument, NotFound
 from agentserver.domain.identity import MAX_USER_ID, KeyRecord, generate_key, hash_key
 from agentserver.domain.ids import new_id
+from agentserver.domain.paging import PageRequest, encode_token
 
 K = models.api_keys
 T = models.tenants
@@ -23,6 +27,7 @@ PR = models.permission_rules
 EV = models.events
 OB = models.outbox
 CS = models.channel_settings
+LOC = models.locations
 
 SCOPES = ("business", "user", "location")
 EFFECTS = ("allow", "deny")
@@ -61,6 +66,48 @@ class SqlAdminStore:
                 )
         except IntegrityError:
             raise Conflict(f"tenant {tenant_id!r} already exists") from None
+
+    async def get_tenant(self, tenant_id: str) -> TenantInfo:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(T).where(T.c.id == tenant_id))).first()
+        if row is None:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        return _tenant(row)
+
+    async def list_tenants(self, page: PageRequest) -> tuple[list[TenantInfo], str]:
+        query = select(T).order_by(T.c.id).limit(page.size + 1)
+        if page.after:
+            query = query.where(T.c.id > page.after["id"])
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        tenants = [_tenant(r) for r in rows[: page.size]]
+        more = len(rows) > page.size
+        return tenants, encode_token("tenants", {"id": tenants[-1].id}) if more else ""
+
+    async def update_tenant(
+        self, tenant_id: str, name: str | None, conversation_retention_days: int | None
+    ) -> TenantInfo:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = name
+        if conversation_retention_days is not None:
+            changes["conversation_retention_days"] = conversation_retention_days
+        if changes:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(update(T).where(T.c.id == tenant_id).values(**changes))
+                if result.rowcount != 1:
+                    raise NotFound(f"tenant {tenant_id!r} not found")
+        return await self.get_tenant(tenant_id)
+
+    async def retention_days(self) -> list[tuple[str, int]]:
+        """(tenant, days) of every tenant that keeps conversations for a limited time."""
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(T.c.id, T.c.conversation_retention_days).where(
+                    T.c.conversation_retention_days > 0
+                )
+            )
+            return [(r.id, int(r.conversation_retention_days)) for r in rows]
 
     async def tenant_exists(self, tenant_id: str) -> bool:
         async with self._read.connect() as conn:
@@ -145,6 +192,20 @@ class SqlAdminStore:
                 query = query.where(K.c.tenant_id == tenant_id)
             return [dict(r._mapping) for r in await conn.execute(query.order_by(K.c.created_at))]
 
+    async def get_key(self, key_id: str) -> KeyInfo:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(K).where(K.c.id == key_id))).first()
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        return _key(row)
+
+    async def key_infos(self, tenant_id: str | None) -> list[KeyInfo]:
+        """The keys of a tenant (None: the platform keys), oldest first."""
+        where = K.c.tenant_id.is_(None) if tenant_id is None else K.c.tenant_id == tenant_id
+        async with self._read.connect() as conn:
+            rows = await conn.execute(select(K).where(where).order_by(K.c.created_at, K.c.id))
+            return [_key(r) for r in rows]
+
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         async with self._read.connect() as conn:
             row = (await conn.execute(select(K).where(K.c.key_hash == key_hash))).first()
@@ -215,6 +276,84 @@ class SqlAdminStore:
             )
             return [(r.scope, r.subject_id, r.effect, r.permission) for r in rows]
 
+    # -- locations -----------------------------------------------------------
+
+    async def locations(self, tenant_id: str) -> list[LocationInfo]:
+        """The tenant's locations, each with its allow-list (its `location` allow rules)."""
+        async with self._read.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(LOC).where(LOC.c.tenant_id == tenant_id).order_by(LOC.c.id)
+                )
+            ).all()
+            allows = await conn.execute(
+                select(PR.c.subject_id, PR.c.permission).where(
+                    PR.c.tenant_id == tenant_id, PR.c.scope == "location", PR.c.effect == "allow"
+                )
+            )
+            allowed: dict[str, list[str]] = {}
+            for subject, permission in allows:
+                allowed.setdefault(subject, []).append(permission)
+        return [
+            LocationInfo(
+                id=r.id,
+                name=r.name,
+                allowed_permissions=tuple(sorted(allowed.get(r.id, ()))),
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
+            for r in rows
+        ]
+
+    async def put_location(
+        self,
+        tenant_id: str,
+        location_id: str,
+        name: str,
+        allowed: Sequence[str],
+        now: datetime,
+    ) -> None:
+        """Create or replace a location and its whole allow-list, in one transaction."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(LOC)
+                .where(LOC.c.tenant_id == tenant_id, LOC.c.id == location_id)
+                .values(name=name, updated_at=now)
+            )
+            if result.rowcount == 0:
+                await conn.execute(
+                    insert(LOC).values(
+                        tenant_id=tenant_id,
+                        id=location_id,
+                        name=name,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            await conn.execute(_delete_location_allows(tenant_id, location_id))
+            if allowed:
+                await conn.execute(
+                    insert(PR),
+                    [
+                        {
+                            "tenant_id": tenant_id,
+                            "scope": "location",
+                            "subject_id": location_id,
+                            "effect": "allow",
+                            "permission": p,
+                        }
+                        for p in allowed
+                    ],
+                )
+
+    async def delete_location(self, tenant_id: str, location_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            await conn.execute(_delete_location_allows(tenant_id, location_id))
+            result = await conn.execute(
+                delete(LOC).where(LOC.c.tenant_id == tenant_id, LOC.c.id == location_id)
+            )
+            return bool(result.rowcount)
+
     # -- channel settings ----------------------------------------------------
 
     async def set_channel(
@@ -253,6 +392,25 @@ class SqlAdminStore:
                 )
             ).first()
         return None if row is None else (dict(row.config or {}), row.secret)
+
+    async def channel_rows(
+        self, tenant_id: str
+    ) -> list[tuple[str, dict[str, Any], str | None, datetime]]:
+        """(channel, config, encrypted secret, updated_at) of each channel with settings."""
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(CS.c.channel, CS.c.config, CS.c.secret, CS.c.updated_at)
+                .where(CS.c.tenant_id == tenant_id)
+                .order_by(CS.c.channel)
+            )
+            return [(r.channel, dict(r.config or {}), r.secret, r.updated_at) for r in rows]
+
+    async def delete_channel(self, tenant_id: str, channel: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(CS).where(CS.c.tenant_id == tenant_id, CS.c.channel == channel)
+            )
+            return bool(result.rowcount)
 
     async def channel_secrets(self) -> list[tuple[str, str, str]]:
         """(tenant, channel, encrypted secret) of every channel setting that has one."""
@@ -297,6 +455,48 @@ class SqlAdminStore:
                 query = query.where(OB.c.type.startswith(type_prefix))
             return [dict(r._mapping) for r in await conn.execute(query.order_by(OB.c.seq))]
 
+    async def audit_events(
+        self, tenant_id: str | None, flt: AuditFilter, page: PageRequest, *, unauthenticated: bool
+    ) -> tuple[list[AuditEvent], str]:
+        """A tenant's audit events (None: the platform's own, or with `unauthenticated`
+        the trail of calls no key vouched for), newest first, filtered; paged by id."""
+        owner = EV.c.tenant_id.is_(None) if tenant_id is None else EV.c.tenant_id == tenant_id
+        if unauthenticated:
+            query = select(EV).where(owner, EV.c.kind.startswith(UNAUTHENTICATED_KIND))
+            prefix = UNAUTHENTICATED_KIND
+        else:
+            query = select(EV).where(
+                owner,
+                EV.c.kind.startswith("audit."),
+                ~EV.c.kind.startswith(UNAUTHENTICATED_KIND),
+            )
+            prefix = "audit."
+        if flt.key_id:
+            query = query.where(EV.c.key_id == flt.key_id)
+        if flt.user_id:
+            query = query.where(EV.c.user_id == flt.user_id)
+        if flt.type:
+            query = query.where(EV.c.kind == prefix + flt.type)
+        if flt.object:
+            query = query.where(EV.c.object == flt.object)
+        if flt.since:
+            query = query.where(EV.c.created_at >= flt.since)
+        if flt.until:
+            query = query.where(EV.c.created_at < flt.until)
+        if page.after:
+            try:
+                query = query.where(EV.c.id < int(page.after["id"]))
+            except ValueError:
+                raise InvalidArgument.field(
+                    "page_token", "is not a token this server issued"
+                ) from None
+        query = query.order_by(EV.c.id.desc()).limit(page.size + 1)
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        events = [audit_event(r, prefix) for r in rows[: page.size]]
+        more = len(rows) > page.size
+        return events, encode_token("audit", {"id": str(events[-1].id)}) if more else ""
+
     async def events(self, tenant_id: str | None, kind_prefix: str = "") -> list[dict[str, Any]]:
         async with self._read.connect() as conn:
             query = select(EV)
@@ -305,3 +505,50 @@ class SqlAdminStore:
             if kind_prefix:
                 query = query.where(EV.c.kind.startswith(kind_prefix))
             return [dict(r._mapping) for r in await conn.execute(query.order_by(EV.c.id))]
+
+
+def _delete_location_allows(tenant_id: str, location_id: str) -> Any:
+    return delete(PR).where(
+        PR.c.tenant_id == tenant_id,
+        PR.c.scope == "location",
+        PR.c.subject_id == location_id,
+        PR.c.effect == "allow",
+    )
+
+
+def _tenant(row: Any) -> TenantInfo:
+    return TenantInfo(
+        id=row.id,
+        name=row.name,
+        conversation_retention_days=int(row.conversation_retention_days or 0),
+        created_at=row.created_at,
+    )
+
+
+def _key(row: Any) -> KeyInfo:
+    return KeyInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        scopes=tuple(row.scopes or ()),
+        description=row.description,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        user_id=row.user_id,
+    )
+
+
+def audit_event(row: Any, prefix: str) -> AuditEvent:
+    payload = dict(row.payload or {})
+    return AuditEvent(
+        id=int(row.id),
+        tenant_id=row.tenant_id or "",
+        type=row.kind.removeprefix(prefix),
+        object=row.object,
+        key_id=row.key_id,
+        user_id=row.user_id,
+        outcome=row.outcome,
+        request_id=row.subject,
+        created_at=row.created_at,
+        details=payload,
+    )

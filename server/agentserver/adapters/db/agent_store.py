@@ -24,7 +24,7 @@ M = models.messages
 A = models.actions
 
 
-def _session(row: Any) -> Session:
+def to_session(row: Any) -> Session:
     return Session(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -37,7 +37,7 @@ def _session(row: Any) -> Session:
     )
 
 
-def _message(row: Any) -> Message:
+def to_message(row: Any) -> Message:
     return Message(
         id=row.id,
         session_id=row.session_id,
@@ -49,7 +49,7 @@ def _message(row: Any) -> Message:
     )
 
 
-def _action(row: Any) -> Action:
+def to_action(row: Any) -> Action:
     return Action(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -186,7 +186,7 @@ class SqlAgentStore:
             ).first()
         if row is None:
             raise NotFound(f"session {session_id!r} not found")
-        return _session(row)
+        return to_session(row)
 
     async def list_sessions(
         self, tenant_id: str, user_id: str, page: PageRequest
@@ -207,7 +207,7 @@ class SqlAgentStore:
         query = query.order_by(S.c.updated_at.desc(), S.c.id.desc()).limit(page.size + 1)
         async with self._read.connect() as conn:
             rows = (await conn.execute(query)).all()
-        sessions = [_session(r) for r in rows[: page.size]]
+        sessions = [to_session(r) for r in rows[: page.size]]
         token = ""
         if len(rows) > page.size:
             last = sessions[-1]
@@ -226,7 +226,7 @@ class SqlAgentStore:
         query = query.order_by(M.c.id.desc()).limit(page.size + 1)
         async with self._read.connect() as conn:
             rows = (await conn.execute(query)).all()
-        messages = [_message(r) for r in rows[: page.size]]
+        messages = [to_message(r) for r in rows[: page.size]]
         token = encode_token("messages", {"id": messages[-1].id}) if len(rows) > page.size else ""
         return messages, token
 
@@ -240,7 +240,7 @@ class SqlAgentStore:
                     .limit(limit)
                 )
             ).all()
-        return [_message(r) for r in reversed(rows)]
+        return [to_message(r) for r in reversed(rows)]
 
     async def insert_exchanges_on(self, conn: Any, exchanges: Sequence[Exchange]) -> None:
         sessions = [
@@ -303,7 +303,7 @@ class SqlAgentStore:
                 )
             ).first()
             if row is not None:
-                events = message_events(tenant_id, _session(row), messages)
+                events = message_events(tenant_id, to_session(row), messages)
                 await write_outbox(conn, tenant_id, events, now)
 
     async def _append(
@@ -335,7 +335,7 @@ class SqlAgentStore:
             ).first()
         if row is None:
             raise NotFound(f"action {action_id!r} not found")
-        return _action(row)
+        return to_action(row)
 
     async def find(
         self, tenant_id: str, flt: ActionFilter, page: PageRequest
@@ -354,7 +354,7 @@ class SqlAgentStore:
         query = query.order_by(A.c.id.desc()).limit(page.size + 1)
         async with self._read.connect() as conn:
             rows = (await conn.execute(query)).all()
-        actions = [_action(r) for r in rows[: page.size]]
+        actions = [to_action(r) for r in rows[: page.size]]
         token = encode_token("actions", {"id": actions[-1].id}) if len(rows) > page.size else ""
         return actions, token
 
@@ -374,7 +374,7 @@ class SqlAgentStore:
             row = (await conn.execute(statement, params)).first()
             if row is None:
                 return None
-            action = _action(row)
+            action = to_action(row)
             await write_outbox(conn, tenant_id, transition_events(action), now)
         return action
 
@@ -414,7 +414,7 @@ class SqlAgentStore:
         )
         if row is None:
             raise NotFound(f"action {action_id!r} not found")
-        return _action(row)
+        return to_action(row)
 
     async def due_for_expiry(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         waiting = [
@@ -440,7 +440,7 @@ class SqlAgentStore:
                 .where(A.c.tenant_id == tenant_id, A.c.depends_on == action_id)
                 .order_by(A.c.created_at, A.c.id)
             )
-            return [_action(r) for r in rows]
+            return [to_action(r) for r in rows]
 
     async def stale(
         self, state: ActionState, before: datetime, limit: int

@@ -72,6 +72,9 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200))
     # Per-tenant decision policy (level overrides, confidence and cost bands).
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Conversations (messages, and what actions said) older than this are removed by
+    # the sweep; 0 keeps them.
+    conversation_retention_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
     # The last sequence number given to one of the tenant's outbox events. Taken by
     # an UPDATE in the transaction that writes them, so numbers follow commit order.
@@ -198,6 +201,8 @@ class Event(Base):
         Index("ix_events_tenant_id_id", "tenant_id", "id"),
         # Audit retention deletes by age (see SqlAdminStore.prune_audit_events).
         Index("ix_events_created_at", "created_at"),
+        # A person's events: read by ExportUserData, rewritten by EraseUserData.
+        Index("ix_events_tenant_user_id", "tenant_id", "user_id", "id"),
     )
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str | None] = mapped_column(String(64))
@@ -208,6 +213,11 @@ class Event(Base):
     outcome: Mapped[str] = mapped_column(String(40), default="")
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]
+    # Audit events: the key and the user who acted, and the object a change changed
+    # (server defaults: the hot paths' own INSERTs name none of them).
+    key_id: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    user_id: Mapped[str] = mapped_column(String(120), default="", server_default="")
+    object: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 class PermissionRule(Base):
@@ -221,6 +231,17 @@ class PermissionRule(Base):
     subject_id: Mapped[str] = mapped_column(String(64), default="")
     effect: Mapped[str] = mapped_column(String(8))  # allow | deny
     permission: Mapped[str] = mapped_column(String(120))
+
+
+class Location(Base):
+    """A tenant's named location. Its allow-list is its `location` permission rules."""
+
+    __tablename__ = "locations"
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
 
 
 class ConversationSession(Base):
@@ -357,6 +378,7 @@ reservations = _table(Reservation)
 events = _table(Event)
 outbox = _table(OutboxEvent)
 permission_rules = _table(PermissionRule)
+locations = _table(Location)
 sessions = _table(ConversationSession)
 messages = _table(ConversationMessage)
 actions = _table(ActionRecord)

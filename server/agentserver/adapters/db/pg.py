@@ -123,7 +123,18 @@ class PgPool:
             self._pool = None
 
 
-_EVENT_COLUMNS = ("tenant_id", "kind", "actor", "subject", "outcome", "payload", "created_at")
+_EVENT_COLUMNS = (
+    "tenant_id",
+    "kind",
+    "actor",
+    "subject",
+    "outcome",
+    "payload",
+    "created_at",
+    "key_id",
+    "user_id",
+    "object",
+)
 
 
 class PgEventWriter:

@@ -184,42 +184,45 @@ class OpenAIEngine:
     async def propose(self, request: EngineRequest) -> Proposal:
         """Ask the model; degrade mode by mode, then to the fallback. Never raises for
         model output or server trouble."""
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []
         try:
             async with asyncio.timeout(self._settings.deadline_seconds):
                 proposal = await self._propose_degrading(request, failures)
         except TimeoutError:
-            failures.append(f"deadline: no answer within {self._settings.deadline_seconds:g} s")
+            failures.append(
+                ("deadline", f"deadline: no answer within {self._settings.deadline_seconds:g} s")
+            )
             proposal = None
         return proposal or await self._fall_back(request, failures)
 
     async def _propose_degrading(
-        self, request: EngineRequest, failures: list[str]
+        self, request: EngineRequest, failures: list[tuple[str, str]]
     ) -> Proposal | None:
-        """The modes in turn; None when the fallback must answer (`failures` say why)."""
+        """The modes in turn; None when the fallback must answer (`failures` say why:
+        (kind, words) each)."""
         mode: OutputMode | None = self._mode
         while mode is not None:
             try:
                 return await self._propose_in(mode, request)
             except _ParamRefused as exc:
                 if not self._completions.stop_sending(exc.param):  # refused again: not ours to fix
-                    failures.append(f"{mode.label}: bad request ({exc.param})")
+                    failures.append(("bad_request", f"{mode.label}: bad request ({exc.param})"))
                     return None
             except _ModeRejected as exc:
-                failures.append(f"{mode.label}: {exc}")
+                failures.append(("mode_rejected", f"{mode.label}: {exc}"))
                 mode = self._demote_past(mode)
             except _UnusableOutput as exc:
-                failures.append(f"{mode.label}: {exc}")
+                failures.append(("unusable_output", f"{mode.label}: {exc}"))
                 # Output trouble in tools mode is worth one JSON-mode try; in a JSON
                 # mode a simpler mode would not help (plain only exists for servers
                 # that reject json_object).
                 mode = max(self._mode, OutputMode.JSON_OBJECT) if mode is OutputMode.TOOLS else None
             except _TransportFailure as exc:
-                failures.append(f"{mode.label}: {exc}")
+                failures.append(("transport", f"{mode.label}: {exc}"))
                 mode = None
             except Exception as exc:  # never let a surprise escape: degrade instead
                 log.exception("%s: unexpected error in %s mode", self.name, mode.label)
-                failures.append(f"{mode.label}: unexpected {type(exc).__name__}")
+                failures.append(("unexpected", f"{mode.label}: unexpected {type(exc).__name__}"))
                 mode = None
         return None
 
@@ -260,9 +263,15 @@ class OpenAIEngine:
 
     # -- fallback -------------------------------------------------------------------
 
-    async def _fall_back(self, request: EngineRequest, failures: list[str]) -> Proposal:
+    async def _fall_back(self, request: EngineRequest, failures: list[tuple[str, str]]) -> Proposal:
+        words = [text for _, text in failures]
         # With one mode tried, naming the mode adds nothing: "failed: timeout".
-        reason = failures[0].split(": ", 1)[1] if len(failures) == 1 else "; ".join(failures)
+        reason = words[0].split(": ", 1)[1] if len(words) == 1 else "; ".join(words)
         log.warning("%s failed (%s); using %s", self.name, reason, self._fallback.name)
         proposal = await self._fallback.propose(request)
-        return replace(proposal, engine=f"{proposal.engine} ({self.name} failed: {reason})")
+        return replace(
+            proposal,
+            engine=f"{proposal.engine} ({self.name} failed: {reason})",
+            # The failure that ended the attempts (earlier ones led to other modes).
+            fallback=failures[-1][0] if failures else "unexpected",
+        )

@@ -75,6 +75,9 @@ class Proposal:
     bypass_attempt: bool = False
     # The language of the message and of `reply` ("en", "es", "de", "fr").
     language: str = "en"
+    # Why the offline engine answered for the configured LLM, as one word a metric can
+    # carry ("deadline", "transport", "unusable_output", "no_tokens", ...); '' if not.
+    fallback: str = ""
 
 
 class DecisionEngine(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from agentserver.domain.errors import (
     DomainError,
@@ -26,7 +27,8 @@ def debit_results(plan: Plan, finals: Mapping[str, Columns]) -> list[DebitResult
         if isinstance(outcome, Fresh):
             out.append(DebitResult(plan.entry_of(outcome, finals), outcome.reservation))
         elif isinstance(outcome, Replay):
-            out.append(DebitResult(outcome.prior.entry, outcome.prior.reservation))
+            first = replace(outcome.prior.entry, replayed=True)
+            out.append(DebitResult(first, outcome.prior.reservation))
         else:
             out.append(outcome)
     return out
@@ -44,7 +46,7 @@ def end_results(
             out.append((outcome.reservation, plan.entry_of(outcome, finals)))
         elif isinstance(outcome, Replay):
             assert outcome.prior.reservation is not None
-            out.append((outcome.prior.reservation, outcome.prior.entry))
+            out.append((outcome.prior.reservation, replace(outcome.prior.entry, replayed=True)))
         else:
             out.append(outcome)
     return out

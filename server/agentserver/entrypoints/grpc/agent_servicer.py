@@ -17,6 +17,8 @@ _HAPPENED = {pb.ACTION_OUTCOME_HAPPENED: True, pb.ACTION_OUTCOME_DID_NOT_HAPPEN:
 
 
 class AgentServicer(ServicerBase, agent_service_pb2_grpc.AgentServiceServicer):
+    service_name = "agentserver.v1.AgentService"
+
     def __init__(
         self,
         auth: Authenticator,

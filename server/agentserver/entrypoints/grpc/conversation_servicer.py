@@ -13,6 +13,8 @@ from agentserver.v1 import conversation_service_pb2_grpc
 
 
 class ConversationServicer(ServicerBase, conversation_service_pb2_grpc.ConversationServiceServicer):
+    service_name = "agentserver.v1.ConversationService"
+
     def __init__(self, auth: Authenticator, agent: AgentService, *, access_log: bool) -> None:
         super().__init__(auth, access_log=access_log)
         self.agent = agent

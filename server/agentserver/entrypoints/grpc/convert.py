@@ -70,7 +70,7 @@ def op_to_pb(op: OperationType) -> common_pb2.OperationType.ValueType:
     return common_pb2.OperationType.Value(f"OPERATION_TYPE_{op.name}")
 
 
-def _enum_name(wrapper: Any, value: int, prefix: str, field: str, hint: str) -> str:
+def enum_name(wrapper: Any, value: int, prefix: str, field: str, hint: str) -> str:
     """The member name (without `prefix`) of a set proto enum value; INVALID_ARGUMENT
     for the UNSPECIFIED zero or a number the enum does not have."""
     name = _names(wrapper).get(value, "")
@@ -86,7 +86,7 @@ def _names(wrapper: Any) -> dict[int, str]:
 
 def op_from_pb(value: int, field: str = "operation_type") -> OperationType:
     return OperationType[
-        _enum_name(
+        enum_name(
             common_pb2.OperationType,
             value,
             "OPERATION_TYPE_",
@@ -205,7 +205,7 @@ def _from_pb(domain: type[E], wrapper: Any, value: int, field: str, what: str) -
     """The domain enum member of a proto enum value named alike (the proto's prefix
     is its UPPER_SNAKE type name); INVALID_ARGUMENT naming `field` otherwise."""
     prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", wrapper.DESCRIPTOR.name).upper() + "_"
-    return domain[_enum_name(wrapper, value, prefix, field, f"{value} is not {what}")]
+    return domain[enum_name(wrapper, value, prefix, field, f"{value} is not {what}")]
 
 
 def state_from_pb(value: int) -> ActionState:

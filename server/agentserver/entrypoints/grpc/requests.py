@@ -48,13 +48,18 @@ def tolerant(cls: type[Message]) -> Callable[[bytes], Message | Unparseable]:
 
 
 def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Register `servicer`'s unary methods for `service` (as the generated
-    `add_*Servicer_to_server` does), with deserializers that never raise."""
+    """Register `servicer`'s methods for `service` (unary, or server-streaming, as the
+    generated `add_*Servicer_to_server` does), with deserializers that never raise."""
     handlers = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        handler = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = handler(
             getattr(servicer, method.name),
             request_deserializer=tolerant(request_cls),
             response_serializer=response_cls.SerializeToString,

@@ -10,16 +10,30 @@ import signal
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentserver.adapters.redis_ratelimit import RedisRateLimiter
+from agentserver.adapters.telemetry import (
+    MetricsEndpoint,
+    PrometheusTelemetry,
+    TracingTelemetry,
+    serve_metrics,
+)
 from agentserver.app import App
+from agentserver.entrypoints.grpc.admin_servicer import AdminServicer
 from agentserver.entrypoints.grpc.agent_servicer import AgentServicer
+from agentserver.entrypoints.grpc.base import ServicerBase
 from agentserver.entrypoints.grpc.conversation_servicer import ConversationServicer
 from agentserver.entrypoints.grpc.requests import add_service
 from agentserver.entrypoints.grpc.token_servicer import TokenServicer
-from agentserver.v1 import agent_service_pb2, conversation_service_pb2, token_service_pb2
+from agentserver.v1 import (
+    admin_service_pb2,
+    agent_service_pb2,
+    conversation_service_pb2,
+    token_service_pb2,
+)
 
 log = logging.getLogger("agentserver.server")
 
@@ -30,7 +44,8 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
 CONVERSATION_SERVICE = conversation_service_pb2.DESCRIPTOR.services_by_name["ConversationService"]
 TOKEN_SERVICE = token_service_pb2.DESCRIPTOR.services_by_name["TokenService"]
-SERVICES = (AGENT_SERVICE, CONVERSATION_SERVICE, TOKEN_SERVICE)
+ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"]
+SERVICES = (AGENT_SERVICE, CONVERSATION_SERVICE, TOKEN_SERVICE, ADMIN_SERVICE)
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
@@ -41,33 +56,47 @@ class RunningServer:
     port: int
     # The servicers by service name; the gRPC-web endpoint calls these same objects.
     servicers: dict[str, object] = field(default_factory=dict)
+    metrics: MetricsEndpoint | None = None  # Prometheus, when configured
 
     async def stop(self, grace: float) -> None:
         """Health goes NOT_SERVING first (load balancers stop sending), then in-flight
         calls get `grace` seconds to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 async def start_server(app: App, listen: str) -> RunningServer:
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if isinstance(app.telemetry, TracingTelemetry):  # only then: it costs on every call
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        interceptor = aio_server_interceptor(tracer_provider=app.telemetry.tracer_provider)  # type: ignore[no-untyped-call]
+        interceptors.append(interceptor)
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             # Never share a port silently with another process.
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ]
+        ],
     )
     access_log = app.settings.access_log
     tokens = TokenServicer(app.auth, app.ledger, app.costs, access_log=access_log)
     agent = AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log)
     conversations = ConversationServicer(app.auth, app.agent, access_log=access_log)
-    for servicer, service in (
+    admin = AdminServicer(app.auth, app.administration, app.personal, access_log=access_log)
+    servicers: tuple[tuple[ServicerBase, ServiceDescriptor], ...] = (
         (tokens, TOKEN_SERVICE),
         (agent, AGENT_SERVICE),
         (conversations, CONVERSATION_SERVICE),
-    ):
+        (admin, ADMIN_SERVICE),
+    )
+    for servicer, service in servicers:
         servicer.limiter = app.limiter
         servicer.audit = app.audit
+        servicer.telemetry = app.telemetry
         servicer.client_address_header = app.settings.client_address_header
         add_service(server, servicer, service)
     health_servicer = health.aio.HealthServicer()
@@ -81,6 +110,9 @@ async def start_server(app: App, listen: str) -> RunningServer:
         raise SystemExit(f"cannot listen on {listen}: {exc}") from None
     if port == 0:
         raise SystemExit(f"cannot listen on {listen} (address in use?)")
+    metrics = None
+    if isinstance(app.telemetry, PrometheusTelemetry):
+        metrics = serve_metrics(app.telemetry.registry, app.settings.metrics_listen)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -89,10 +121,12 @@ async def start_server(app: App, listen: str) -> RunningServer:
         server=server,
         health=health_servicer,
         port=port,
+        metrics=metrics,
         servicers={
             "AgentService": agent,
             "ConversationService": conversations,
             "TokenService": tokens,
+            "AdminService": admin,
         },
     )
 
@@ -134,6 +168,8 @@ async def serve_until_signalled(app: App, listen: str) -> None:
         log.info("serving the console and gRPC-web", extra={"listen": app.settings.web_listen})
     app.start_background()
     log.info("serving", extra={"listen": listen, "port": running.port})
+    if running.metrics is not None:
+        log.info("serving metrics", extra={"listen": app.settings.metrics_listen})
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

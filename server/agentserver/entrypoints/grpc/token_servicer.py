@@ -20,6 +20,8 @@ from agentserver.v1 import token_service_pb2_grpc
 
 
 class TokenServicer(ServicerBase, token_service_pb2_grpc.TokenServiceServicer):
+    service_name = "agentserver.v1.TokenService"
+
     def __init__(
         self, auth: Authenticator, ledger: LedgerService, costs: CostTable, *, access_log: bool
     ) -> None:
