@@ -302,14 +302,19 @@ class AgentService(Reading, Deciding):
         """Ask the configured engine; an LLM decision is paid first (1 token), and
         with no balance left the offline engine decides instead."""
         with self.telemetry.span("engine.propose", {"engine": self.engine.name}):
-            proposal = await self._ask_engine(request, tenant, location, message_id)
+            proposal = await self._ask_engine(request, tenant, location, message_id, about)
         self.telemetry.engine_used(
             "offline" if proposal.engine.startswith("offline") else "llm", proposal.fallback
         )
         return proposal
 
     async def _ask_engine(
-        self, request: EngineRequest, tenant: str, location: str, message_id: str
+        self,
+        request: EngineRequest,
+        tenant: str,
+        location: str,
+        message_id: str,
+        about: Attribution,
     ) -> Proposal:
         if self.engine is self.offline:
             return await self.offline.propose(request)
