@@ -22,6 +22,7 @@ from agentserver.domain.ledger import (
     MonthlyFeeResult,
     Reservation,
     ReservationState,
+    UsageFilter,
 )
 from agentserver.domain.ledger_kernel import (
     Columns,
@@ -368,13 +369,14 @@ class MemoryLedger:
         )
 
     async def list_entries(
-        self, tenant_id: str, location_id: str, page: PageRequest
+        self, tenant_id: str, which: UsageFilter, page: PageRequest
     ) -> tuple[list[Entry], str]:
-        wallet = self.snapshot(tenant_id).paying_wallet(location_id)
-        if wallet is None:
-            raise NotFound(f"tenant {tenant_id!r} has no token wallet")
         rows = sorted(
-            (e.entry for e in self.entries if e.wallet_id == wallet.id),
+            (
+                e.entry
+                for e in self.entries
+                if e.entry.tenant_id == tenant_id and which.admits(e.entry)
+            ),
             key=lambda e: e.id,
             reverse=True,
         )

@@ -20,6 +20,7 @@ from agentserver.app import build_app, prepare_database
 from agentserver.client import AgentServerClient, AgentServerError, StatusCode
 from agentserver.config import Settings
 from agentserver.domain.identity import TENANT_DEFAULT_SCOPES
+from agentserver.domain.ledger import EVERY_ENTRY
 from agentserver.domain.paging import PageRequest
 from agentserver.v1 import common_pb2
 from agentserver.v1 import token_service_pb2 as pb
@@ -205,7 +206,7 @@ async def test_two_replicas_share_one_postgres_wallet(fresh_pg_url: str, tmp_pat
         for proc, _ in servers:
             procs.stop(proc)
     await ledger_invariant(app.engine, tenant)
-    entries, _ = await app.ledger.usage(tenant, "", PageRequest(size=500, after=None))
+    entries, _ = await app.ledger.usage(tenant, EVERY_ENTRY, PageRequest(size=500, after=None))
     assert sum(1 for e in entries if e.kind == "charge") == 150
     await app.close()
 

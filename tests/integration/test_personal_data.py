@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import struct_pb2
 from sqlalchemy import text
 
 from agentserver.client import AgentServerClient, AgentServerError, StatusCode
 from agentserver.v1 import admin_service_pb2 as pb
 from agentserver.v1 import agent_service_pb2 as apb
+from agentserver.v1 import common_pb2
+from agentserver.v1 import token_service_pb2 as tpb
 from tests.conftest import Harness, Tenant, ledger_invariant
 
 # Words only the user of one test ever wrote, to look for after the erasure.
@@ -42,8 +45,9 @@ async def export(admin: AgentServerClient, user: str) -> tuple[dict[str, Any], i
 async def a_users_life(
     h: Harness, t: Tenant, user: str, words: tuple[str, str, str] = (INVOICE, CODE, ADDRESS)
 ) -> None:
-    """A user who emailed, texted (waiting for an approver: tokens held) and was given
-    a permission of their own; and a coordinator rejecting something they asked."""
+    """A user who emailed, texted (waiting for an approver: tokens held), was charged
+    for a report with metadata naming the invoice, and was given a permission of their
+    own; and a coordinator rejecting something they asked."""
     invoice, code, address = words
     await h.app.admin.set_tenant_policy(
         t.id, {"level_overrides": {"sms.send": "approval_required"}}
@@ -58,6 +62,16 @@ async def a_users_life(
         )
         third = await client.process(
             apb.ProcessRequest(message="Text +15550001234 that the shop opens at 10")
+        )
+        note = struct_pb2.Struct()
+        note.update({"invoice": invoice})
+        await client.charge_tokens(
+            tpb.ChargeTokensRequest(
+                operation_type=common_pb2.OPERATION_TYPE_INTERNAL_API_LLM,
+                amount=1,
+                request_id=uuid.uuid4().hex,
+                metadata=note,
+            )
         )
     async with t.client("coco") as coordinator:
         await coordinator.reject_action(
@@ -85,9 +99,9 @@ async def test_export_has_everything_about_the_user_and_nothing_else(harness: Ha
         email = next(a for a in doc["actions"] if a["action_type"] == "email.send")
         assert email["parameters"]["to"] == ADDRESS and email["state"] == "succeeded"
         # The email's hold and capture, the text's hold (waiting), the rejected one's
-        # hold and release.
+        # hold and release, and the report's charge.
         kinds = sorted(e["kind"] for e in doc["usage_entries"])
-        assert kinds == ["capture", "release", "reserve", "reserve", "reserve"]
+        assert kinds == ["capture", "charge", "release", "reserve", "reserve", "reserve"]
         assert doc["permission_rules"] == [{"effect": "allow", "permission": "reports:read"}]
         events = doc["audit_events"]
         assert sum(e["type"] == "Process" and e["user_id"] == user for e in events) == 3
@@ -131,6 +145,9 @@ async def test_erasure_leaves_no_trace_in_the_database_files(
         assert (done.actions_withdrawn, done.permission_rules_removed) == (1, 1)
         assert done.actions_redacted == 3 and done.audit_events_redacted >= 4
         assert done.outbox_events_redacted > 0  # what other systems are told, too
+        # the email's hold and capture, both texts' holds and releases (the waiting one
+        # withdrawn now), the charge: they stay, naming the pseudonym
+        assert done.usage_entries_redacted == 7
         again = await admin.erase_user_data(
             pb.EraseUserDataRequest(user_id=user, reason="once more")
         )

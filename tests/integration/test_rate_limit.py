@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentserver.adapters.redis_ratelimit import RedisRateLimiter
 from agentserver.client import AgentServerError, StatusCode
+from agentserver.domain.ledger import EVERY_ENTRY
 from agentserver.domain.paging import PageRequest
 from agentserver.domain.ratelimit import InProcessRateLimiter
 from agentserver.entrypoints.grpc.server import REDIS_HEALTH
@@ -66,7 +67,7 @@ async def test_over_the_limit_is_resource_exhausted_with_retry_info(
                     )
                 )
             assert exc.value.code is StatusCode.RESOURCE_EXHAUSTED
-        assert not (await h.app.ledger.usage(t.id, "", PageRequest(10, None)))[0]
+        assert not (await h.app.ledger.usage(t.id, EVERY_ENTRY, PageRequest(10, None)))[0]
     finally:
         await h.server.stop(0)
         await h.app.close()

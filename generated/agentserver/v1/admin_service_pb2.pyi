@@ -1889,6 +1889,7 @@ class EraseUserDataResponse(_message.Message):
     PERMISSION_RULES_REMOVED_FIELD_NUMBER: _builtins.int
     API_KEYS_REDACTED_FIELD_NUMBER: _builtins.int
     OUTBOX_EVENTS_REDACTED_FIELD_NUMBER: _builtins.int
+    USAGE_ENTRIES_REDACTED_FIELD_NUMBER: _builtins.int
     pseudonym: _builtins.str
     """What stands for the user now in what was kept (and in the audit event)."""
     messages_deleted: _builtins.int
@@ -1907,6 +1908,10 @@ class EraseUserDataResponse(_message.Message):
     """API keys bound to the user revoked and renamed."""
     outbox_events_redacted: _builtins.int
     """Events for other systems (the outbox) kept without the user's words and id."""
+    usage_entries_redacted: _builtins.int
+    """Usage entries and reservations kept with their amounts and times, naming the
+    pseudonym and without their metadata.
+    """
     def __init__(
         self,
         *,
@@ -1919,10 +1924,11 @@ class EraseUserDataResponse(_message.Message):
         permission_rules_removed: _builtins.int = ...,
         api_keys_redacted: _builtins.int = ...,
         outbox_events_redacted: _builtins.int = ...,
+        usage_entries_redacted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions_redacted", b"actions_redacted", "actions_withdrawn", b"actions_withdrawn", "api_keys_redacted", b"api_keys_redacted", "audit_events_redacted", b"audit_events_redacted", "messages_deleted", b"messages_deleted", "outbox_events_redacted", b"outbox_events_redacted", "permission_rules_removed", b"permission_rules_removed", "pseudonym", b"pseudonym", "sessions_redacted", b"sessions_redacted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions_redacted", b"actions_redacted", "actions_withdrawn", b"actions_withdrawn", "api_keys_redacted", b"api_keys_redacted", "audit_events_redacted", b"audit_events_redacted", "messages_deleted", b"messages_deleted", "outbox_events_redacted", b"outbox_events_redacted", "permission_rules_removed", b"permission_rules_removed", "pseudonym", b"pseudonym", "sessions_redacted", b"sessions_redacted", "usage_entries_redacted", b"usage_entries_redacted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

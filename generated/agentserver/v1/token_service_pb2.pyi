@@ -8,6 +8,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -180,6 +181,9 @@ class UsageEntry(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     AVAILABLE_AFTER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id."""
     tenant_id: _builtins.str
@@ -202,9 +206,20 @@ class UsageEntry(_message.Message):
     """The reservation this entry belongs to, if any."""
     available_after: _builtins.int
     """The wallet's available balance right after this entry."""
+    user_id: _builtins.str
+    """The user the work was for, if known: named by the caller of ChargeTokens or
+    ReserveTokens, or the user of a Process call (its LLM decision and actions).
+    An end of a reservation carries the reservation's.
+    """
+    session_id: _builtins.str
+    """The conversation the work was for, if any."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the entry was written."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Metadata: the caller's, or what the server knows (the action or message)."""
 
     def __init__(
         self,
@@ -221,10 +236,13 @@ class UsageEntry(_message.Message):
         reservation_id: _builtins.str = ...,
         available_after: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_after", b"available_after", "create_time", b"create_time", "description", b"description", "id", b"id", "kind", b"kind", "location_id", b"location_id", "operation_type", b"operation_type", "request_id", b"request_id", "reservation_id", b"reservation_id", "tenant_id", b"tenant_id", "tokens", b"tokens", "wallet_location_id", b"wallet_location_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_after", b"available_after", "create_time", b"create_time", "description", b"description", "id", b"id", "kind", b"kind", "location_id", b"location_id", "metadata", b"metadata", "operation_type", b"operation_type", "request_id", b"request_id", "reservation_id", b"reservation_id", "session_id", b"session_id", "tenant_id", b"tenant_id", "tokens", b"tokens", "user_id", b"user_id", "wallet_location_id", b"wallet_location_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,6 +266,9 @@ class Reservation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id."""
     tenant_id: _builtins.str
@@ -266,6 +287,10 @@ class Reservation(_message.Message):
     """Where the reservation is in its lifecycle."""
     description: _builtins.str
     """Free text supplied by the caller."""
+    user_id: _builtins.str
+    """The user the tokens are held for, if the caller named one."""
+    session_id: _builtins.str
+    """The conversation the tokens are held for, if any."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When a pending reservation expires."""
@@ -277,6 +302,10 @@ class Reservation(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When it ended; unset while pending."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """The caller's metadata, copied to the entries of the reservation's end."""
 
     def __init__(
         self,
@@ -293,10 +322,13 @@ class Reservation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "expire_time", b"expire_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "captured_amount", b"captured_amount", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "expire_time", b"expire_time", "id", b"id", "location_id", b"location_id", "operation_type", b"operation_type", "state", b"state", "tenant_id", b"tenant_id", "wallet_location_id", b"wallet_location_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "captured_amount", b"captured_amount", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "expire_time", b"expire_time", "id", b"id", "location_id", b"location_id", "metadata", b"metadata", "operation_type", b"operation_type", "session_id", b"session_id", "state", b"state", "tenant_id", b"tenant_id", "user_id", b"user_id", "wallet_location_id", b"wallet_location_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,14 +394,39 @@ class ListUsageRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_TYPES_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    WALLET_LOCATION_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Required. The tenant."""
     location_id: _builtins.str
-    """Optional. Lists the wallet that serves this location."""
+    """Optional. Only entries made for this location, whichever wallet paid."""
     page_size: _builtins.int
     """Entries per page, 1 to 500; 0 means the default of 50."""
     page_token: _builtins.str
-    """A `next_page_token` from a previous call; empty for the first page."""
+    """A `next_page_token` from a previous call; empty for the first page. The
+    filters of the call that made it should be given again.
+    """
+    user_id: _builtins.str
+    """Optional. Only entries made for this user."""
+    wallet_location_id: _builtins.str
+    """Optional. Only entries of one wallet: empty for the tenant's wallet, else the
+    location whose own wallet it is.
+    """
+    @_builtins.property
+    def operation_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.OperationType.ValueType]:
+        """Optional. Only entries of these operation types."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Only entries written at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. Only entries written before this time; after `start_time`."""
+
     def __init__(
         self,
         *,
@@ -377,12 +434,19 @@ class ListUsageRequest(_message.Message):
         location_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        operation_types: _abc.Iterable[_common_pb2.OperationType.ValueType] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        wallet_location_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_wallet_location_id", b"_wallet_location_id", "end_time", b"end_time", "start_time", b"start_time", "wallet_location_id", b"wallet_location_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_wallet_location_id", b"_wallet_location_id", "end_time", b"end_time", "location_id", b"location_id", "operation_types", b"operation_types", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "tenant_id", b"tenant_id", "user_id", b"user_id", "wallet_location_id", b"wallet_location_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__wallet_location_id: _TypeAlias = _typing.Literal["wallet_location_id"]  # noqa: Y015
+    _WhichOneofArgType__wallet_location_id: _TypeAlias = _typing.Literal["_wallet_location_id", b"_wallet_location_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wallet_location_id) -> _WhichOneofReturnType__wallet_location_id | None: ...
 
 Global___ListUsageRequest: _TypeAlias = ListUsageRequest  # noqa: Y015
 
@@ -565,6 +629,9 @@ class ChargeTokensRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Required. The tenant."""
     location_id: _builtins.str
@@ -577,6 +644,14 @@ class ChargeTokensRequest(_message.Message):
     """Required. Idempotency key, at most 128 characters."""
     description: _builtins.str
     """Optional. Free text kept with the entry."""
+    user_id: _builtins.str
+    """Optional. The user the work is for, at most 120 characters."""
+    session_id: _builtins.str
+    """Optional. The conversation the work is for, at most 64 characters."""
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Optional. Metadata kept with the entry (a JSON object), at most 16 KiB."""
+
     def __init__(
         self,
         *,
@@ -586,10 +661,13 @@ class ChargeTokensRequest(_message.Message):
         amount: _builtins.int = ...,
         request_id: _builtins.str = ...,
         description: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "location_id", b"location_id", "operation_type", b"operation_type", "request_id", b"request_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "location_id", b"location_id", "metadata", b"metadata", "operation_type", b"operation_type", "request_id", b"request_id", "session_id", b"session_id", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -632,6 +710,9 @@ class ReserveTokensRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Required. The tenant."""
     location_id: _builtins.str
@@ -644,9 +725,17 @@ class ReserveTokensRequest(_message.Message):
     """Required. Idempotency key, at most 128 characters."""
     description: _builtins.str
     """Optional. Free text kept with the reservation."""
+    user_id: _builtins.str
+    """Optional. The user the work is for, at most 120 characters."""
+    session_id: _builtins.str
+    """Optional. The conversation the work is for, at most 64 characters."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """Optional. How long the hold lasts, 1 s to 7 days; default 15 minutes."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Optional. Metadata kept with the entry (a JSON object), at most 16 KiB."""
 
     def __init__(
         self,
@@ -658,10 +747,13 @@ class ReserveTokensRequest(_message.Message):
         request_id: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
         description: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "location_id", b"location_id", "operation_type", b"operation_type", "request_id", b"request_id", "tenant_id", b"tenant_id", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "location_id", b"location_id", "metadata", b"metadata", "operation_type", b"operation_type", "request_id", b"request_id", "session_id", b"session_id", "tenant_id", b"tenant_id", "ttl", b"ttl", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

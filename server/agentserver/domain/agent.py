@@ -61,7 +61,7 @@ from agentserver.domain.executor import (
 )
 from agentserver.domain.identity import MAX_LOCATION_ID, Caller, check_lengths
 from agentserver.domain.ids import new_id
-from agentserver.domain.ledger import Debit, LedgerService, validate_debit
+from agentserver.domain.ledger import Attribution, Debit, LedgerService, validate_debit
 from agentserver.domain.policy_source import PolicySource, policy_settings
 from agentserver.domain.reading import Reading
 from agentserver.domain.registry import Registry
@@ -202,7 +202,8 @@ class AgentService(Reading, Deciding):
             tenant_id=tenant,
             location_id=location,
         )
-        proposal = await self._propose(engine_request, tenant, location, user_message.id)
+        about = Attribution(user, session.id, {"message_id": user_message.id})
+        proposal = await self._propose(engine_request, tenant, location, user_message.id, about)
         d = _Draft(tenant, session, new_session, user_message, location, user, now)
 
         def draft(available: int | None) -> Drafted:
@@ -291,19 +292,29 @@ class AgentService(Reading, Deciding):
         return level, reply, assistant
 
     async def _propose(
-        self, request: EngineRequest, tenant: str, location: str, message_id: str
+        self,
+        request: EngineRequest,
+        tenant: str,
+        location: str,
+        message_id: str,
+        about: Attribution,
     ) -> Proposal:
         """Ask the configured engine; an LLM decision is paid first (1 token), and
         with no balance left the offline engine decides instead."""
         with self.telemetry.span("engine.propose", {"engine": self.engine.name}):
-            proposal = await self._ask_engine(request, tenant, location, message_id)
+            proposal = await self._ask_engine(request, tenant, location, message_id, about)
         self.telemetry.engine_used(
             "offline" if proposal.engine.startswith("offline") else "llm", proposal.fallback
         )
         return proposal
 
     async def _ask_engine(
-        self, request: EngineRequest, tenant: str, location: str, message_id: str
+        self,
+        request: EngineRequest,
+        tenant: str,
+        location: str,
+        message_id: str,
+        about: Attribution,
     ) -> Proposal:
         if self.engine is self.offline:
             return await self.offline.propose(request)
@@ -318,6 +329,7 @@ class AgentService(Reading, Deciding):
                         amount=cost,
                         request_id=f"llm:{message_id}",
                         description=f"decision by {self.engine.name}",
+                        attribution=about,
                     )
                 )
         except (InsufficientTokens, NotFound):

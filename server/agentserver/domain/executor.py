@@ -45,7 +45,13 @@ from agentserver.domain.errors import (
     InsufficientTokens,
     Unavailable,
 )
-from agentserver.domain.ledger import MAX_RESERVATION_TTL, Debit, EntryKind, LedgerService
+from agentserver.domain.ledger import (
+    MAX_RESERVATION_TTL,
+    Attribution,
+    Debit,
+    EntryKind,
+    LedgerService,
+)
 from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 from agentserver.domain.windows import WINDOW, ConversationWindows, WindowKey, window_key
 
@@ -214,6 +220,7 @@ class Executor:
             kind=EntryKind.RESERVE,
             ttl=self.reservation_ttl,
             reservation_id=reservation_id,
+            attribution=action_attribution(action),
         )
 
     async def reserve(self, action: Action) -> str | None:
@@ -576,3 +583,14 @@ def _result_dict(result: ChannelResult) -> dict[str, Any]:
         "detail": result.detail,
         "pending": result.pending,
     }
+
+
+def action_attribution(action: Action) -> Attribution:
+    """What an action's usage entries say about it: who asked, in which conversation,
+    which action of what type."""
+    action_id = action.id.partition(":")[0]  # a re-hold's id names its action's
+    return Attribution(
+        action.requested_by,
+        action.session_id,
+        {"action_id": action_id, "action_type": action.action_type},
+    )

@@ -27,16 +27,21 @@ import enum
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from agentserver.domain.batching import Coalescer
 from agentserver.domain.clock import Clock
 from agentserver.domain.costs import CostTable, OperationType
 from agentserver.domain.errors import DomainError, FieldViolation, InvalidArgument
-from agentserver.domain.identity import MAX_LOCATION_ID, MAX_TENANT_ID, check_lengths
+from agentserver.domain.identity import (
+    MAX_LOCATION_ID,
+    MAX_TENANT_ID,
+    MAX_USER_ID,
+    check_lengths,
+)
 from agentserver.domain.paging import PageRequest
 from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 
@@ -47,6 +52,8 @@ MAX_REQUEST_ID = 128
 DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
 MAX_RESERVATION_TTL = timedelta(days=7)
 MAX_SUMMARY_DAYS = 366
+MAX_SESSION_ID = 64
+MAX_METADATA_BYTES = 16_384
 # Operation types the server charges itself; callers may not.
 SERVER_ONLY = frozenset({OperationType.PURCHASE, OperationType.MONTHLY_FEE})
 
@@ -86,6 +93,48 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class Attribution:
+    """Who and what a usage entry is for, beside its amounts: the user who asked, the
+    conversation, and free metadata (a JSON object). A reservation's captures,
+    releases and expiry carry its attribution."""
+
+    user_id: str = ""
+    session_id: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.user_id or self.session_id or self.metadata)
+
+    def metadata_json(self) -> str:
+        """The metadata as canonical JSON text (sorted keys)."""
+        return canonical_json(self.metadata)
+
+    def validate(self) -> list[FieldViolation]:
+        violations: list[FieldViolation] = []
+        try:
+            check_lengths(
+                ("user_id", self.user_id, MAX_USER_ID),
+                ("session_id", self.session_id, MAX_SESSION_ID),
+            )
+        except InvalidArgument as e:
+            violations.extend(e.violations)
+        if len(self.metadata_json().encode()) > MAX_METADATA_BYTES:
+            violations.extend(
+                InvalidArgument.field(
+                    "metadata", f"must be at most {MAX_METADATA_BYTES:,} bytes as JSON"
+                ).violations
+            )
+        return violations
+
+
+NOBODY = Attribution()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
 class Entry:
     id: str
     tenant_id: str
@@ -104,6 +153,7 @@ class Entry:
     # The first result of this request_id, returned again (nothing was written now);
     # not part of what the entry is, so a replay still equals the first result.
     replayed: bool = field(default=False, compare=False)
+    attribution: Attribution = NOBODY
 
     @property
     def available_after(self) -> int:
@@ -124,6 +174,7 @@ class Reservation:
     expires_at: datetime
     created_at: datetime
     ended_at: datetime | None
+    attribution: Attribution = NOBODY
 
 
 @dataclass(frozen=True)
@@ -141,8 +192,13 @@ class Debit:
     # A reservation's id chosen by the caller, who must name it before the write
     # (Process stores the action with it in the same statement); None: the store's.
     reservation_id: str | None = None
+    attribution: Attribution = NOBODY
 
-    def request_hash(self) -> str:
+    def request_hash(self, *, with_attribution: bool = True) -> str:
+        """The fingerprint of the debit's content. The attribution counts when given;
+        `with_attribution=False` gives the fingerprint an entry written before entries
+        had attributions carries (the kernel lets such an entry replay this debit)."""
+        about = self.attribution if with_attribution else NOBODY
         return request_hash(
             self.kind.value,
             self.location_id,
@@ -150,7 +206,45 @@ class Debit:
             self.amount,
             self.description,
             self.ttl.total_seconds() if self.ttl else None,
+            *((about.user_id, about.session_id, about.metadata_json()) if about else ()),
         )
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """Which of a tenant's usage entries to list; an empty field admits any."""
+
+    location_id: str = ""  # entries made for this location, whichever wallet paid
+    wallet_location_id: str | None = None  # entries of one wallet ('' the tenant's)
+    user_id: str = ""
+    operation_types: frozenset[OperationType] = frozenset()
+    start: datetime | None = None  # written at or after
+    end: datetime | None = None  # written before
+
+    def validate(self) -> None:
+        check_lengths(
+            ("location_id", self.location_id, MAX_LOCATION_ID),
+            ("wallet_location_id", self.wallet_location_id or "", MAX_LOCATION_ID),
+            ("user_id", self.user_id, MAX_USER_ID),
+        )
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise InvalidArgument.field("end_time", "must be after start_time")
+
+    def admits(self, entry: Entry) -> bool:
+        return (
+            (not self.location_id or entry.location_id == self.location_id)
+            and (
+                self.wallet_location_id is None
+                or entry.wallet_location_id == self.wallet_location_id
+            )
+            and (not self.user_id or entry.attribution.user_id == self.user_id)
+            and (not self.operation_types or entry.operation_type in self.operation_types)
+            and (self.start is None or entry.created_at >= self.start)
+            and (self.end is None or entry.created_at < self.end)
+        )
+
+
+EVERY_ENTRY = UsageFilter()
 
 
 @dataclass(frozen=True)
@@ -243,6 +337,7 @@ def validate_debit(debit: Debit) -> None:
                 "operation_type", f"{debit.operation_type.value} is charged by the server only"
             ).violations
         )
+    violations.extend(debit.attribution.validate())
     if debit.ttl is not None and not (timedelta(seconds=1) <= debit.ttl <= MAX_RESERVATION_TTL):
         violations.extend(InvalidArgument.field("ttl", "must be between 1 s and 7 days").violations)
     if violations:
@@ -297,7 +392,7 @@ class LedgerStore(Protocol):
     async def balance(self, tenant_id: str, location_id: str) -> Balance: ...
 
     async def list_entries(
-        self, tenant_id: str, location_id: str, page: PageRequest
+        self, tenant_id: str, which: UsageFilter, page: PageRequest
     ) -> tuple[list[Entry], str]: ...
 
     async def get_reservation(self, tenant_id: str, reservation_id: str) -> Reservation: ...
@@ -437,10 +532,12 @@ class LedgerService:
         return await self.store.balance(tenant_id, location_id)
 
     async def usage(
-        self, tenant_id: str, location_id: str, page: PageRequest
+        self, tenant_id: str, which: UsageFilter, page: PageRequest
     ) -> tuple[list[Entry], str]:
+        """The tenant's entries that `which` admits, newest first."""
         validate_tenant(tenant_id)
-        return await self.store.list_entries(tenant_id, location_id, page)
+        which.validate()
+        return await self.store.list_entries(tenant_id, which, page)
 
     async def reservations(
         self,

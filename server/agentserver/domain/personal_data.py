@@ -47,6 +47,7 @@ class Erasure:
     permission_rules_removed: int = 0
     api_keys_redacted: int = 0
     outbox_events_redacted: int = 0
+    usage_entries_redacted: int = 0
 
 
 @dataclass(frozen=True)

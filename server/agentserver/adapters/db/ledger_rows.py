@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agentserver.domain.costs import OperationType
-from agentserver.domain.ledger import Balance, Entry, EntryKind, Reservation, ReservationState
+from agentserver.domain.ledger import (
+    Attribution,
+    Balance,
+    Entry,
+    EntryKind,
+    Reservation,
+    ReservationState,
+)
 from agentserver.domain.ledger_kernel import Columns, Delta, Plan, Prior, Wallet
 
 _PENDING = ReservationState.PENDING.value
@@ -55,6 +63,7 @@ def to_entry(row: Any) -> Entry:
         used_after=row.used_after,
         reserved_after=row.reserved_after,
         created_at=row.created_at,
+        attribution=attribution_of(row),
     )
 
 
@@ -72,7 +81,23 @@ def to_reservation(row: Any) -> Reservation:
         expires_at=row.expires_at,
         created_at=row.created_at,
         ended_at=row.ended_at,
+        attribution=attribution_of(row),
     )
+
+
+def attribution_of(row: Any) -> Attribution:
+    meta = row.metadata
+    if isinstance(meta, str):  # asyncpg hands json over as text
+        meta = json.loads(meta)
+    return Attribution(row.user_id, row.session_id, meta or {})
+
+
+def attribution_columns(about: Attribution) -> dict[str, Any]:
+    return {
+        "user_id": about.user_id,
+        "session_id": about.session_id,
+        "metadata": dict(about.metadata),
+    }
 
 
 def to_wallet(row: Any, *, with_columns: bool = True) -> Wallet:
@@ -110,6 +135,7 @@ def entry_rows(plan: Plan, finals: dict[str, Columns]) -> list[dict[str, Any]]:
                 "request_hash": e.request_hash,
                 "reservation_id": e.reservation_id,
                 "created_at": plan.now,
+                **attribution_columns(e.attribution),
             }
         )
     return rows
@@ -134,6 +160,7 @@ def reservation_rows(plan: Plan) -> list[dict[str, Any]]:
                 "expires_at": r.expires_at,
                 "created_at": r.created_at,
                 "ended_at": None,
+                **attribution_columns(r.attribution),
             }
         )
     return rows

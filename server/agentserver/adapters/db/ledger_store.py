@@ -47,6 +47,7 @@ from agentserver.domain.ledger import (
     MonthlyFeeResult,
     Reservation,
     ReservationState,
+    UsageFilter,
 )
 from agentserver.domain.ledger_kernel import (
     Columns,
@@ -517,11 +518,24 @@ class SqlLedgerStore:
             return to_balance(await self._paying_row(conn, tenant_id, location_id))
 
     async def list_entries(
-        self, tenant_id: str, location_id: str, page: PageRequest
+        self, tenant_id: str, which: UsageFilter, page: PageRequest
     ) -> tuple[list[Entry], str]:
+        query = select(E).where(E.c.tenant_id == tenant_id)
+        if which.location_id:
+            query = query.where(E.c.location_id == which.location_id)
+        if which.wallet_location_id is not None:
+            query = query.where(E.c.wallet_location_id == which.wallet_location_id)
+        if which.user_id:
+            query = query.where(E.c.user_id == which.user_id, E.c.user_id != "")
+        if which.operation_types:
+            query = query.where(
+                E.c.operation_type.in_(sorted(op.value for op in which.operation_types))
+            )
+        if which.start is not None:
+            query = query.where(E.c.created_at >= which.start)
+        if which.end is not None:
+            query = query.where(E.c.created_at < which.end)
         async with self._read.connect() as conn:
-            wallet = await self._paying_row(conn, tenant_id, location_id)
-            query = select(E).where(E.c.tenant_id == tenant_id, E.c.wallet_id == wallet.id)
             if page.after:
                 query = query.where(E.c.id < str(page.after.get("id", "")))
             rows = (await conn.execute(query.order_by(E.c.id.desc()).limit(page.size + 1))).all()

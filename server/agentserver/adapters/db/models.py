@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -129,6 +130,18 @@ class LedgerEntry(Base):
         # The idempotency key: one write per (tenant, request_id), ever.
         UniqueConstraint("tenant_id", "request_id"),
         Index("ix_token_usage_logs_wallet_id_id", "wallet_id", "id"),
+        # ListUsage: a tenant's entries newest first, and those made for a location
+        # or a user (partial: most entries name no user).
+        Index("ix_token_usage_logs_tenant_id_id", "tenant_id", "id"),
+        Index("ix_token_usage_logs_location", "tenant_id", "location_id", "id"),
+        Index(
+            "ix_token_usage_logs_user",
+            "tenant_id",
+            "user_id",
+            "id",
+            postgresql_where=text("user_id <> ''"),
+            sqlite_where=text("user_id <> ''"),
+        ),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
@@ -153,6 +166,10 @@ class LedgerEntry(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     reservation_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime]
+    # The seed's attribution: who asked, in which conversation, and free metadata.
+    user_id: Mapped[str] = mapped_column(String(120), default="", server_default="")
+    session_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict, server_default="{}")
 
 
 class Reservation(Base):
@@ -171,6 +188,10 @@ class Reservation(Base):
     expires_at: Mapped[datetime]
     created_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+    # Copied to the entries of its capture, release or expiry.
+    user_id: Mapped[str] = mapped_column(String(120), default="", server_default="")
+    session_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict, server_default="{}")
 
 
 class OutboxEvent(Base):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, cast, delete, func, literal, or_, select, update
+from sqlalchemy import String, and_, cast, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentserver.adapters.audit import UNAUTHENTICATED_KIND
@@ -39,6 +39,7 @@ EV = models.events
 PR = models.permission_rules
 K = models.api_keys
 OB = models.outbox
+RS = models.reservations
 
 REDACTED_RESULT = {"redacted": True}
 # The words an outbox event may carry (a message's content, an action's parameters,
@@ -119,7 +120,12 @@ class SqlPersonalDataStore:
         )
         query = select(E).where(
             E.c.tenant_id == tenant_id,
-            or_(E.c.reservation_id.in_(reservations), E.c.request_id.in_(decisions)),
+            or_(
+                and_(E.c.user_id == user_id, E.c.user_id != ""),
+                # entries written before entries named their user
+                E.c.reservation_id.in_(reservations),
+                E.c.request_id.in_(decisions),
+            ),
             E.c.id > after,
         )
         async with self._read.connect() as conn:
@@ -201,6 +207,17 @@ class SqlPersonalDataStore:
                 .where(K.c.tenant_id == tenant_id, K.c.user_id == user_id)
                 .values(user_id=pseudonym, revoked_at=func.coalesce(K.c.revoked_at, now))
             )
+            # Usage entries and reservations keep amounts and times; whose they were,
+            # and their metadata, go.
+            counts = [
+                await conn.execute(
+                    update(table)
+                    .where(table.c.tenant_id == tenant_id, table.c.user_id == user_id)
+                    .values(user_id=pseudonym, metadata={})
+                )
+                for table in (E, RS)
+            ]
+            usage = int(counts[0].rowcount or 0)
         await self._checkpoint()
         return Erasure(
             pseudonym=pseudonym,
@@ -211,6 +228,7 @@ class SqlPersonalDataStore:
             permission_rules_removed=int(rules.rowcount or 0),
             api_keys_redacted=int(keys.rowcount or 0),
             outbox_events_redacted=outbox,
+            usage_entries_redacted=usage,
         )
 
     async def _redact_outbox(

@@ -40,6 +40,7 @@ from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError
 from agentserver.domain.events import DomainEvent
 from agentserver.domain.ledger import (
+    Attribution,
     Debit,
     DebitResult,
     EndRequest,
@@ -63,13 +64,13 @@ _ENTRY_COLUMNS = (
     "id, tenant_id, location_id, wallet_id, wallet_location_id, operation_type, kind, tokens, "
     "total_delta, used_delta, reserved_delta, arrears_delta, total_after, used_after, "
     "reserved_after, arrears_after, description, request_id, request_hash, reservation_id, "
-    "created_at"
+    "created_at, user_id, session_id, metadata"
 )
 _PENDING = ReservationState.PENDING.value
 
 # A blind debit plan of one wallet: $1 tenant, $2 now, $3 wallet, $4 used delta,
 # $5 reserved delta, $6 need, $7 a location that must have no wallet ('' none);
-# per entry $8..$20; per new reservation $21..$26 (see `debit_args`). Nothing is
+# per entry $8..$23; per new reservation $24..$32 (see `debit_args`). Nothing is
 # written unless the wallet's guarded UPDATE (`w`) matched.
 DEBIT_CTES = f"""
 w AS (
@@ -86,29 +87,34 @@ w AS (
 ), r AS (
   INSERT INTO reservations (id, tenant_id, wallet_id, location_id, wallet_location_id,
                             operation_type, amount, captured_amount, state, description,
-                            expires_at, created_at, ended_at)
+                            expires_at, created_at, ended_at, user_id, session_id, metadata)
   SELECT d.id, $1, w.id, d.location_id, w.location_id, d.operation_type, d.amount, 0,
-         '{_PENDING}', d.description, d.expires_at, $2, NULL
-    FROM unnest($21::text[], $22::text[], $23::text[], $24::bigint[], $25::text[],
-                $26::timestamptz[])
-      AS d(id, location_id, operation_type, amount, description, expires_at)
+         '{_PENDING}', d.description, d.expires_at, $2, NULL, d.user_id, d.session_id,
+         d.metadata::json
+    FROM unnest($24::text[], $25::text[], $26::text[], $27::bigint[], $28::text[],
+                $29::timestamptz[], $30::text[], $31::text[], $32::text[])
+      AS d(id, location_id, operation_type, amount, description, expires_at, user_id,
+           session_id, metadata)
    CROSS JOIN w
 ), e AS (
   INSERT INTO token_usage_logs ({_ENTRY_COLUMNS})
   SELECT d.id, $1, d.location_id, w.id, w.location_id, d.operation_type, d.kind, d.tokens,
          0, d.used_delta, d.reserved_delta, 0,
          w.total_tokens, w.used_tokens - d.used_later, w.reserved_tokens - d.reserved_later,
-         w.arrears_tokens, d.description, d.request_id, d.request_hash, d.reservation_id, $2
+         w.arrears_tokens, d.description, d.request_id, d.request_hash, d.reservation_id, $2,
+         d.user_id, d.session_id, d.metadata::json
     FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
                 $14::text[], $15::text[], $16::text[], $17::bigint[], $18::bigint[],
-                $19::bigint[], $20::bigint[])
+                $19::bigint[], $20::bigint[], $21::text[], $22::text[], $23::text[])
       AS d(id, request_id, request_hash, kind, operation_type, tokens, location_id,
-           description, reservation_id, used_delta, reserved_delta, used_later, reserved_later)
+           description, reservation_id, used_delta, reserved_delta, used_later, reserved_later,
+           user_id, session_id, metadata)
    CROSS JOIN w
 )
 """
+DEBIT_PARAMS = 32
 # Events of a debit plan: written only if the wallet's guarded UPDATE matched.
-DEBIT_OUTBOX = outbox_ctes(27, "EXISTS (SELECT 1 FROM w)")
+DEBIT_OUTBOX = outbox_ctes(DEBIT_PARAMS + 1, "EXISTS (SELECT 1 FROM w)")
 _DEBITS = f"""
 WITH {DEBIT_CTES}, {DEBIT_OUTBOX}
 SELECT id, location_id, total_tokens, used_tokens, reserved_tokens, arrears_tokens,
@@ -117,7 +123,7 @@ SELECT id, location_id, total_tokens, used_tokens, reserved_tokens, arrears_toke
 
 
 def debit_args(plan: Plan) -> list[Any]:
-    """The 26 parameters of `DEBIT_CTES` for a blind plan of one wallet (the outbox's
+    """The `DEBIT_PARAMS` parameters of `DEBIT_CTES` for a blind plan of one wallet (the outbox's
     follow: `outbox_args`)."""
     (move,) = plan.moves
     assert move.blind and move.delta.total == 0 and move.delta.arrears == 0
@@ -143,12 +149,22 @@ def debit_args(plan: Plan) -> list[Any]:
         [e.delta.reserved for e in entries],
         [e.later.used for e in entries],
         [e.later.reserved for e in entries],
+        *_attribution_arrays([e.attribution for e in entries]),
         [r.id for r in plan.reservations],
         [r.location_id for r in plan.reservations],
         [r.operation_type.value for r in plan.reservations],
         [r.amount for r in plan.reservations],
         [r.description for r in plan.reservations],
         [r.expires_at for r in plan.reservations],
+        *_attribution_arrays([r.attribution for r in plan.reservations]),
+    ]
+
+
+def _attribution_arrays(abouts: Sequence[Attribution]) -> list[list[str]]:
+    return [
+        [a.user_id for a in abouts],
+        [a.session_id for a in abouts],
+        [a.metadata_json() for a in abouts],
     ]
 
 
@@ -196,7 +212,7 @@ WITH q AS (
      AND r.state = '{_PENDING}' AND r.amount = q.amount AND r.wallet_id = q.wallet_id
      AND r.expires_at > $2
   RETURNING r.id, r.tenant_id, r.location_id, r.wallet_location_id, r.operation_type,
-            r.description, q.*
+            r.description, r.user_id, r.session_id, r.metadata, q.*
 ), s AS (
   SELECT wallet_id, sum(used_delta)::bigint AS used_add,
          sum(reserved_delta)::bigint AS reserved_add
@@ -221,7 +237,8 @@ WITH q AS (
   INSERT INTO token_usage_logs ({_ENTRY_COLUMNS})
   SELECT entry_id, tenant_id, location_id, wallet_id, wallet_location_id, operation_type,
          kind, tokens, 0, used_delta, reserved_delta, 0, total_after, used_after,
-         reserved_after, arrears_after, description, request_id, request_hash, id, $2
+         reserved_after, arrears_after, description, request_id, request_hash, id, $2,
+         user_id, session_id, metadata
     FROM x
 ), a AS (
   UPDATE actions t
@@ -472,6 +489,7 @@ class PgLedgerStore(SqlLedgerStore):
                 used_after=row["used_after"],
                 reserved_after=row["reserved_after"],
                 created_at=plan.now,
+                attribution=reservation.attribution,
             )
             out.append((pos, entry, bool(row["advanced"]), bool(row["revised"])))
         return out

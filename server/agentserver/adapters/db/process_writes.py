@@ -30,7 +30,13 @@ from agentserver.adapters.db.ledger_store import IDS, GuardFailed, SqlLedgerStor
 from agentserver.adapters.db.outbox import outbox_args, outbox_ctes, write_outbox
 from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
 from agentserver.adapters.db.pg_agent import exchange_arrays, exchange_ctes
-from agentserver.adapters.db.pg_ledger import DEBIT_CTES, DEBIT_OUTBOX, PgLedgerStore, debit_args
+from agentserver.adapters.db.pg_ledger import (
+    DEBIT_CTES,
+    DEBIT_OUTBOX,
+    DEBIT_PARAMS,
+    PgLedgerStore,
+    debit_args,
+)
 from agentserver.domain.agent import Drafted
 from agentserver.domain.batching import Coalescer, each_alone_on_failure
 from agentserver.domain.conversations import exchange_events
@@ -110,10 +116,11 @@ def reused_key(err: IntegrityError) -> bool:
 # Exchanges with no holds: the exchanges' parameters, then the outbox's.
 _EXCHANGE_PARAMS = len(exchange_arrays([]))
 _RECORD = f"WITH {exchange_ctes(1, 'TRUE')}, {outbox_ctes(_EXCHANGE_PARAMS + 1, 'TRUE')} SELECT 1"
-# With holds: DEBIT_CTES take $1..$26 and the outbox $27..$33; the exchange CTEs
-# follow and write only if `w` (the wallet's guarded update) matched.
+# With holds: DEBIT_CTES take the first DEBIT_PARAMS, then the outbox 7; the exchange
+# CTEs follow and write only if `w` (the wallet's guarded update) matched.
 _HOLD_AND_RECORD = (
-    f"WITH {DEBIT_CTES}, {DEBIT_OUTBOX}, {exchange_ctes(34, 'EXISTS (SELECT 1 FROM w)')}\n"
+    f"WITH {DEBIT_CTES}, {DEBIT_OUTBOX}, "
+    f"{exchange_ctes(DEBIT_PARAMS + 8, 'EXISTS (SELECT 1 FROM w)')}\n"
     "SELECT count(*) AS held FROM w"
 )
 

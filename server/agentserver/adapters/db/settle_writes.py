@@ -34,7 +34,7 @@ from agentserver.domain.batching import Coalescer, each_alone_on_failure
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError, Unavailable
 from agentserver.domain.events import DomainEvent
-from agentserver.domain.executor import Settled, Success
+from agentserver.domain.executor import Settled, Success, action_attribution
 from agentserver.domain.ledger import Debit, EndRequest, EntryKind
 from agentserver.domain.ledger_kernel import Fresh, Replay, plan_debits, plan_ends
 from agentserver.domain.ledger_kernel.plan import Outcome
@@ -149,6 +149,7 @@ class SqlSettler:
             request_id=f"action:{action.id}:charge",
             description=f"{action.action_type} {action.id} (its hold had ended)",
             kind=EntryKind.CHARGE,
+            attribution=action_attribution(action),
         )
         snap = await self._ledger.debit_snapshot_on(
             conn, action.tenant_id, action.location_id, [charge]

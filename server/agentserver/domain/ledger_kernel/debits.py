@@ -58,7 +58,7 @@ def plan_debits(
         if prior is not None:
             plan.outcomes[i] = (
                 Replay(_as_debit_replay(prior, debit))
-                if prior.request_hash == hashes[i]
+                if _same_request(prior, debit, hashes[i])
                 else conflict(debit.request_id)
             )
         elif debit.request_id not in first:
@@ -104,6 +104,7 @@ def plan_debits(
                 expires_at=now + (debit.ttl or DEFAULT_RESERVATION_TTL),
                 created_at=now,
                 ended_at=None,
+                attribution=debit.attribution,
             )
             plan.reservations.append(reservation)
         plan.outcomes[i] = Fresh(len(plan.entries), reservation)
@@ -122,6 +123,7 @@ def plan_debits(
                 request_id=debit.request_id,
                 request_hash=hashes[i],
                 reservation_id=reservation.id if reservation else None,
+                attribution=debit.attribution,
             )
         )
     plan.moves.append(
@@ -144,3 +146,13 @@ def _as_debit_replay(prior: Prior, debit: Debit) -> Prior:
     if debit.kind is not EntryKind.RESERVE:
         return replace(prior, reservation=None)
     return prior
+
+
+def _same_request(prior: Prior, debit: Debit, digest: str) -> bool:
+    """Whether `prior` was written by this debit: the same fingerprint, or one made
+    before entries had attributions (the prior names no one) of the same content."""
+    if prior.request_hash == digest:
+        return True
+    return not prior.entry.attribution and prior.request_hash == debit.request_hash(
+        with_attribution=False
+    )

@@ -172,6 +172,7 @@ def _end(
             request_id=req.request_id,
             request_hash=req_hash,
             reservation_id=reservation.id,
+            attribution=reservation.attribution,
         )
     )
     return done

@@ -17,6 +17,8 @@ from agentserver.domain.events import (
     DomainEvent,
 )
 from agentserver.domain.ledger import (
+    NOBODY,
+    Attribution,
     Entry,
     EntryKind,
     Reservation,
@@ -62,6 +64,7 @@ class PlannedEntry:
     request_id: str
     request_hash: str
     reservation_id: str | None = None
+    attribution: Attribution = NOBODY
 
     def after(self, final: Columns) -> Columns:
         return final.before(self.later)
@@ -83,6 +86,7 @@ class PlannedEntry:
             used_after=final.used - later.used,
             reserved_after=final.reserved - later.reserved,
             created_at=now,
+            attribution=self.attribution,
         )
 
 

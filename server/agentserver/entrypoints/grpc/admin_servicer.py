@@ -294,4 +294,5 @@ class AdminServicer(ServicerBase, admin_service_pb2_grpc.AdminServiceServicer):
             permission_rules_removed=done.permission_rules_removed,
             api_keys_redacted=done.api_keys_redacted,
             outbox_events_redacted=done.outbox_events_redacted,
+            usage_entries_redacted=done.usage_entries_redacted,
         )

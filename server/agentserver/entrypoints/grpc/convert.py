@@ -17,7 +17,15 @@ from agentserver.domain.conversations import Message, Role, Session
 from agentserver.domain.costs import CostTable, OperationCost, OperationType
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.errors import InvalidArgument
-from agentserver.domain.ledger import Balance, Entry, EntryKind, Reservation, ReservationState
+from agentserver.domain.ledger import (
+    Attribution,
+    Balance,
+    Entry,
+    EntryKind,
+    Reservation,
+    ReservationState,
+    UsageFilter,
+)
 from agentserver.domain.people import DecisionRight
 from agentserver.domain.registry import ActionDefinition, Registry
 from agentserver.v1 import (
@@ -126,6 +134,9 @@ def entry_to_pb(e: Entry) -> token_service_pb2.UsageEntry:
         reservation_id=e.reservation_id or "",
         available_after=e.available_after,
         create_time=ts(e.created_at),
+        user_id=e.attribution.user_id,
+        session_id=e.attribution.session_id,
+        metadata=dict_to_struct(dict(e.attribution.metadata)),
     )
 
 
@@ -145,6 +156,36 @@ def reservation_to_pb(r: Reservation) -> token_service_pb2.Reservation:
         create_time=ts(r.created_at),
         end_time=ts(r.ended_at),
         description=r.description,
+        user_id=r.attribution.user_id,
+        session_id=r.attribution.session_id,
+        metadata=dict_to_struct(dict(r.attribution.metadata)),
+    )
+
+
+def usage_filter_from_pb(request: token_service_pb2.ListUsageRequest) -> UsageFilter:
+    return UsageFilter(
+        location_id=request.location_id,
+        wallet_location_id=(
+            request.wallet_location_id if request.HasField("wallet_location_id") else None
+        ),
+        user_id=request.user_id,
+        operation_types=frozenset(
+            op_from_pb(op, f"operation_types[{i}]") for i, op in enumerate(request.operation_types)
+        ),
+        start=from_ts(request.start_time, "start_time") if request.HasField("start_time") else None,
+        end=from_ts(request.end_time, "end_time") if request.HasField("end_time") else None,
+    )
+
+
+def attribution_from_pb(
+    request: token_service_pb2.ChargeTokensRequest | token_service_pb2.ReserveTokensRequest,
+) -> Attribution:
+    return Attribution(
+        user_id=request.user_id,
+        session_id=request.session_id,
+        metadata=struct_to_dict(request.metadata, "metadata")
+        if request.HasField("metadata")
+        else {},
     )
 
 

@@ -11,7 +11,7 @@ from agentserver.domain.identity import (
     Authenticator,
     Caller,
 )
-from agentserver.domain.ledger import Debit, LedgerService
+from agentserver.domain.ledger import Attribution, Debit, LedgerService
 from agentserver.domain.paging import page_request
 from agentserver.entrypoints.grpc import convert
 from agentserver.entrypoints.grpc.base import ServicerBase, rpc
@@ -43,7 +43,8 @@ class TokenServicer(ServicerBase, token_service_pb2_grpc.TokenServiceServicer):
         page = page_request(
             request.page_size, request.page_token, default=50, maximum=500, kind="usage"
         )
-        entries, token = await self.ledger.usage(tenant, request.location_id, page)
+        which = convert.usage_filter_from_pb(request)
+        entries, token = await self.ledger.usage(tenant, which, page)
         return pb.ListUsageResponse(
             entries=[convert.entry_to_pb(e) for e in entries], next_page_token=token
         )
@@ -99,6 +100,15 @@ class TokenServicer(ServicerBase, token_service_pb2_grpc.TokenServiceServicer):
         caller: Caller,
         request: pb.ChargeTokensRequest | pb.ReserveTokensRequest,
     ) -> Debit:
+        about = convert.attribution_from_pb(request)
+        if caller.person_bound and about.user_id and about.user_id != caller.user_id:
+            raise PermissionDenied(
+                f"this API key speaks for {caller.user_id!r} only, not {about.user_id!r}",
+                reason="USER_MISMATCH",
+            )
+        if not about.user_id and caller.user_id:
+            # The entry names the user the call is made for unless the request names one.
+            about = Attribution(caller.user_id, about.session_id, about.metadata)
         return Debit(
             tenant_id=caller.tenant(request.tenant_id),
             location_id=request.location_id,
@@ -106,6 +116,7 @@ class TokenServicer(ServicerBase, token_service_pb2_grpc.TokenServiceServicer):
             amount=request.amount,
             request_id=request.request_id,
             description=request.description,
+            attribution=about,
         )
 
     @rpc(SCOPE_TOKENS_WRITE)
