@@ -204,9 +204,7 @@ async def test_a_person_or_a_key_without_the_scope_is_refused(harness: Harness) 
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def own_harness(
-    request: pytest.FixtureRequest, tmp_root: Path
-) -> AsyncIterator[Harness]:
+async def own_harness(request: pytest.FixtureRequest, tmp_root: Path) -> AsyncIterator[Harness]:
     """A server on a database of its own (pruning and restarts touch everything)."""
     if request.param == "postgres":
         url = str(request.getfixturevalue("fresh_pg_url"))
