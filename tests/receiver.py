@@ -66,15 +66,15 @@ class Receiver:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 2)
 
-    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
-        """Until at least `count` requests have arrived."""
+    async def wait_for(self, count: int, within: float = 30.0) -> None:
+        """Until at least `count` requests have arrived (at most `within` seconds)."""
 
         async def enough() -> None:
             while len(self.received) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
 
-        await asyncio.wait_for(enough(), timeout)
+        await asyncio.wait_for(enough(), within)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -17,9 +17,8 @@ import pytest
 from agentserver.client import AgentServerError, StatusCode
 from agentserver.domain.identity import SCOPE_AGENT, TENANT_DEFAULT_SCOPES
 from agentserver.entrypoints.grpc.server import start_server
-from agentserver.v1 import common_pb2
+from agentserver.v1 import common_pb2, event_service_pb2_grpc
 from agentserver.v1 import event_service_pb2 as epb
-from agentserver.v1 import event_service_pb2_grpc
 from agentserver.v1 import token_service_pb2 as tpb
 from tests.conftest import Harness, Tenant, database_url, start_harness
 
