@@ -17,7 +17,9 @@ import pytest
 from agentserver.client import AgentServerError, StatusCode
 from agentserver.domain.identity import SCOPE_AGENT, TENANT_DEFAULT_SCOPES
 from agentserver.entrypoints.grpc.server import start_server
+from agentserver.v1 import agent_service_pb2 as apb
 from agentserver.v1 import common_pb2, event_service_pb2_grpc
+from agentserver.v1 import conversation_service_pb2 as cpb
 from agentserver.v1 import event_service_pb2 as epb
 from agentserver.v1 import token_service_pb2 as tpb
 from tests.conftest import Harness, Tenant, database_url, start_harness
@@ -162,6 +164,44 @@ async def test_heartbeats_carry_the_cursor_past_events_that_did_not_match(
         if len(beats) == 3:
             break
     assert beats[0] == 0 and beats[-1] == 2  # examined the purchase's two events
+
+
+async def test_process_tells_of_its_actions_and_messages_with_typed_payloads(
+    harness: Harness,
+) -> None:
+    h = watching(harness)
+    t = await h.tenant(100)
+    stream = raw_watch(h, t, epb.WatchEventsRequest(types=["action.*", "message.*"]))
+    await anext(stream)
+    async with t.client("alice") as client:
+        await client.process(
+            apb.ProcessRequest(message="Book the Blue Room tomorrow at 3pm for 1 hour for Maria")
+        )
+    events = await take(stream, 4)
+    assert [e.type for e in events] == [
+        "action.created",
+        "action.waiting",
+        "message.stored",
+        "message.stored",
+    ]
+    created, waiting, said, replied = events
+    assert created.action_created.action.action_type == "booking.create"
+    assert created.action_created.action.requested_by == "alice"
+    assert created.action_created.parameters["resource_name"] == "Blue Room"
+    assert waiting.action_waiting.waiting_for == "user"
+    assert waiting.action_waiting.action.state == apb.ACTION_STATE_AWAITING_USER
+    assert waiting.action_waiting.HasField("expire_time")
+    assert said.message_stored.role == cpb.MESSAGE_ROLE_USER
+    assert "Blue Room" in said.message_stored.content
+    assert replied.message_stored.action_ids == [created.aggregate_id]
+    assert all(e.WhichOneof("payload") != "data" for e in events)
+    await stream.aclose()
+    # Erasing alice (issue 13's use case calls this) leaves no text or parameters of hers.
+    assert await h.app.events.redact_user(t.id, "alice") == 4
+    after = raw_watch(h, t, epb.WatchEventsRequest(after_seq=0, types=["message.*"]))
+    for event in await take(after, 2):
+        assert event.message_stored.content == "" and event.message_stored.user_id == ""
+    await after.aclose()
 
 
 async def test_bad_requests_are_refused_with_the_field_named(harness: Harness) -> None:

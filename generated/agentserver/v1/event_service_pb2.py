@@ -22,14 +22,16 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentserver.v1 import agent_service_pb2 as agentserver_dot_v1_dot_agent__service__pb2
 from agentserver.v1 import common_pb2 as agentserver_dot_v1_dot_common__pb2
+from agentserver.v1 import conversation_service_pb2 as agentserver_dot_v1_dot_conversation__service__pb2
 from agentserver.v1 import token_service_pb2 as agentserver_dot_v1_dot_token__service__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentserver/v1/event_service.proto\x12\x0e\x61gentserver.v1\x1a\x1b\x61gentserver/v1/common.proto\x1a\"agentserver/v1/token_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\x12WatchEventsRequest\x12\x17\n\x05types\x18\x01 \x03(\tB\x08\x8a\xb5\x18\x04\x08<\x10\x32\x12\x16\n\tafter_seq\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0c\n\n_after_seq\"u\n\x13WatchEventsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.agentserver.v1.EventH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.agentserver.v1.HeartbeatH\x00\x42\x06\n\x04kind\"E\n\tHeartbeat\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc5\x04\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x05 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0cledger_entry\x18\n \x01(\x0b\x32 .agentserver.v1.LedgerEntryEventH\x00\x12\x38\n\x0ctokens_added\x18\x0b \x01(\x0b\x32 .agentserver.v1.TokensAddedEventH\x00\x12\x36\n\x0blow_balance\x18\x0c \x01(\x0b\x32\x1f.agentserver.v1.LowBalanceEventH\x00\x12\x36\n\x0b\x66\x65\x65_charged\x18\r \x01(\x0b\x32\x1f.agentserver.v1.FeeChargedEventH\x00\x12Q\n\x19webhook_endpoint_disabled\x18( \x01(\x0b\x32,.agentserver.v1.WebhookEndpointDisabledEventH\x00\x12\x38\n\x0cwebhook_test\x18) \x01(\x0b\x32 .agentserver.v1.WebhookTestEventH\x00\x12\'\n\x04\x64\x61ta\x18\x63 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07payload\"M\n\x0bWalletDelta\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\x0f\n\x07\x61rrears\x18\x04 \x01(\x03\"\x9d\x02\n\x10LedgerEntryEvent\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.agentserver.v1.EntryKind\x12\x35\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1d.agentserver.v1.OperationType\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x13\n\x0blocation_id\x18\x05 \x01(\t\x12\x1a\n\x12wallet_location_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x12*\n\x05\x64\x65lta\x18\t \x01(\x0b\x32\x1b.agentserver.v1.WalletDelta\"u\n\x10TokensAddedEvent\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x17\n\x0f\x61rrears_settled\x18\x04 \x01(\x03\x12\x11\n\tavailable\x18\x05 \x01(\x03\"\\\n\x0fLowBalanceEvent\x12\x0e\n\x06wallet\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x03\"O\n\x0f\x46\x65\x65\x43hargedEvent\x12\r\n\x05month\x18\x01 \x01(\t\x12\x0b\n\x03\x66\x65\x65\x18\x02 \x01(\x03\x12\x0f\n\x07\x63harged\x18\x03 \x01(\x03\x12\x0f\n\x07\x61rrears\x18\x04 \x01(\x03\"e\n\x1cWebhookEndpointDisabledEvent\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\"\'\n\x10WebhookTestEvent\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t2h\n\x0c\x45ventService\x12X\n\x0bWatchEvents\x12\".agentserver.v1.WatchEventsRequest\x1a#.agentserver.v1.WatchEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentserver/v1/event_service.proto\x12\x0e\x61gentserver.v1\x1a\"agentserver/v1/agent_service.proto\x1a\x1b\x61gentserver/v1/common.proto\x1a)agentserver/v1/conversation_service.proto\x1a\"agentserver/v1/token_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\x12WatchEventsRequest\x12\x17\n\x05types\x18\x01 \x03(\tB\x08\x8a\xb5\x18\x04\x08<\x10\x32\x12\x16\n\tafter_seq\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0c\n\n_after_seq\"u\n\x13WatchEventsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.agentserver.v1.EventH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.agentserver.v1.HeartbeatH\x00\x42\x06\n\x04kind\"E\n\tHeartbeat\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\t\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x05 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0cledger_entry\x18\n \x01(\x0b\x32 .agentserver.v1.LedgerEntryEventH\x00\x12\x38\n\x0ctokens_added\x18\x0b \x01(\x0b\x32 .agentserver.v1.TokensAddedEventH\x00\x12\x36\n\x0blow_balance\x18\x0c \x01(\x0b\x32\x1f.agentserver.v1.LowBalanceEventH\x00\x12\x36\n\x0b\x66\x65\x65_charged\x18\r \x01(\x0b\x32\x1f.agentserver.v1.FeeChargedEventH\x00\x12<\n\x0e\x61\x63tion_created\x18\x14 \x01(\x0b\x32\".agentserver.v1.ActionCreatedEventH\x00\x12<\n\x0e\x61\x63tion_waiting\x18\x15 \x01(\x0b\x32\".agentserver.v1.ActionWaitingEventH\x00\x12>\n\x0f\x61\x63tion_approved\x18\x16 \x01(\x0b\x32#.agentserver.v1.ActionApprovedEventH\x00\x12>\n\x0f\x61\x63tion_rejected\x18\x17 \x01(\x0b\x32#.agentserver.v1.ActionRejectedEventH\x00\x12:\n\x10\x61\x63tion_succeeded\x18\x18 \x01(\x0b\x32\x1e.agentserver.v1.ActionRanEventH\x00\x12\x37\n\raction_failed\x18\x19 \x01(\x0b\x32\x1e.agentserver.v1.ActionRanEventH\x00\x12@\n\x16\x61\x63tion_outcome_unknown\x18\x1a \x01(\x0b\x32\x1e.agentserver.v1.ActionRanEventH\x00\x12:\n\x0e\x61\x63tion_expired\x18\x1b \x01(\x0b\x32 .agentserver.v1.ActionEndedEventH\x00\x12<\n\x10\x61\x63tion_cancelled\x18\x1c \x01(\x0b\x32 .agentserver.v1.ActionEndedEventH\x00\x12<\n\x0emessage_stored\x18\x1e \x01(\x0b\x32\".agentserver.v1.MessageStoredEventH\x00\x12Q\n\x19webhook_endpoint_disabled\x18( \x01(\x0b\x32,.agentserver.v1.WebhookEndpointDisabledEventH\x00\x12\x38\n\x0cwebhook_test\x18) \x01(\x0b\x32 .agentserver.v1.WebhookTestEventH\x00\x12\'\n\x04\x64\x61ta\x18\x63 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07payload\"M\n\x0bWalletDelta\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\x0f\n\x07\x61rrears\x18\x04 \x01(\x03\"\x9d\x02\n\x10LedgerEntryEvent\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.agentserver.v1.EntryKind\x12\x35\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1d.agentserver.v1.OperationType\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x13\n\x0blocation_id\x18\x05 \x01(\t\x12\x1a\n\x12wallet_location_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x12*\n\x05\x64\x65lta\x18\t \x01(\x0b\x32\x1b.agentserver.v1.WalletDelta\"u\n\x10TokensAddedEvent\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x17\n\x0f\x61rrears_settled\x18\x04 \x01(\x03\x12\x11\n\tavailable\x18\x05 \x01(\x03\"\\\n\x0fLowBalanceEvent\x12\x0e\n\x06wallet\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x03\"O\n\x0f\x46\x65\x65\x43hargedEvent\x12\r\n\x05month\x18\x01 \x01(\t\x12\x0b\n\x03\x66\x65\x65\x18\x02 \x01(\x03\x12\x0f\n\x07\x63harged\x18\x03 \x01(\x03\x12\x0f\n\x07\x61rrears\x18\x04 \x01(\x03\"e\n\x1cWebhookEndpointDisabledEvent\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\"\'\n\x10WebhookTestEvent\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"\xda\x01\n\rActionSummary\x12\x13\n\x0b\x61\x63tion_type\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0blocation_id\x18\x03 \x01(\t\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.agentserver.v1.ActionState\x12\x35\n\x0e\x64\x65\x63ision_level\x18\x06 \x01(\x0e\x32\x1d.agentserver.v1.DecisionLevel\x12\x12\n\ntoken_cost\x18\x07 \x01(\x03\"\xa9\x01\n\x12\x41\x63tionCreatedEvent\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.agentserver.v1.ActionSummary\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nexecutable\x18\x03 \x01(\x08\x12\x0f\n\x07\x62locked\x18\x04 \x03(\t\x12\x12\n\ndepends_on\x18\x05 \x01(\t\"\x89\x01\n\x12\x41\x63tionWaitingEvent\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.agentserver.v1.ActionSummary\x12\x13\n\x0bwaiting_for\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x13\x41\x63tionApprovedEvent\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.agentserver.v1.ActionSummary\x12\x12\n\ndecided_by\x18\x02 \x01(\t\"h\n\x13\x41\x63tionRejectedEvent\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.agentserver.v1.ActionSummary\x12\x12\n\ndecided_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"t\n\x0e\x41\x63tionRanEvent\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.agentserver.v1.ActionSummary\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"A\n\x10\x41\x63tionEndedEvent\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.agentserver.v1.ActionSummary\"\xd5\x01\n\x12MessageStoredEvent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0blocation_id\x18\x03 \x01(\t\x12)\n\x04role\x18\x04 \x01(\x0e\x32\x1b.agentserver.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x35\n\x0e\x64\x65\x63ision_level\x18\x06 \x01(\x0e\x32\x1d.agentserver.v1.DecisionLevel\x12\x12\n\naction_ids\x18\x07 \x03(\t2h\n\x0c\x45ventService\x12X\n\x0bWatchEvents\x12\".agentserver.v1.WatchEventsRequest\x1a#.agentserver.v1.WatchEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +40,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['types']._loaded_options = None
   _globals['_WATCHEVENTSREQUEST'].fields_by_name['types']._serialized_options = b'\212\265\030\004\010<\0202'
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=215
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=353
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=355
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=472
-  _globals['_HEARTBEAT']._serialized_start=474
-  _globals['_HEARTBEAT']._serialized_end=543
-  _globals['_EVENT']._serialized_start=546
-  _globals['_EVENT']._serialized_end=1127
-  _globals['_WALLETDELTA']._serialized_start=1129
-  _globals['_WALLETDELTA']._serialized_end=1206
-  _globals['_LEDGERENTRYEVENT']._serialized_start=1209
-  _globals['_LEDGERENTRYEVENT']._serialized_end=1494
-  _globals['_TOKENSADDEDEVENT']._serialized_start=1496
-  _globals['_TOKENSADDEDEVENT']._serialized_end=1613
-  _globals['_LOWBALANCEEVENT']._serialized_start=1615
-  _globals['_LOWBALANCEEVENT']._serialized_end=1707
-  _globals['_FEECHARGEDEVENT']._serialized_start=1709
-  _globals['_FEECHARGEDEVENT']._serialized_end=1788
-  _globals['_WEBHOOKENDPOINTDISABLEDEVENT']._serialized_start=1790
-  _globals['_WEBHOOKENDPOINTDISABLEDEVENT']._serialized_end=1891
-  _globals['_WEBHOOKTESTEVENT']._serialized_start=1893
-  _globals['_WEBHOOKTESTEVENT']._serialized_end=1932
-  _globals['_EVENTSERVICE']._serialized_start=1934
-  _globals['_EVENTSERVICE']._serialized_end=2038
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=294
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=432
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=434
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=551
+  _globals['_HEARTBEAT']._serialized_start=553
+  _globals['_HEARTBEAT']._serialized_end=622
+  _globals['_EVENT']._serialized_start=625
+  _globals['_EVENT']._serialized_end=1825
+  _globals['_WALLETDELTA']._serialized_start=1827
+  _globals['_WALLETDELTA']._serialized_end=1904
+  _globals['_LEDGERENTRYEVENT']._serialized_start=1907
+  _globals['_LEDGERENTRYEVENT']._serialized_end=2192
+  _globals['_TOKENSADDEDEVENT']._serialized_start=2194
+  _globals['_TOKENSADDEDEVENT']._serialized_end=2311
+  _globals['_LOWBALANCEEVENT']._serialized_start=2313
+  _globals['_LOWBALANCEEVENT']._serialized_end=2405
+  _globals['_FEECHARGEDEVENT']._serialized_start=2407
+  _globals['_FEECHARGEDEVENT']._serialized_end=2486
+  _globals['_WEBHOOKENDPOINTDISABLEDEVENT']._serialized_start=2488
+  _globals['_WEBHOOKENDPOINTDISABLEDEVENT']._serialized_end=2589
+  _globals['_WEBHOOKTESTEVENT']._serialized_start=2591
+  _globals['_WEBHOOKTESTEVENT']._serialized_end=2630
+  _globals['_ACTIONSUMMARY']._serialized_start=2633
+  _globals['_ACTIONSUMMARY']._serialized_end=2851
+  _globals['_ACTIONCREATEDEVENT']._serialized_start=2854
+  _globals['_ACTIONCREATEDEVENT']._serialized_end=3023
+  _globals['_ACTIONWAITINGEVENT']._serialized_start=3026
+  _globals['_ACTIONWAITINGEVENT']._serialized_end=3163
+  _globals['_ACTIONAPPROVEDEVENT']._serialized_start=3165
+  _globals['_ACTIONAPPROVEDEVENT']._serialized_end=3253
+  _globals['_ACTIONREJECTEDEVENT']._serialized_start=3255
+  _globals['_ACTIONREJECTEDEVENT']._serialized_end=3359
+  _globals['_ACTIONRANEVENT']._serialized_start=3361
+  _globals['_ACTIONRANEVENT']._serialized_end=3477
+  _globals['_ACTIONENDEDEVENT']._serialized_start=3479
+  _globals['_ACTIONENDEDEVENT']._serialized_end=3544
+  _globals['_MESSAGESTOREDEVENT']._serialized_start=3547
+  _globals['_MESSAGESTOREDEVENT']._serialized_end=3760
+  _globals['_EVENTSERVICE']._serialized_start=3762
+  _globals['_EVENTSERVICE']._serialized_end=3866
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,9 @@
 isort:skip_file
 """
 
+from agentserver.v1 import agent_service_pb2 as _agent_service_pb2
 from agentserver.v1 import common_pb2 as _common_pb2
+from agentserver.v1 import conversation_service_pb2 as _conversation_service_pb2
 from agentserver.v1 import token_service_pb2 as _token_service_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -145,6 +147,16 @@ class Event(_message.Message):
     TOKENS_ADDED_FIELD_NUMBER: _builtins.int
     LOW_BALANCE_FIELD_NUMBER: _builtins.int
     FEE_CHARGED_FIELD_NUMBER: _builtins.int
+    ACTION_CREATED_FIELD_NUMBER: _builtins.int
+    ACTION_WAITING_FIELD_NUMBER: _builtins.int
+    ACTION_APPROVED_FIELD_NUMBER: _builtins.int
+    ACTION_REJECTED_FIELD_NUMBER: _builtins.int
+    ACTION_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    ACTION_FAILED_FIELD_NUMBER: _builtins.int
+    ACTION_OUTCOME_UNKNOWN_FIELD_NUMBER: _builtins.int
+    ACTION_EXPIRED_FIELD_NUMBER: _builtins.int
+    ACTION_CANCELLED_FIELD_NUMBER: _builtins.int
+    MESSAGE_STORED_FIELD_NUMBER: _builtins.int
     WEBHOOK_ENDPOINT_DISABLED_FIELD_NUMBER: _builtins.int
     WEBHOOK_TEST_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
@@ -183,6 +195,46 @@ class Event(_message.Message):
         """ledger.fee_charged"""
 
     @_builtins.property
+    def action_created(self) -> Global___ActionCreatedEvent:
+        """action.created"""
+
+    @_builtins.property
+    def action_waiting(self) -> Global___ActionWaitingEvent:
+        """action.waiting"""
+
+    @_builtins.property
+    def action_approved(self) -> Global___ActionApprovedEvent:
+        """action.approved"""
+
+    @_builtins.property
+    def action_rejected(self) -> Global___ActionRejectedEvent:
+        """action.rejected"""
+
+    @_builtins.property
+    def action_succeeded(self) -> Global___ActionRanEvent:
+        """action.succeeded"""
+
+    @_builtins.property
+    def action_failed(self) -> Global___ActionRanEvent:
+        """action.failed"""
+
+    @_builtins.property
+    def action_outcome_unknown(self) -> Global___ActionRanEvent:
+        """action.outcome_unknown"""
+
+    @_builtins.property
+    def action_expired(self) -> Global___ActionEndedEvent:
+        """action.expired"""
+
+    @_builtins.property
+    def action_cancelled(self) -> Global___ActionEndedEvent:
+        """action.cancelled"""
+
+    @_builtins.property
+    def message_stored(self) -> Global___MessageStoredEvent:
+        """message.stored"""
+
+    @_builtins.property
     def webhook_endpoint_disabled(self) -> Global___WebhookEndpointDisabledEvent:
         """webhook.endpoint_disabled"""
 
@@ -208,15 +260,25 @@ class Event(_message.Message):
         tokens_added: Global___TokensAddedEvent | None = ...,
         low_balance: Global___LowBalanceEvent | None = ...,
         fee_charged: Global___FeeChargedEvent | None = ...,
+        action_created: Global___ActionCreatedEvent | None = ...,
+        action_waiting: Global___ActionWaitingEvent | None = ...,
+        action_approved: Global___ActionApprovedEvent | None = ...,
+        action_rejected: Global___ActionRejectedEvent | None = ...,
+        action_succeeded: Global___ActionRanEvent | None = ...,
+        action_failed: Global___ActionRanEvent | None = ...,
+        action_outcome_unknown: Global___ActionRanEvent | None = ...,
+        action_expired: Global___ActionEndedEvent | None = ...,
+        action_cancelled: Global___ActionEndedEvent | None = ...,
+        message_stored: Global___MessageStoredEvent | None = ...,
         webhook_endpoint_disabled: Global___WebhookEndpointDisabledEvent | None = ...,
         webhook_test: Global___WebhookTestEvent | None = ...,
         data: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "fee_charged", b"fee_charged", "ledger_entry", b"ledger_entry", "low_balance", b"low_balance", "payload", b"payload", "tokens_added", b"tokens_added", "webhook_endpoint_disabled", b"webhook_endpoint_disabled", "webhook_test", b"webhook_test"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action_approved", b"action_approved", "action_cancelled", b"action_cancelled", "action_created", b"action_created", "action_expired", b"action_expired", "action_failed", b"action_failed", "action_outcome_unknown", b"action_outcome_unknown", "action_rejected", b"action_rejected", "action_succeeded", b"action_succeeded", "action_waiting", b"action_waiting", "create_time", b"create_time", "data", b"data", "fee_charged", b"fee_charged", "ledger_entry", b"ledger_entry", "low_balance", b"low_balance", "message_stored", b"message_stored", "payload", b"payload", "tokens_added", b"tokens_added", "webhook_endpoint_disabled", b"webhook_endpoint_disabled", "webhook_test", b"webhook_test"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "create_time", b"create_time", "data", b"data", "fee_charged", b"fee_charged", "id", b"id", "ledger_entry", b"ledger_entry", "low_balance", b"low_balance", "payload", b"payload", "seq", b"seq", "tenant_id", b"tenant_id", "tokens_added", b"tokens_added", "type", b"type", "webhook_endpoint_disabled", b"webhook_endpoint_disabled", "webhook_test", b"webhook_test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_approved", b"action_approved", "action_cancelled", b"action_cancelled", "action_created", b"action_created", "action_expired", b"action_expired", "action_failed", b"action_failed", "action_outcome_unknown", b"action_outcome_unknown", "action_rejected", b"action_rejected", "action_succeeded", b"action_succeeded", "action_waiting", b"action_waiting", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "create_time", b"create_time", "data", b"data", "fee_charged", b"fee_charged", "id", b"id", "ledger_entry", b"ledger_entry", "low_balance", b"low_balance", "message_stored", b"message_stored", "payload", b"payload", "seq", b"seq", "tenant_id", b"tenant_id", "tokens_added", b"tokens_added", "type", b"type", "webhook_endpoint_disabled", b"webhook_endpoint_disabled", "webhook_test", b"webhook_test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["ledger_entry", "tokens_added", "low_balance", "fee_charged", "webhook_endpoint_disabled", "webhook_test", "data"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["ledger_entry", "tokens_added", "low_balance", "fee_charged", "action_created", "action_waiting", "action_approved", "action_rejected", "action_succeeded", "action_failed", "action_outcome_unknown", "action_expired", "action_cancelled", "message_stored", "webhook_endpoint_disabled", "webhook_test", "data"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -473,3 +535,295 @@ class WebhookTestEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WebhookTestEvent: _TypeAlias = WebhookTestEvent  # noqa: Y015
+
+@_typing.final
+class ActionSummary(_message.Message):
+    """What every action event says about its action (see AgentService's Action)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_TYPE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DECISION_LEVEL_FIELD_NUMBER: _builtins.int
+    TOKEN_COST_FIELD_NUMBER: _builtins.int
+    action_type: _builtins.str
+    """The registry's action type (`email.send`)."""
+    session_id: _builtins.str
+    """The conversation it came from."""
+    location_id: _builtins.str
+    """The location it is for, if any."""
+    requested_by: _builtins.str
+    """The user whose message proposed it."""
+    state: _agent_service_pb2.ActionState.ValueType
+    """Its state after the change."""
+    decision_level: _common_pb2.DecisionLevel.ValueType
+    """How much human involvement it needs."""
+    token_cost: _builtins.int
+    """What it costs, in tokens."""
+    def __init__(
+        self,
+        *,
+        action_type: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        state: _agent_service_pb2.ActionState.ValueType = ...,
+        decision_level: _common_pb2.DecisionLevel.ValueType = ...,
+        token_cost: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_type", b"action_type", "decision_level", b"decision_level", "location_id", b"location_id", "requested_by", b"requested_by", "session_id", b"session_id", "state", b"state", "token_cost", b"token_cost"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionSummary: _TypeAlias = ActionSummary  # noqa: Y015
+
+@_typing.final
+class ActionCreatedEvent(_message.Message):
+    """action.created: an action was proposed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    EXECUTABLE_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    executable: _builtins.bool
+    """Whether it may run (a permission or the balance may block it)."""
+    depends_on: _builtins.str
+    """The action of the same message it runs after, if any."""
+    @_builtins.property
+    def action(self) -> Global___ActionSummary:
+        """The action."""
+
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """Its parameters, as proposed."""
+
+    @_builtins.property
+    def blocked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why it may not run: the machine-readable reasons."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___ActionSummary | None = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        executable: _builtins.bool = ...,
+        blocked: _abc.Iterable[_builtins.str] | None = ...,
+        depends_on: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blocked", b"blocked", "depends_on", b"depends_on", "executable", b"executable", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionCreatedEvent: _TypeAlias = ActionCreatedEvent  # noqa: Y015
+
+@_typing.final
+class ActionWaitingEvent(_message.Message):
+    """action.waiting: it waits for a person."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    waiting_for: _builtins.str
+    """Who decides: `user`, `coordinator` or `approver`."""
+    @_builtins.property
+    def action(self) -> Global___ActionSummary:
+        """The action."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it expires if nobody decides."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___ActionSummary | None = ...,
+        waiting_for: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "expire_time", b"expire_time", "waiting_for", b"waiting_for"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionWaitingEvent: _TypeAlias = ActionWaitingEvent  # noqa: Y015
+
+@_typing.final
+class ActionApprovedEvent(_message.Message):
+    """action.approved: a person approved it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    decided_by: _builtins.str
+    """Who approved it."""
+    @_builtins.property
+    def action(self) -> Global___ActionSummary:
+        """The action."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___ActionSummary | None = ...,
+        decided_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_by", b"decided_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionApprovedEvent: _TypeAlias = ActionApprovedEvent  # noqa: Y015
+
+@_typing.final
+class ActionRejectedEvent(_message.Message):
+    """action.rejected: a person rejected it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    decided_by: _builtins.str
+    """Who rejected it."""
+    reason: _builtins.str
+    """Why, in their words."""
+    @_builtins.property
+    def action(self) -> Global___ActionSummary:
+        """The action."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___ActionSummary | None = ...,
+        decided_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_by", b"decided_by", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionRejectedEvent: _TypeAlias = ActionRejectedEvent  # noqa: Y015
+
+@_typing.final
+class ActionRanEvent(_message.Message):
+    """action.succeeded, action.failed, action.outcome_unknown: what running it gave."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """The channel it ran through (`email`, `sms`, `dryrun`, ...)."""
+    provider_id: _builtins.str
+    """The provider's id of what was sent, if any."""
+    error: _builtins.str
+    """What went wrong, if anything."""
+    @_builtins.property
+    def action(self) -> Global___ActionSummary:
+        """The action."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___ActionSummary | None = ...,
+        channel: _builtins.str = ...,
+        provider_id: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "channel", b"channel", "error", b"error", "provider_id", b"provider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionRanEvent: _TypeAlias = ActionRanEvent  # noqa: Y015
+
+@_typing.final
+class ActionEndedEvent(_message.Message):
+    """action.expired, action.cancelled: it ended without running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def action(self) -> Global___ActionSummary:
+        """The action."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___ActionSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionEndedEvent: _TypeAlias = ActionEndedEvent  # noqa: Y015
+
+@_typing.final
+class MessageStoredEvent(_message.Message):
+    """message.stored: a message joined a conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    DECISION_LEVEL_FIELD_NUMBER: _builtins.int
+    ACTION_IDS_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The message."""
+    user_id: _builtins.str
+    """The conversation's user."""
+    location_id: _builtins.str
+    """The conversation's location, if any."""
+    role: _conversation_service_pb2.MessageRole.ValueType
+    """Who wrote it."""
+    content: _builtins.str
+    """Its text."""
+    decision_level: _common_pb2.DecisionLevel.ValueType
+    """For the assistant's replies: the strictest level of its actions."""
+    @_builtins.property
+    def action_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The actions it proposed."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        role: _conversation_service_pb2.MessageRole.ValueType = ...,
+        content: _builtins.str = ...,
+        decision_level: _common_pb2.DecisionLevel.ValueType = ...,
+        action_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_ids", b"action_ids", "content", b"content", "decision_level", b"decision_level", "location_id", b"location_id", "message_id", b"message_id", "role", b"role", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageStoredEvent: _TypeAlias = MessageStoredEvent  # noqa: Y015

@@ -10,23 +10,37 @@ so nothing is dropped while its message does not exist yet.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from agentserver.domain import events as ev
 from agentserver.domain.events import StoredEvent
 from agentserver.v1 import event_service_pb2 as pb
 
-# Outbox payload values of enum fields, as the proto's enum names.
-_ENUMS: dict[str, Callable[[str], str]] = {
-    "kind": lambda v: f"ENTRY_KIND_{v.upper()}",
-    "operation_type": lambda v: f"OPERATION_TYPE_{v.upper()}",
+# Outbox payload values of enum fields (the domain's words), as the protos' enum names.
+_ENUMS: dict[str, str] = {
+    "kind": "ENTRY_KIND_",
+    "operation_type": "OPERATION_TYPE_",
+    "state": "ACTION_STATE_",
+    "decision_level": "DECISION_LEVEL_",
+    "role": "MESSAGE_ROLE_",
 }
+# What every action event says about its action: the payload's top-level keys that
+# the proto gathers into `action` (ActionSummary).
+_ACTION_SUMMARY = (
+    "action_type",
+    "session_id",
+    "location_id",
+    "requested_by",
+    "state",
+    "decision_level",
+    "token_cost",
+)
+_RENAMED = {"expires_at": "expire_time"}
 
 # Event type -> the `payload` oneof field carrying it.
 PAYLOAD_FIELDS: dict[str, str] = {
@@ -34,21 +48,48 @@ PAYLOAD_FIELDS: dict[str, str] = {
     ev.TOKENS_ADDED: "tokens_added",
     ev.LOW_BALANCE: "low_balance",
     ev.FEE_CHARGED: "fee_charged",
+    ev.ACTION_CREATED: "action_created",
+    ev.ACTION_WAITING: "action_waiting",
+    ev.ACTION_APPROVED: "action_approved",
+    ev.ACTION_REJECTED: "action_rejected",
+    ev.ACTION_SUCCEEDED: "action_succeeded",
+    ev.ACTION_FAILED: "action_failed",
+    ev.ACTION_OUTCOME_UNKNOWN: "action_outcome_unknown",
+    ev.ACTION_EXPIRED: "action_expired",
+    ev.ACTION_CANCELLED: "action_cancelled",
+    ev.MESSAGE_STORED: "message_stored",
     ev.WEBHOOK_ENDPOINT_DISABLED: "webhook_endpoint_disabled",
     ev.WEBHOOK_TEST: "webhook_test",
 }
 
 
-def _proto_ready(message: Message, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload's keys that `message` has, with enum values as enum names."""
-    fields = message.DESCRIPTOR.fields_by_name
+def _shaped(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload in the proto's shape: an action event's summary fields nested
+    under `action`, renamed keys renamed."""
+    out = {_RENAMED.get(k, k): v for k, v in payload.items() if v is not None}
+    if event_type.startswith("action."):
+        out["action"] = {k: out.pop(k) for k in _ACTION_SUMMARY if k in out}
+    return out
+
+
+def _proto_ready(descriptor: Descriptor, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload's keys that the message has, enum values as enum names, nested
+    messages likewise (Structs and Timestamps as they are)."""
     out: dict[str, Any] = {}
     for key, value in payload.items():
-        fd = fields.get(key)
+        fd = descriptor.fields_by_name.get(key)
         if fd is None:
             continue
-        named = fd.enum_type is not None and isinstance(value, str) and key in _ENUMS
-        out[key] = _ENUMS[key](value) if named else value
+        if fd.enum_type is not None and isinstance(value, str) and key in _ENUMS:
+            out[key] = _ENUMS[key] + value.upper()
+        elif (
+            fd.message_type is not None
+            and not fd.message_type.full_name.startswith("google.protobuf.")
+            and isinstance(value, dict)
+        ):
+            out[key] = _proto_ready(fd.message_type, value)
+        else:
+            out[key] = value
     return out
 
 
@@ -68,8 +109,9 @@ def to_proto(event: StoredEvent) -> pb.Event:
         return out
     target = getattr(out, name)
     try:
+        shaped = _shaped(event.type, event.payload)
         json_format.ParseDict(
-            _proto_ready(target, event.payload), target, ignore_unknown_fields=True
+            _proto_ready(target.DESCRIPTOR, shaped), target, ignore_unknown_fields=True
         )
     except json_format.ParseError:
         # A payload this version cannot type (written by a newer one): keep it whole.
