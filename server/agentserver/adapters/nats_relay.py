@@ -46,6 +46,8 @@ log = logging.getLogger("agentserver.nats")
 
 SUBJECT_PREFIX = "agentserver"
 BATCH = 500
+# After a wake-up, how long to let more commits gather before a round.
+GATHER_SECONDS = 0.02
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -126,9 +128,10 @@ class NatsRelay:
                 delay = min(delay * 2, 10.0)
                 continue
             if sent:
-                continue
+                continue  # more may have come meanwhile
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), self.idle_poll)
+            await asyncio.sleep(GATHER_SECONDS)  # a burst of commits: one round
 
     async def relay_once(self, *, tenants: int = 100) -> int:
         """Publish what every tenant's cursor has not reached; returns how many."""

@@ -16,6 +16,7 @@ made again, under the same `webhook-id`.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -463,61 +464,82 @@ class SqlWebhookStore:
             )
         return out
 
-    async def record(self, claimed: Claimed, attempt: Attempt, now: datetime) -> bool:
-        """Write an attempt's result under its lease; False when the lease was lost
-        (expired and taken by another replica), in which case nothing is written.
-        The endpoint's failing clock moves, and a disabling writes its event."""
-        disable = attempt.disable
+    async def record(self, results: Sequence[tuple[Claimed, Attempt]], now: datetime) -> int:
+        """Write a round's attempts in one transaction, each only under its lease (a
+        lease that expired and was taken by another replica writes nothing); returns
+        how many were lost so. Each endpoint's failing clock moves (a success stops
+        it), and an endpoint given up on is disabled with its event."""
+        lost = 0
+        outcomes: dict[tuple[str, str], _EndpointRound] = {}
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(D)
-                .where(D.c.id == claimed.delivery_id, D.c.lease_token == claimed.lease_token)
-                .values(
-                    attempts=D.c.attempts + 1,
-                    state=attempt.state.value,
-                    last_status=attempt.status,
-                    last_error=attempt.error[:500],
-                    last_attempt_at=now,
-                    next_attempt_at=attempt.next_attempt_at,
-                    lease_until=None,
-                    lease_token=None,
-                    updated_at=now,
-                )
-            )
-            if not result.rowcount:
-                return False
-            mine = and_(E.c.tenant_id == claimed.tenant_id, E.c.id == claimed.endpoint_id)
-            if attempt.state is DeliveryState.SUCCEEDED:
-                await conn.execute(
-                    update(E).where(mine, E.c.failing_since.is_not(None)).values(failing_since=None)
-                )
-            else:
-                await conn.execute(
-                    update(E).where(mine, E.c.failing_since.is_(None)).values(failing_since=now)
-                )
-                since = (await conn.execute(select(E.c.failing_since).where(mine))).scalar()
-                if not disable and gives_up_on_endpoint(since, now):
-                    disable = DisabledReason.FAILING.value
-            if disable:
-                disabled = await conn.execute(
-                    update(E)
-                    .where(mine, E.c.enabled.is_(True))
-                    .values(enabled=False, disabled_reason=disable, updated_at=now)
-                )
-                if disabled.rowcount:
-                    event = DomainEvent(
-                        WEBHOOK_ENDPOINT_DISABLED,
-                        "webhook_endpoint",
-                        claimed.endpoint_id,
-                        {
-                            "endpoint_id": claimed.endpoint_id,
-                            "url": claimed.url,
-                            "reason": disable,
-                            "status_code": attempt.status,
-                        },
+            for claimed, attempt in results:
+                result = await conn.execute(
+                    update(D)
+                    .where(D.c.id == claimed.delivery_id, D.c.lease_token == claimed.lease_token)
+                    .values(
+                        attempts=D.c.attempts + 1,
+                        state=attempt.state.value,
+                        last_status=attempt.status,
+                        last_error=attempt.error[:500],
+                        last_attempt_at=now,
+                        next_attempt_at=attempt.next_attempt_at,
+                        lease_until=None,
+                        lease_token=None,
+                        updated_at=now,
                     )
-                    await write_outbox(conn, claimed.tenant_id, [event], now)
-        return True
+                )
+                if not result.rowcount:
+                    lost += 1
+                    continue
+                key = (claimed.tenant_id, claimed.endpoint_id)
+                round_ = outcomes.setdefault(key, _EndpointRound(url=claimed.url))
+                round_.add(attempt)
+            # Tenants in a fixed order: a disabling takes the tenant's sequence lock.
+            for (tenant_id, endpoint_id), round_ in sorted(outcomes.items()):
+                await self._endpoint_round(conn, tenant_id, endpoint_id, round_, now)
+        return lost
+
+    async def _endpoint_round(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        endpoint_id: str,
+        round_: _EndpointRound,
+        now: datetime,
+    ) -> None:
+        mine = and_(E.c.tenant_id == tenant_id, E.c.id == endpoint_id)
+        disable = round_.disable
+        if round_.delivered:
+            await conn.execute(
+                update(E).where(mine, E.c.failing_since.is_not(None)).values(failing_since=None)
+            )
+        else:
+            await conn.execute(
+                update(E).where(mine, E.c.failing_since.is_(None)).values(failing_since=now)
+            )
+            since = (await conn.execute(select(E.c.failing_since).where(mine))).scalar()
+            if not disable and gives_up_on_endpoint(since, now):
+                disable = DisabledReason.FAILING.value
+        if not disable:
+            return
+        disabled = await conn.execute(
+            update(E)
+            .where(mine, E.c.enabled.is_(True))
+            .values(enabled=False, disabled_reason=disable, updated_at=now)
+        )
+        if disabled.rowcount:  # the replica that disabled it says so, once
+            event = DomainEvent(
+                WEBHOOK_ENDPOINT_DISABLED,
+                "webhook_endpoint",
+                endpoint_id,
+                {
+                    "endpoint_id": endpoint_id,
+                    "url": round_.url,
+                    "reason": disable,
+                    "status_code": round_.last_status,
+                },
+            )
+            await write_outbox(conn, tenant_id, [event], now)
 
     async def sealed_secrets(self) -> list[tuple[str, str]]:
         """(endpoint, sealed secret) of every endpoint, for the startup key check."""
@@ -525,12 +547,20 @@ class SqlWebhookStore:
             rows = await conn.execute(select(E.c.id, E.c.secret, E.c.previous_secret))
             return [(r.id, token) for r in rows for token in (r.secret, r.previous_secret) if token]
 
-    async def failing_since(self, tenant_id: str, endpoint_id: str) -> datetime | None:
-        async with self._read.connect() as conn:
-            found = await conn.execute(
-                select(E.c.failing_since).where(E.c.tenant_id == tenant_id, E.c.id == endpoint_id)
-            )
-            return found.scalar()
+
+@dataclass
+class _EndpointRound:
+    """What one round's attempts to one endpoint add up to."""
+
+    url: str
+    delivered: bool = False
+    disable: str = ""
+    last_status: int = 0
+
+    def add(self, attempt: Attempt) -> None:
+        self.delivered = self.delivered or attempt.state is DeliveryState.SUCCEEDED
+        self.disable = self.disable or attempt.disable
+        self.last_status = attempt.status
 
 
 @dataclass(frozen=True)

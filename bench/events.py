@@ -1,0 +1,319 @@
+"""Events out on PostgreSQL: commit-to-delivery for webhooks and NATS JetStream, and
+what the outbox's NOTIFY trigger costs the hot paths.
+
+    .venv/bin/python bench/events.py [--events 3000] [--duration 4] [--quick]
+
+1. Delivery: a real `agentserver serve` on a fresh PostgreSQL database with NATS
+   configured and one webhook endpoint pointing at a receiver in this process
+   (answers 200 at once, checks nothing: the tests check signatures). A load of
+   ChargeTokens calls at concurrency 16 commits one `ledger.entry` event each; the
+   receiver and a JetStream consumer in this process record when each event
+   arrives. Delay = arrival - the event's commit time (its `timestamp`, the
+   writing transaction's clock; same machine clock). Rate = events delivered /
+   (last arrival - first commit).
+2. NOTIFY cost: ChargeTokens and Process at concurrency 16 on PostgreSQL, with the
+   outbox trigger (migration 0008) and with it dropped, alternated twice in one run;
+   rates, server CPU per call and PostgreSQL's CPU.
+
+Everything runs on the same two cores (server, PostgreSQL, NATS, load generator,
+receiver): the figures are floors. Writes bench/results/events.md and .json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+import grpc  # noqa: E402
+from common import (  # noqa: E402
+    CELL_HEADER,
+    Cell,
+    Server,
+    base_parser,
+    cell_dicts,
+    fresh_database,
+    install_uvloop,
+    machine_info,
+    markdown_table,
+    measure,
+    metadata_for,
+    percentile,
+    postgres_version,
+    provision,
+    running,
+    server_settings,
+    workdir,
+    write_results,
+)
+from ledger import charge_caller  # noqa: E402
+from process import process_caller  # noqa: E402
+
+from agentserver.adapters.secrets import generate_key  # noqa: E402
+from agentserver.v1 import webhook_service_pb2, webhook_service_pb2_grpc  # noqa: E402
+from tests.receiver import Receiver  # noqa: E402
+
+NATS_URL = "nats://127.0.0.1:4222"
+# A tenant of its own each run: event ids derive from (tenant, seq), and JetStream
+# drops an id it saw within its duplicate window (an earlier run's).
+TENANT = f"events-bench-{uuid.uuid4().hex[:8]}"
+
+
+def _parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def summary(name: str, arrivals: dict[str, float], commits: dict[str, float]) -> dict[str, Any]:
+    delays = sorted((arrivals[i] - commits[i]) * 1000 for i in arrivals if i in commits)
+    span = max(arrivals.values()) - min(commits.values()) if arrivals else 0.0
+    return {
+        "path": name,
+        "delivered": len(arrivals),
+        "rate": len(arrivals) / span if span > 0 else 0.0,
+        "p50_ms": percentile(delays, 0.50),
+        "p99_ms": percentile(delays, 0.99),
+        "max_ms": delays[-1] if delays else 0.0,
+    }
+
+
+async def bench_delivery(root: Path, events: int) -> dict[str, Any]:
+    import nats
+
+    from agentserver.app import build_app
+    from agentserver.config import Settings
+
+    async with fresh_database("postgres", root) as db:
+        keys = await provision(db.url, {TENANT: 10 * events})
+        secret_keys = generate_key()
+        app = await build_app(Settings(database_url=db.url, secret_keys=secret_keys))
+        try:
+            _, hooks_key = await app.admin.create_key(
+                TENANT, ["webhooks"], "bench hooks", app.clock.now()
+            )
+        finally:
+            await app.close()
+        settings = server_settings(db, access_log=False)
+        settings |= {
+            "secret_keys": secret_keys,
+            "webhook_allowed_networks": "127.0.0.0/8",
+            "nats_url": NATS_URL,
+            "nats_max_age_seconds": "3600",
+        }
+        webhook_at: dict[str, float] = {}
+        commits: dict[str, float] = {}
+        nats_at: dict[str, float] = {}
+
+        def on_webhook(request: Any) -> Any:
+            from tests.receiver import Answer
+
+            webhook_at.setdefault(request.id, time.time())
+            body = json.loads(request.body)
+            commits[body["id"]] = _parse_time(body["timestamp"])
+            return Answer(200)
+
+        async with (
+            Receiver(on_webhook) as receiver,
+            running(Server.agentserver(root, root / "events.log", **settings)) as server,
+        ):
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                stub = webhook_service_pb2_grpc.WebhookServiceStub(channel)
+                await stub.CreateWebhookEndpoint(
+                    webhook_service_pb2.CreateWebhookEndpointRequest(url=receiver.url),
+                    metadata=metadata_for(hooks_key, TENANT),
+                )
+            nc = await nats.connect(NATS_URL)
+            try:
+
+                async def on_nats(msg: Any) -> None:
+                    assert msg.headers is not None
+                    nats_at.setdefault(msg.headers["Nats-Msg-Id"], time.time())
+
+                await nc.jetstream().subscribe(
+                    f"agentserver.{TENANT}.ledger.entry",
+                    cb=on_nats,
+                    deliver_policy="new",
+                    ordered_consumer=True,
+                )
+                acked: Counter[str] = Counter()
+                started = time.time()
+                write = await measure(
+                    charge_caller(TENANT, keys[TENANT], acked),
+                    server.target,
+                    name="ChargeTokens (writes)",
+                    concurrency=16,
+                    duration=600,
+                    channels=1,
+                    warmup=0,
+                    counter=itertools.count(),
+                    server_pid=server.pid,
+                    max_requests=events,
+                )
+                deadline = time.time() + 60
+                while time.time() < deadline and (
+                    len(webhook_at) < events or len(nats_at) < events
+                ):
+                    await asyncio.sleep(0.1)
+            finally:
+                await nc.close()
+        return {
+            "events": events,
+            "write_rate": write.rate,
+            "write_seconds": time.time() - started,
+            "paths": [
+                summary("webhook (receiver in the bench process)", webhook_at, commits),
+                summary("NATS JetStream (push consumer in the bench process)", nats_at, commits),
+            ],
+        }
+
+
+async def bench_notify(root: Path, duration: float) -> list[dict[str, Any]]:
+    """ChargeTokens and Process at concurrency 16 with and without the trigger,
+    alternated (with, without, with, without) on fresh databases."""
+    rows: list[dict[str, Any]] = []
+    for round_ in range(2):
+        for trigger in (True, False):
+            async with fresh_database("postgres", root) as db:
+                keys = await provision(db.url, {"charge": 10**9, "process": 10**9})
+                if not trigger:
+                    await drop_trigger(db.url)
+                settings = server_settings(db, access_log=False)
+                label = "with NOTIFY" if trigger else "without"
+                async with running(
+                    Server.agentserver(root, root / f"notify-{round_}-{trigger}.log", **settings)
+                ) as server:
+                    cells: list[Cell] = []
+                    for name, make in (
+                        ("ChargeTokens", charge_caller("charge", keys["charge"], Counter())),
+                        (
+                            "Process",
+                            process_caller(metadata_for(keys["process"], "process", "bench")),
+                        ),
+                    ):
+                        cell = await measure(
+                            make,
+                            server.target,
+                            name=f"{name} {label}",
+                            concurrency=16,
+                            duration=duration,
+                            channels=1,
+                            warmup=0.5,
+                            counter=itertools.count(),
+                            server_pid=server.pid,
+                        )
+                        cells.append(cell)
+                        print(markdown_table(CELL_HEADER, [cell.row()]).splitlines()[-1])
+                rows.append({"round": round_, "trigger": trigger, "cells": cell_dicts(cells)})
+    return rows
+
+
+async def drop_trigger(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER outbox_notify ON outbox"))
+    finally:
+        await engine.dispose()
+
+
+def report(data: dict[str, Any]) -> str:
+    d = data["delivery"]
+    lines = [
+        "# Events out: commit to delivery, and the cost of NOTIFY",
+        "",
+        f"{data['when']} · {data['machine'].get('cpu', '')} · PostgreSQL "
+        f"{data['postgres_version']} · server, PostgreSQL, NATS, load generator and "
+        "receivers share the same 2 cores: floors, not ceilings.",
+        "",
+        f"## Commit to delivery ({d['events']} events, ChargeTokens at concurrency 16, "
+        f"written at {d['write_rate']:,.0f}/s)",
+        "",
+        markdown_table(
+            ["path", "delivered", "events/s", "delay p50 ms", "delay p99 ms", "max ms"],
+            [
+                [
+                    p["path"],
+                    str(p["delivered"]),
+                    f"{p['rate']:,.0f}",
+                    f"{p['p50_ms']:.1f}",
+                    f"{p['p99_ms']:.1f}",
+                    f"{p['max_ms']:.1f}",
+                ]
+                for p in d["paths"]
+            ],
+        ),
+        "",
+        "## The NOTIFY trigger on the hot paths (PostgreSQL, concurrency 16)",
+        "",
+    ]
+    rows = []
+    by: dict[tuple[str, bool], list[Cell]] = {}
+    for r in data["notify"]:
+        for c in r["cells"]:
+            cell = Cell(**c)
+            rows.append(cell.row())
+            by.setdefault((cell.target.split(" ")[0], r["trigger"]), []).append(cell)
+    lines.append(markdown_table(CELL_HEADER, rows))
+    lines.append("")
+    for name in ("ChargeTokens", "Process"):
+        with_ = by.get((name, True), [])
+        without = by.get((name, False), [])
+        if with_ and without:
+            rate_w = statistics.mean(c.rate for c in with_)
+            rate_wo = statistics.mean(c.rate for c in without)
+            cpu_w = statistics.mean(c.server_cpu_ms_per_call for c in with_)
+            cpu_wo = statistics.mean(c.server_cpu_ms_per_call for c in without)
+            pg_w = statistics.mean(10 * c.postgres_cpu_pct / c.rate for c in with_ if c.rate)
+            pg_wo = statistics.mean(10 * c.postgres_cpu_pct / c.rate for c in without if c.rate)
+            lines.append(
+                f"- {name}: {rate_w:,.0f}/s with the trigger, {rate_wo:,.0f}/s without "
+                f"({(rate_w / rate_wo - 1) * 100:+.1f}%); server CPU {cpu_w:.2f} vs "
+                f"{cpu_wo:.2f} ms/call; PostgreSQL CPU {pg_w:.2f} vs {pg_wo:.2f} ms/call"
+            )
+    return "\n".join(lines)
+
+
+async def run(args: Any) -> int:
+    events = 500 if args.quick else args.events
+    duration = 1.0 if args.quick else args.duration
+    data: dict[str, Any] = {
+        "benchmark": "events out",
+        "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "postgres_version": await postgres_version(),
+        "quick": args.quick,
+    }
+    with workdir(args.keep_logs) as root:
+        data["delivery"] = await bench_delivery(root, events)
+        print(json.dumps(data["delivery"]["paths"], indent=1))
+        data["notify"] = await bench_notify(root, duration)
+    markdown = report(data)
+    md_path, json_path = write_results("events-quick" if args.quick else "events", markdown, data)
+    print()
+    print(markdown)
+    print(f"\nwrote {md_path} and {json_path}")
+    return 0
+
+
+def main() -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=3000, help="events for the delivery part")
+    args = parser.parse_args()
+    install_uvloop()
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
