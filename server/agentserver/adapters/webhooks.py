@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -61,6 +62,8 @@ USER_AGENT = "agentserver-webhooks/1"
 MAX_ANSWER_BYTES = 64 * 1024
 # After a wake-up, how long to let more commits gather before a round.
 GATHER_SECONDS = 0.05
+# Loops claiming and attempting deliveries, each up to concurrency / WORKERS at once.
+WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -111,24 +114,45 @@ class WebhookDeliverer:
             await self._http.close()
 
     async def run(self) -> None:
-        """Fan out and deliver until cancelled. A round that did something is followed
-        at once by the next; one that found nothing waits for new events (or the next
-        due retry) and then `GATHER_SECONDS` more, so a burst of commits makes one
-        round, not one per commit."""
+        """Fan out and deliver until cancelled: one loop queues deliveries for new
+        events, `WORKERS` loops claim and attempt them, so some attempts are always
+        in flight while others are being recorded and claimed."""
+        queued = asyncio.Event()
+        loops = [self._fan_out_loop(queued)]
+        share = max(1, self.concurrency // WORKERS)
+        loops += [self._attempt_loop(queued, share) for _ in range(WORKERS)]
+        await asyncio.gather(*loops)
+
+    async def _fan_out_loop(self, queued: asyncio.Event) -> None:
+        """After a wake-up, `GATHER_SECONDS` more, so a burst of commits is one round
+        (not one per NOTIFY)."""
         while True:
             woken = self.signal.any_waiter()
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook delivery round failed; retrying shortly")
-                busy = 0
-            if busy:
+            made = await self._guarded(self.store.fan_out, self.clock.now())
+            if made:
+                queued.set()
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), await self._idle_for())
+                await asyncio.wait_for(woken.wait(), self.idle_poll)
             await asyncio.sleep(GATHER_SECONDS)
+
+    async def _attempt_loop(self, queued: asyncio.Event, share: int) -> None:
+        while True:
+            queued.clear()  # before claiming: a set while we claim is not lost
+            if await self._guarded(self.attempt_due, share):
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queued.wait(), await self._idle_for())
+
+    async def _guarded(self, job: Any, *args: Any) -> int:
+        try:
+            return int(await job(*args))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook delivery round failed; retrying shortly")
+            await asyncio.sleep(1.0)
+            return 0
 
     async def _idle_for(self) -> float:
         due = await self.store.next_due()
@@ -138,17 +162,23 @@ class WebhookDeliverer:
         return min(max(left, 0.05), self.idle_poll)
 
     async def run_once(self) -> int:
-        """One round: queue deliveries for new events, then attempt every due one
-        (in batches); returns how many were queued or attempted."""
+        """One round, for tests and tools: queue deliveries for new events, then
+        attempt the due ones (up to `concurrency`); returns how many of each."""
         queued = await self.store.fan_out(self.clock.now())
-        claims = await self.store.claim(self.clock.now(), self.lease, self.concurrency)
-        if claims:
-            answers = await asyncio.gather(*(self._send(c) for c in claims))
-            now = self.clock.now()
-            results = [(c, self.outcome(c, a, now)) for c, a in zip(claims, answers, strict=True)]
-            if lost := await self.store.record(results, now):
-                log.warning("%d webhook attempts outlived their lease; results dropped", lost)
-        return queued + len(claims)
+        return queued + await self.attempt_due(self.concurrency)
+
+    async def attempt_due(self, limit: int) -> int:
+        """Claim up to `limit` due deliveries, attempt them at once, record the
+        results in one transaction; returns how many were attempted."""
+        claims = await self.store.claim(self.clock.now(), self.lease, limit)
+        if not claims:
+            return 0
+        answers = await asyncio.gather(*(self._send(c) for c in claims))
+        now = self.clock.now()
+        results = [(c, self.outcome(c, a, now)) for c, a in zip(claims, answers, strict=True)]
+        if lost := await self.store.record(results, now):
+            log.warning("%d webhook attempts outlived their lease; results dropped", lost)
+        return len(claims)
 
     @staticmethod
     def outcome(claimed: Claimed, answer: Answer, now: datetime) -> Attempt:
