@@ -12,8 +12,9 @@ what the outbox's NOTIFY trigger costs the hot paths.
    writing transaction's clock; same machine clock). Rate = events delivered /
    (last arrival - first commit).
 2. NOTIFY cost: ChargeTokens and Process at concurrency 16 on PostgreSQL, with the
-   outbox trigger (migration 0008) and with it dropped, alternated twice in one run;
-   rates, server CPU per call and PostgreSQL's CPU.
+   outbox's NOTIFY trigger (migration 0009; disabled by default) enabled and without
+   it, alternated; rates, server CPU per call and PostgreSQL's CPU. Then the outbox
+   write alone by pgbench, with and without, at 1 and 16 clients.
 
 Everything runs on the same two cores (server, PostgreSQL, NATS, load generator,
 receiver): the figures are floors. Writes bench/results/events.md and .json.
@@ -212,16 +213,15 @@ async def write_backlog(url: str, secret_keys: str, events: int) -> None:
         await app.close()
 
 
-async def bench_notify(root: Path, duration: float) -> list[dict[str, Any]]:
+async def bench_notify(root: Path, duration: float, rounds: int) -> list[dict[str, Any]]:
     """ChargeTokens and Process at concurrency 16 with and without the trigger,
-    alternated (with, without, with, without) on fresh databases."""
+    alternated (with, without, with, without, ...) on fresh databases."""
     rows: list[dict[str, Any]] = []
-    for round_ in range(2):
+    for round_ in range(rounds):
         for trigger in (True, False):
             async with fresh_database("postgres", root) as db:
                 keys = await provision(db.url, {"charge": 10**9, "process": 10**9})
-                if not trigger:
-                    await drop_trigger(db.url)
+                await set_trigger(db.url, trigger)
                 settings = server_settings(db, access_log=False)
                 label = "with NOTIFY" if trigger else "without"
                 async with running(
@@ -252,14 +252,82 @@ async def bench_notify(root: Path, duration: float) -> list[dict[str, Any]]:
     return rows
 
 
-async def drop_trigger(url: str) -> None:
+PGBENCH_SCRIPT = """\\set t random(1, 16)
+WITH sq AS (UPDATE tenants SET event_seq = event_seq + 1 WHERE id = 'pb' || :t
+            RETURNING event_seq)
+INSERT INTO outbox (tenant_id, seq, aggregate_type, aggregate_id, type, payload, created_at)
+SELECT 'pb' || :t, sq.event_seq, 'wallet', 'w', 'ledger.entry', '{}'::json, now() FROM sq;
+"""
+
+
+async def bench_pgbench(root: Path, duration: float, rounds: int) -> list[dict[str, Any]]:
+    """The outbox write alone (the writers' own statement shape: the tenant's sequence
+    and one event, one transaction), by pgbench at 1 and 16 clients, with and
+    without the trigger, alternated: PostgreSQL's side of the NOTIFY cost, without
+    Python in the way."""
+    import shutil
+
+    if shutil.which("pgbench") is None:
+        return []
+    script = root / "outbox.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    rows: list[dict[str, Any]] = []
+    async with fresh_database("postgres", root) as db:
+        await provision(db.url, {f"pb{i}": 0 for i in range(1, 17)})
+        dsn = db.url.replace("postgresql+asyncpg", "postgresql")
+        for round_ in range(rounds):
+            for trigger in (True, False):
+                await set_trigger(db.url, trigger)
+                for clients in (1, 16):
+                    proc = await asyncio.create_subprocess_exec(
+                        "pgbench",
+                        "-n",
+                        "-c",
+                        str(clients),
+                        "-j",
+                        "2",
+                        "-T",
+                        str(max(1, int(duration))),
+                        "-f",
+                        str(script),
+                        dsn,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.STDOUT,
+                    )
+                    out, _ = await proc.communicate()
+                    tps = 0.0
+                    for line in out.decode().splitlines():
+                        if line.startswith("tps = "):
+                            tps = float(line.split()[2])
+                    rows.append(
+                        {"round": round_, "trigger": trigger, "clients": clients, "tps": tps}
+                    )
+                    print(rows[-1], flush=True)
+    return rows
+
+
+def migration_0009() -> Any:
+    """The migration that made the trigger (its SQL, as written there)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / "0009_events_out.py"
+    spec = importlib.util.spec_from_file_location("migration_0009", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def set_trigger(url: str, on: bool) -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text("DROP TRIGGER outbox_notify ON outbox"))
+            await conn.execute(text("DROP TRIGGER IF EXISTS outbox_notify ON outbox"))
+            if on:
+                await conn.execute(text(migration_0009().NOTIFY_TRIGGER))
     finally:
         await engine.dispose()
 
@@ -316,6 +384,29 @@ def report(data: dict[str, Any]) -> str:
             by.setdefault((cell.target.split(" ")[0], r["trigger"]), []).append(cell)
     lines.append(markdown_table(CELL_HEADER, rows))
     lines.append("")
+    if data.get("pgbench"):
+        lines += [
+            "## The outbox write alone (pgbench: tenant sequence + one event per transaction)",
+            "",
+        ]
+        table = []
+        for clients in (1, 16):
+            for trigger in (True, False):
+                tps = [
+                    r["tps"]
+                    for r in data["pgbench"]
+                    if (r["clients"], r["trigger"]) == (clients, trigger)
+                ]
+                table.append(
+                    [
+                        str(clients),
+                        "with NOTIFY" if trigger else "without",
+                        ", ".join(f"{t:,.0f}" for t in tps),
+                        f"{statistics.median(tps):,.0f}",
+                    ]
+                )
+        lines.append(markdown_table(["clients", "trigger", "tps per round", "median"], table))
+        lines.append("")
     for name in ("ChargeTokens", "Process"):
         with_ = by.get((name, True), [])
         without = by.get((name, False), [])
@@ -347,7 +438,8 @@ async def run(args: Any) -> int:
     with workdir(args.keep_logs) as root:
         data["delivery"] = await bench_delivery(root, events)
         print(json.dumps({k: data["delivery"][k] for k in ("live", "drain")}, indent=1))
-        data["notify"] = await bench_notify(root, duration)
+        data["notify"] = await bench_notify(root, duration, 1 if args.quick else args.rounds)
+        data["pgbench"] = await bench_pgbench(root, duration, 1 if args.quick else args.rounds)
     markdown = report(data)
     md_path, json_path = write_results("events-quick" if args.quick else "events", markdown, data)
     print()
@@ -359,6 +451,7 @@ async def run(args: Any) -> int:
 def main() -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000, help="events for the delivery part")
+    parser.add_argument("--rounds", type=int, default=3, help="with/without NOTIFY alternations")
     args = parser.parse_args()
     install_uvloop()
     return asyncio.run(run(args))

@@ -20,6 +20,11 @@ depends_on: str | Sequence[str] | None = None
 
 # One NOTIFY per writing statement and tenant, on channel `agentserver_outbox` with the
 # tenant id as payload (PostgreSQL folds repeats within a transaction into one).
+# Created disabled: a notifying transaction takes PostgreSQL's notify lock at commit,
+# which serialises the commits of every writer (measured by bench/events.py: the
+# outbox write alone fell from about 5,000-12,000 to 1,000-2,000 transactions/s at
+# 16 clients). Replicas poll for new events instead (every 50 ms);
+# `agentserver events notify on` enables it where wake-ups must come sooner.
 NOTIFY_FUNCTION = """
 CREATE OR REPLACE FUNCTION agentserver_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -110,6 +115,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(NOTIFY_FUNCTION)
         op.execute(NOTIFY_TRIGGER)
+        op.execute("ALTER TABLE outbox DISABLE TRIGGER outbox_notify")
 
 
 def downgrade() -> None:

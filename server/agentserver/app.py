@@ -380,7 +380,7 @@ async def build_app(
     except ValueError as err:
         raise SystemExit(f"AGENTSERVER_WEBHOOK_ALLOWED_NETWORKS: {err}") from None
     timeout = settings.webhook_timeout_seconds
-    poll = settings.event_poll_seconds or (0.2 if settings.is_sqlite else 2.0)
+    poll = settings.event_poll_seconds or (0.2 if settings.is_sqlite else 0.05)
     return App(
         settings=settings,
         engine=engine,

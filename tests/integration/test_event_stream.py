@@ -328,3 +328,29 @@ async def charge_direct(h: Harness, t: Tenant, amount: int, request_id: str) -> 
     await h.app.ledger.charge(
         Debit(t.id, "", OperationType.SMS, amount, request_id, "while the server was down")
     )
+
+
+async def test_notify_when_enabled_wakes_readers_without_polling(
+    pg_databases: object, tmp_root: Path
+) -> None:
+    """PostgreSQL: `agentserver events notify on` makes every writing statement wake
+    the replicas' readers through LISTEN (here the poll is a minute apart)."""
+    from agentserver.adapters.db.notify import notify_enabled, set_notify
+
+    url = pg_databases.create()  # type: ignore[attr-defined]
+    h = await start_harness(url, "postgres", event_poll_seconds=60.0)
+    try:
+        assert not await notify_enabled(h.app.engine), "off by default: it costs commits"
+        await set_notify(h.app.engine, True)
+        assert await notify_enabled(h.app.engine)
+        watching(h)
+        t = await h.tenant(10)
+        await asyncio.sleep(0.5)  # the listener connects
+        woken = h.app.signal.waiter(t.id)
+        await charge(t, 1)
+        await asyncio.wait_for(woken.wait(), 5)
+        await set_notify(h.app.engine, False)
+        assert not await notify_enabled(h.app.engine)
+    finally:
+        await h.server.stop(0)
+        await h.app.close()

@@ -81,18 +81,14 @@ class World:
         async with AgentServerClient(
             f"127.0.0.1:{port}", api_key=self.key, tenant_id=self.tenant
         ) as client:
-            made = await client.create_webhook_endpoint(
-                wpb.CreateWebhookEndpointRequest(url=url)
-            )
+            made = await client.create_webhook_endpoint(wpb.CreateWebhookEndpointRequest(url=url))
         self.secret, self.endpoint_id = made.secret, made.endpoint.id
 
     async def write(self, first: int, count: int) -> None:
         """`count` charges (one ledger.entry event each), committed one by one."""
         assert self.app is not None
         for i in range(first, first + count):
-            await self.app.ledger.charge(
-                Debit(self.tenant, "", OperationType.SMS, 1, f"proof-{i}")
-            )
+            await self.app.ledger.charge(Debit(self.tenant, "", OperationType.SMS, 1, f"proof-{i}"))
 
     async def expected_ids(self, after_seq: int = 0) -> set[str]:
         assert self.app is not None

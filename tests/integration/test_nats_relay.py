@@ -90,7 +90,9 @@ async def test_a_republish_is_dropped_by_jetstream(relaying: Harness, nats_url: 
     # A relay that published and died before moving its cursor: the same ids again.
     async with h.app.engine.begin() as conn:
         await conn.execute(
-            text("UPDATE event_cursors SET last_seq = 0 WHERE consumer = 'nats' AND tenant_id = :t"),
+            text(
+                "UPDATE event_cursors SET last_seq = 0 WHERE consumer = 'nats' AND tenant_id = :t"
+            ),
             {"t": t.id},
         )
     assert await h.app.relay.relay_once() >= 4

@@ -34,6 +34,7 @@ WINDOW = 5000
 DEFAULT_HEARTBEAT = timedelta(seconds=15)
 MIN_HEARTBEAT = timedelta(seconds=1)
 MAX_HEARTBEAT = timedelta(seconds=300)
+RECHECK_SECONDS = 1.0
 
 
 class EventReader(Protocol):
@@ -141,7 +142,9 @@ class EventFeed:
                     yield Heartbeat(cursor, self.clock.now())
                     quiet_since = loop.time()
                     continue
-                await _first(woken, self.stopping, within=left)
+                # At least once a second, even unwoken: a row that committed after a
+                # higher id was polled is found so (see adapters/db/notify.py).
+                await _first(woken, self.stopping, within=min(left, RECHECK_SECONDS))
         finally:
             self._open[tenant_id] -= 1
             if not self._open[tenant_id]:

@@ -220,3 +220,16 @@ async def advance_cursor(
 
 async def max_outbox_id(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.coalesce(func.max(O.c.id), 0)))).scalar_one())
+
+
+async def outbox_since(conn: AsyncConnection, last: int, limit: int = 5000) -> tuple[int, set[str]]:
+    """The highest outbox id past `last` (or `last`) and the tenants of the rows
+    past it: a primary-key range scan."""
+    rows = (
+        await conn.execute(
+            select(O.c.id, O.c.tenant_id).where(O.c.id > last).order_by(O.c.id).limit(limit)
+        )
+    ).all()
+    if not rows:
+        return last, set()
+    return int(rows[-1].id), {r.tenant_id for r in rows}

@@ -1,11 +1,18 @@
 """Waking whoever waits for new outbox events: watch streams, the webhook fan-out,
 the NATS relay.
 
-On PostgreSQL a trigger on `outbox` (migration 0009) sends `NOTIFY
-agentserver_outbox, '<tenant>'` with each writing statement; one connection per
-replica LISTENs and wakes that tenant's waiters. A slow poll of the outbox's
-highest id backs it up (a notification lost while the listening connection was
-away); on SQLite the poll is all there is, and it is fast.
+Every replica polls the outbox for rows past the highest id it has seen (one
+primary-key range scan, every 50 ms on PostgreSQL and 0.2 s on SQLite) and wakes
+the tenants they belong to. A row with a lower id that commits after a higher one
+is not seen by the poll; its readers find it at their next check (at most a second
+later: see EventFeed).
+
+On PostgreSQL a trigger on `outbox` (migration 0009) can also send `NOTIFY
+agentserver_outbox, '<tenant>'` with each writing statement, which one connection
+per replica LISTENs for. It is created disabled: a notifying transaction takes the
+notify lock at commit, which serialises every writer's commits (bench/events.py
+measured the outbox write alone at a fifth of its rate at 16 clients).
+`agentserver events notify on` enables it (`off` disables it again).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.engine import reader
-from agentserver.adapters.db.event_store import max_outbox_id
+from agentserver.adapters.db.event_store import max_outbox_id, outbox_since
 from agentserver.adapters.db.pg import asyncpg_dsn
 
 log = logging.getLogger("agentserver.events")
@@ -83,15 +90,16 @@ class OutboxWatcher:
                     await task
 
     async def _poll(self) -> None:
-        last = -1
+        last: int | None = None
         while True:
             try:
                 async with self._read.connect() as conn:
-                    current = await max_outbox_id(conn)
-                if current != last:
-                    if last >= 0:
-                        self._signal.wake()
-                    last = current
+                    if last is None:
+                        last = await max_outbox_id(conn)
+                    else:
+                        last, tenants = await outbox_since(conn, last)
+                        for tenant_id in tenants:
+                            self._signal.wake(tenant_id)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the database is away: try again later
@@ -122,3 +130,26 @@ class OutboxWatcher:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2.0)
             await asyncio.sleep(1.0)
+
+
+async def set_notify(engine: AsyncEngine, on: bool) -> None:
+    """Enable or disable the outbox's NOTIFY trigger (PostgreSQL only)."""
+    if engine.dialect.name != "postgresql":
+        raise SystemExit("NOTIFY is a PostgreSQL feature; SQLite polls")
+    from sqlalchemy import text
+
+    state = "ENABLE" if on else "DISABLE"
+    async with engine.begin() as conn:
+        await conn.execute(text(f"ALTER TABLE outbox {state} TRIGGER outbox_notify"))
+
+
+async def notify_enabled(engine: AsyncEngine) -> bool:
+    if engine.dialect.name != "postgresql":
+        return False
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'outbox_notify'")
+        )
+        return found.scalar() in ("O", "A")  # origin or always; D is disabled
