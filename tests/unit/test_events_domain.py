@@ -14,7 +14,6 @@ from agentserver.adapters.event_format import PAYLOAD_FIELDS, to_json, to_proto
 from agentserver.adapters.nats_relay import subject, subject_token
 from agentserver.adapters.webhooks import retry_after, signed_headers
 from agentserver.domain import events as ev
-from agentserver.domain.clock import FakeClock
 from agentserver.domain.errors import FailedPrecondition, InvalidArgument
 from agentserver.domain.webhooks import (
     MAX_ATTEMPTS,
@@ -29,6 +28,7 @@ from agentserver.domain.webhooks import (
     parse_networks,
     verdict,
 )
+from tests.fakes.clock import FakeClock
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 

@@ -58,10 +58,11 @@ class EventService(Protocol):
         Streams the caller's tenant's events in sequence order: those after
         `after_seq` first (when set), then each new one as it commits. While nothing
         matches, a heartbeat carrying the current cursor arrives every
-        `heartbeat_interval`. The stream never ends on its own: it ends with
-        UNAVAILABLE when the server shuts down (reconnect, to this or another
-        replica, with the last cursor seen) and with RESOURCE_EXHAUSTED when the
-        reader falls too far behind for too long.
+        `heartbeat_interval`. A slow reader costs the server no memory: each stream
+        reads the outbox a batch at a time, the next batch only once the last was
+        sent, so it falls behind in the database. The stream never ends on its own:
+        it ends with UNAVAILABLE when the server shuts down (reconnect, to this or
+        another replica, with the last cursor seen).
         Returns FAILED_PRECONDITION (reason CURSOR_EXPIRED) when the events after
         `after_seq` are no longer kept (restart from now, without `after_seq`), and
         INVALID_ARGUMENT for a cursor past the tenant's last event, an unknown type
@@ -158,10 +159,11 @@ class EventServiceClient(ConnectClient):
         Streams the caller's tenant's events in sequence order: those after
         `after_seq` first (when set), then each new one as it commits. While nothing
         matches, a heartbeat carrying the current cursor arrives every
-        `heartbeat_interval`. The stream never ends on its own: it ends with
-        UNAVAILABLE when the server shuts down (reconnect, to this or another
-        replica, with the last cursor seen) and with RESOURCE_EXHAUSTED when the
-        reader falls too far behind for too long.
+        `heartbeat_interval`. A slow reader costs the server no memory: each stream
+        reads the outbox a batch at a time, the next batch only once the last was
+        sent, so it falls behind in the database. The stream never ends on its own:
+        it ends with UNAVAILABLE when the server shuts down (reconnect, to this or
+        another replica, with the last cursor seen).
         Returns FAILED_PRECONDITION (reason CURSOR_EXPIRED) when the events after
         `after_seq` are no longer kept (restart from now, without `after_seq`), and
         INVALID_ARGUMENT for a cursor past the tenant's last event, an unknown type
@@ -202,10 +204,11 @@ class EventServiceSync(Protocol):
         Streams the caller's tenant's events in sequence order: those after
         `after_seq` first (when set), then each new one as it commits. While nothing
         matches, a heartbeat carrying the current cursor arrives every
-        `heartbeat_interval`. The stream never ends on its own: it ends with
-        UNAVAILABLE when the server shuts down (reconnect, to this or another
-        replica, with the last cursor seen) and with RESOURCE_EXHAUSTED when the
-        reader falls too far behind for too long.
+        `heartbeat_interval`. A slow reader costs the server no memory: each stream
+        reads the outbox a batch at a time, the next batch only once the last was
+        sent, so it falls behind in the database. The stream never ends on its own:
+        it ends with UNAVAILABLE when the server shuts down (reconnect, to this or
+        another replica, with the last cursor seen).
         Returns FAILED_PRECONDITION (reason CURSOR_EXPIRED) when the events after
         `after_seq` are no longer kept (restart from now, without `after_seq`), and
         INVALID_ARGUMENT for a cursor past the tenant's last event, an unknown type
@@ -300,10 +303,11 @@ class EventServiceClientSync(ConnectClientSync):
         Streams the caller's tenant's events in sequence order: those after
         `after_seq` first (when set), then each new one as it commits. While nothing
         matches, a heartbeat carrying the current cursor arrives every
-        `heartbeat_interval`. The stream never ends on its own: it ends with
-        UNAVAILABLE when the server shuts down (reconnect, to this or another
-        replica, with the last cursor seen) and with RESOURCE_EXHAUSTED when the
-        reader falls too far behind for too long.
+        `heartbeat_interval`. A slow reader costs the server no memory: each stream
+        reads the outbox a batch at a time, the next batch only once the last was
+        sent, so it falls behind in the database. The stream never ends on its own:
+        it ends with UNAVAILABLE when the server shuts down (reconnect, to this or
+        another replica, with the last cursor seen).
         Returns FAILED_PRECONDITION (reason CURSOR_EXPIRED) when the events after
         `after_seq` are no longer kept (restart from now, without `after_seq`), and
         INVALID_ARGUMENT for a cursor past the tenant's last event, an unknown type

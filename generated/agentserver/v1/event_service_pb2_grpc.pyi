@@ -50,10 +50,11 @@ class EventServiceStub:
     """Streams the caller's tenant's events in sequence order: those after
     `after_seq` first (when set), then each new one as it commits. While nothing
     matches, a heartbeat carrying the current cursor arrives every
-    `heartbeat_interval`. The stream never ends on its own: it ends with
-    UNAVAILABLE when the server shuts down (reconnect, to this or another
-    replica, with the last cursor seen) and with RESOURCE_EXHAUSTED when the
-    reader falls too far behind for too long.
+    `heartbeat_interval`. A slow reader costs the server no memory: each stream
+    reads the outbox a batch at a time, the next batch only once the last was
+    sent, so it falls behind in the database. The stream never ends on its own:
+    it ends with UNAVAILABLE when the server shuts down (reconnect, to this or
+    another replica, with the last cursor seen).
     Returns FAILED_PRECONDITION (reason CURSOR_EXPIRED) when the events after
     `after_seq` are no longer kept (restart from now, without `after_seq`), and
     INVALID_ARGUMENT for a cursor past the tenant's last event, an unknown type
@@ -82,10 +83,11 @@ class EventServiceAsyncStub(EventServiceStub):
     """Streams the caller's tenant's events in sequence order: those after
     `after_seq` first (when set), then each new one as it commits. While nothing
     matches, a heartbeat carrying the current cursor arrives every
-    `heartbeat_interval`. The stream never ends on its own: it ends with
-    UNAVAILABLE when the server shuts down (reconnect, to this or another
-    replica, with the last cursor seen) and with RESOURCE_EXHAUSTED when the
-    reader falls too far behind for too long.
+    `heartbeat_interval`. A slow reader costs the server no memory: each stream
+    reads the outbox a batch at a time, the next batch only once the last was
+    sent, so it falls behind in the database. The stream never ends on its own:
+    it ends with UNAVAILABLE when the server shuts down (reconnect, to this or
+    another replica, with the last cursor seen).
     Returns FAILED_PRECONDITION (reason CURSOR_EXPIRED) when the events after
     `after_seq` are no longer kept (restart from now, without `after_seq`), and
     INVALID_ARGUMENT for a cursor past the tenant's last event, an unknown type
@@ -117,10 +119,11 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the caller's tenant's events in sequence order: those after
         `after_seq` first (when set), then each new one as it commits. While nothing
         matches, a heartbeat carrying the current cursor arrives every
-        `heartbeat_interval`. The stream never ends on its own: it ends with
-        UNAVAILABLE when the server shuts down (reconnect, to this or another
-        replica, with the last cursor seen) and with RESOURCE_EXHAUSTED when the
-        reader falls too far behind for too long.
+        `heartbeat_interval`. A slow reader costs the server no memory: each stream
+        reads the outbox a batch at a time, the next batch only once the last was
+        sent, so it falls behind in the database. The stream never ends on its own:
+        it ends with UNAVAILABLE when the server shuts down (reconnect, to this or
+        another replica, with the last cursor seen).
         Returns FAILED_PRECONDITION (reason CURSOR_EXPIRED) when the events after
         `after_seq` are no longer kept (restart from now, without `after_seq`), and
         INVALID_ARGUMENT for a cursor past the tenant's last event, an unknown type

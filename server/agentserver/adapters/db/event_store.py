@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
 from agentserver.domain.events import StoredEvent, redact_user
+from agentserver.domain.webhooks import DeliveryState
 
 T = models.tenants
 O = models.outbox  # noqa: E741
@@ -114,7 +115,7 @@ class SqlEventStore:
         unread = exists().where(
             C.c.tenant_id == O.c.tenant_id, C.c.consumer.in_(consumers), C.c.last_seq < O.c.seq
         )
-        needed = exists().where(D.c.outbox_id == O.c.id, D.c.state == "pending")
+        needed = exists().where(D.c.outbox_id == O.c.id, D.c.state == DeliveryState.PENDING.value)
         oldest = (
             select(O.c.id)
             .where(O.c.created_at < before, ~unread, ~needed)
