@@ -537,6 +537,7 @@ async def prepare_database(app: App) -> None:
         for tenant, channel, token in await app.admin.channel_secrets()
         if not app.secret_box.can_decrypt(token)
     ]
+    channels = len(unreadable)
     unreadable += [
         f"webhook {endpoint}"
         for endpoint, token in sealed_webhooks
@@ -544,10 +545,12 @@ async def prepare_database(app: App) -> None:
     ]
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        what = [f"{channels} channel setting(s)"] if channels else []
+        if len(unreadable) > channels:
+            what.append(f"{len(unreadable) - channels} webhook endpoint(s)")
         raise SystemExit(
-            f"AGENTSERVER_SECRET_KEYS cannot decrypt the stored secrets of {len(unreadable)} "
-            f"channel setting(s) or webhook endpoint(s) ({shown}): a key is wrong or "
-            "missing from the list"
+            f"AGENTSERVER_SECRET_KEYS cannot decrypt the stored secrets of "
+            f"{' and '.join(what)} ({shown}): a key is wrong or missing from the list"
         )
 
 

@@ -221,8 +221,8 @@ async def cmd_sweep(app: App, args: argparse.Namespace) -> int:
         print(f"pruned {pruned} audit events older than {days:g} days")
     days = app.settings.event_retention_days
     if days > 0:
-        pruned = await app.prune_events(batches=1_000_000)
-        print(f"pruned {pruned} outbox events older than {days:g} days")
+        deleted = await app.prune_events(batches=1_000_000)
+        print(f"deleted {deleted} outbox events older than {days:g} days")
     return 0
 
 
