@@ -337,9 +337,10 @@ def report(data: dict[str, Any]) -> str:
     lines = [
         "# Events out: commit to delivery, and the cost of NOTIFY",
         "",
-        f"{data['when']} · {data['machine'].get('cpu', '')} · PostgreSQL "
-        f"{data['postgres_version']} · server, PostgreSQL, NATS, load generator and "
-        "receivers share the same 2 cores: floors, not ceilings.",
+        f"{data['when']} · {data['machine']['nproc']} cores ({data['machine']['cpu_model']}) · "
+        f"1-min load average at start {data['machine']['loadavg_at_start'][0]:.2f} · "
+        f"PostgreSQL {data['postgres_version']} · server, PostgreSQL, NATS, load generator "
+        "and receivers share the same cores: floors, not ceilings.",
         "",
         f"## Commit to delivery, live ({d['events']} events written by ChargeTokens at "
         f"concurrency 16, {d['write_rate']:,.0f}/s)",
@@ -373,6 +374,10 @@ def report(data: dict[str, Any]) -> str:
         ),
         "",
         "## The NOTIFY trigger on the hot paths (PostgreSQL, concurrency 16)",
+        "",
+        "Through gRPC the cells swing by 2x from one to the next when other work shares "
+        "the machine (see the load average): read them with the pgbench table below, "
+        "which measures PostgreSQL's side alone and repeats.",
         "",
     ]
     rows = []
