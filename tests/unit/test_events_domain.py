@@ -1,6 +1,6 @@
 """The rules of events out, without I/O: type filters, ids, the retry schedule,
 what an answer means, which addresses and URLs are acceptable, the rendering of
-every event type, and erasing a user from payloads."""
+every event type."""
 
 from __future__ import annotations
 
@@ -208,20 +208,6 @@ def test_nats_subjects_are_one_token_per_part() -> None:
     assert subject_token("a.b c*>") == "a~2Eb~20c~2A~3E"
     stored = ev.StoredEvent(1, "acme.eu", 1, ev.LOW_BALANCE, "w", "w", {}, NOW)
     assert subject(stored) == "agentserver.acme~2Eeu.ledger.low_balance"
-
-
-def test_erasing_a_user_from_payloads() -> None:
-    message = {"user_id": "ann", "content": "call me at +1555", "role": "user"}
-    assert ev.redact_user(message, "bob") is None
-    redacted = ev.redact_user(message, "ann")
-    assert redacted == {"user_id": "", "content": "", "role": "user", "redacted": True}
-    action = {"requested_by": "ann", "parameters": {"to": "+1555"}, "token_cost": 1}
-    assert ev.redact_user(action, "ann") == {
-        "requested_by": "",
-        "parameters": {},
-        "token_cost": 1,
-        "redacted": True,
-    }
 
 
 class _Store:

@@ -131,26 +131,3 @@ def event_id(tenant_id: str, seq: int) -> str:
     nothing about other tenants' volume) and the same on every path."""
     digest = hashlib.sha256(f"{tenant_id}\x00{seq}".encode()).hexdigest()
     return f"evt_{digest[:26]}"
-
-
-# What erasing a user (GDPR) removes from the events that name them: the text they
-# wrote or that was written to them, the parameters and reasons of their actions,
-# and their id. Amounts, types and times stay.
-_PERSONAL = ("content", "parameters", "reason", "error", "decided_by")
-_NAMES_USER = ("user_id", "requested_by", "decided_by")
-
-
-def redact_user(payload: dict[str, Any], user_id: str) -> dict[str, Any] | None:
-    """`payload` without `user_id`'s personal data, or None when it does not name
-    them (nothing to change)."""
-    if not user_id or not any(payload.get(k) == user_id for k in _NAMES_USER):
-        return None
-    out = dict(payload)
-    for key in _PERSONAL:
-        if key in out:
-            out[key] = {} if isinstance(out[key], dict) else ""
-    for key in _NAMES_USER:
-        if out.get(key) == user_id:
-            out[key] = ""
-    out["redacted"] = True
-    return out

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentserver.adapters.db import models
 from agentserver.adapters.db.engine import reader
-from agentserver.domain.events import StoredEvent, redact_user
+from agentserver.domain.events import StoredEvent
 from agentserver.domain.webhooks import DeliveryState
 
 T = models.tenants
@@ -82,29 +82,6 @@ class SqlEventStore:
     ) -> list[StoredEvent]:
         async with self._read.connect() as conn:
             return await read_events(conn, tenant_id, after, upto, types, limit)
-
-    # -- personal data ---------------------------------------------------------------
-
-    async def redact_user(self, tenant_id: str, user_id: str) -> int:
-        """Erase `user_id`'s personal data from the tenant's kept events (message
-        texts, action parameters and reasons, their id); returns how many changed.
-        For the GDPR erasure use case (issue 13). Copies already delivered (webhooks,
-        NATS) are the receivers' to erase; pending webhook attempts read the
-        redacted payload."""
-        changed = 0
-        async with self._engine.begin() as conn:
-            rows = await conn.execute(
-                select(O.c.id, O.c.payload).where(
-                    O.c.tenant_id == tenant_id,
-                    or_(O.c.type.startswith("action."), O.c.type.startswith("message.")),
-                )
-            )
-            for row in rows.all():
-                redacted = redact_user(row.payload or {}, user_id)
-                if redacted is not None:
-                    await conn.execute(update(O).where(O.c.id == row.id).values(payload=redacted))
-                    changed += 1
-        return changed
 
     # -- retention -----------------------------------------------------------------
 
