@@ -12,7 +12,7 @@ what the outbox's NOTIFY trigger costs the hot paths.
    writing transaction's clock; same machine clock). Rate = events delivered /
    (last arrival - first commit).
 2. NOTIFY cost: ChargeTokens and Process at concurrency 16 on PostgreSQL, with the
-   outbox's NOTIFY trigger (migration 0009; disabled by default) enabled and without
+   outbox's NOTIFY trigger (migration 0010; disabled by default) enabled and without
    it, alternated; rates, server CPU per call and PostgreSQL's CPU. Then the outbox
    write alone by pgbench, with and without, at 1 and 16 clients.
 
@@ -306,12 +306,12 @@ async def bench_pgbench(root: Path, duration: float, rounds: int) -> list[dict[s
     return rows
 
 
-def migration_0009() -> Any:
+def migration_0010() -> Any:
     """The migration that made the trigger (its SQL, as written there)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / "0009_events_out.py"
-    spec = importlib.util.spec_from_file_location("migration_0009", path)
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / "0010_events_out.py"
+    spec = importlib.util.spec_from_file_location("migration_0010", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -327,7 +327,7 @@ async def set_trigger(url: str, on: bool) -> None:
         async with engine.begin() as conn:
             await conn.execute(text("DROP TRIGGER IF EXISTS outbox_notify ON outbox"))
             if on:
-                await conn.execute(text(migration_0009().NOTIFY_TRIGGER))
+                await conn.execute(text(migration_0010().NOTIFY_TRIGGER))
     finally:
         await engine.dispose()
 

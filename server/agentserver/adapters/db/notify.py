@@ -7,7 +7,7 @@ the tenants they belong to. A row with a lower id that commits after a higher on
 is not seen by the poll; its readers find it at their next check (at most a second
 later: see EventFeed).
 
-On PostgreSQL a trigger on `outbox` (migration 0009) can also send `NOTIFY
+On PostgreSQL a trigger on `outbox` (migration 0010) can also send `NOTIFY
 agentserver_outbox, '<tenant>'` with each writing statement, which one connection
 per replica LISTENs for. It is created disabled: a notifying transaction takes the
 notify lock at commit, which serialises every writer's commits (bench/events.py

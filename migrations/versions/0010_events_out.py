@@ -1,8 +1,8 @@
 """events out: webhook endpoints and deliveries, consumer cursors over the outbox,
 and (PostgreSQL) a NOTIFY when outbox rows commit
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02 04:30:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from agentserver.adapters.db.models import UTCDateTime
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
