@@ -113,6 +113,16 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+NATS_URL = os.environ.get("AGENTSERVER_TEST_NATS", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """NATS with JetStream (the machine's, on 127.0.0.1:4222)."""
+    require_service("NATS", "127.0.0.1", 4222)
+    return NATS_URL
+
+
 def database_url(backend: str, tmp_root: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_root / f'test-{uuid.uuid4().hex[:8]}.db'}"

@@ -20,18 +20,23 @@ from agentserver.adapters.db.admin_store import SqlAdminStore
 from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.business_store import SqlBusinessStore
 from agentserver.adapters.db.engine import create_engine
+from agentserver.adapters.db.event_store import NATS, WEBHOOKS, SqlEventStore
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.migrate import pending_revisions, upgrade
+from agentserver.adapters.db.notify import OutboxSignal, OutboxWatcher
 from agentserver.adapters.db.personal_store import SqlPersonalDataStore
 from agentserver.adapters.db.pg import PgEventWriter, PgPool
 from agentserver.adapters.db.pg_agent import PgAgentStore
 from agentserver.adapters.db.pg_ledger import PgLedgerStore
 from agentserver.adapters.db.process_writes import PgProcessWrites, SqlProcessWrites
 from agentserver.adapters.db.settle_writes import PgSettler, SqlSettler
+from agentserver.adapters.db.webhook_store import SqlWebhookStore
 from agentserver.adapters.db.window_store import SqlConversationWindows
+from agentserver.adapters.nats_relay import NatsRelay, StreamSettings
 from agentserver.adapters.runner import ActionRunner, ReportWriter
 from agentserver.adapters.secrets import SecretBox
 from agentserver.adapters.telemetry import build_telemetry, shutdown_tracing
+from agentserver.adapters.webhooks import WebhookDeliverer
 from agentserver.config import Settings
 from agentserver.domain.admin import Administration, Rule
 from agentserver.domain.agent import AgentService
@@ -41,6 +46,7 @@ from agentserver.domain.costs import CostTable
 from agentserver.domain.decision.crosscheck import CheckedEngine
 from agentserver.domain.decision.engine import DecisionEngine
 from agentserver.domain.decision.offline import OfflineEngine
+from agentserver.domain.event_feed import EventFeed
 from agentserver.domain.executor import Executor
 from agentserver.domain.identity import (
     MAX_USER_ID,
@@ -53,6 +59,7 @@ from agentserver.domain.policy_source import CachedPolicySource
 from agentserver.domain.ratelimit import InProcessRateLimiter, NoRateLimit, RateLimiter
 from agentserver.domain.registry import Registry, default_registry
 from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
+from agentserver.domain.webhooks import WebhookEndpoints, parse_networks
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -93,12 +100,21 @@ class App:
     secret_box: SecretBox | None
     limiter: RateLimiter
     audit: BufferedAuditLog
+    events: SqlEventStore
+    signal: OutboxSignal
+    feed: EventFeed
+    webhook_store: SqlWebhookStore
+    webhooks: WebhookEndpoints
+    deliverer: WebhookDeliverer
+    watcher: OutboxWatcher
+    relay: NatsRelay | None = None
     telemetry: Telemetry = NO_TELEMETRY
     pg_pool: PgPool | None = None
     _next_prune: datetime = NEVER
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
+        self.feed.stopping.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -109,6 +125,9 @@ class App:
         # the same grace to finish; the rest record what they know and stop.
         await self.executor.drain(self.settings.grace_seconds)
         await self.audit.close()
+        await self.deliverer.aclose()
+        if self.relay is not None:
+            await self.relay.aclose()
         await self.limiter.aclose()
         for closable in (self.agent.engine, self.runner.report_writer):
             close = getattr(closable, "aclose", None)
@@ -129,6 +148,11 @@ class App:
             )
         )
         self._tasks.append(asyncio.create_task(self.audit.run(), name="audit"))
+        # Events out: wake-ups, webhook fan-out and delivery, and the NATS relay.
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="outbox-watch"))
+        self._tasks.append(asyncio.create_task(self.deliverer.run(), name="webhooks"))
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="nats-relay"))
         if self.settings.monthly_fee_interval_seconds > 0:  # 0 leaves the fee to cron
             self._tasks.append(
                 asyncio.create_task(
@@ -177,6 +201,7 @@ class App:
         if self.clock.now() >= self._next_prune:
             await self.prune_audit()
             await self.apply_retention()
+            await self.prune_events()
             self._next_prune = self.clock.now() + AUDIT_PRUNE_EVERY
 
     async def apply_retention(self, *, batches: int = 20) -> int:
@@ -208,6 +233,25 @@ class App:
                 break
         if pruned:
             log.info("pruned %d audit events older than %g days", pruned, days)
+        return pruned
+
+    async def prune_events(self, *, batches: int = 20) -> int:
+        """Delete outbox events past `event_retention_days` (0 keeps them) that no
+        consumer still needs: the webhook fan-out, the NATS relay when configured,
+        and pending webhook deliveries."""
+        days = self.settings.event_retention_days
+        if days <= 0:
+            return 0
+        before = self.clock.now() - timedelta(days=days)
+        consumers = [WEBHOOKS, NATS] if self.relay is not None else [WEBHOOKS]
+        pruned = 0
+        for _ in range(batches):
+            deleted = await self.events.prune(before, consumers, AUDIT_PRUNE_BATCH)
+            pruned += deleted
+            if deleted < AUDIT_PRUNE_BATCH:
+                break
+        if pruned:
+            log.info("pruned %d events older than %g days", pruned, days)
         return pruned
 
     async def _every(self, seconds: float, job: object) -> None:
@@ -328,6 +372,15 @@ async def build_app(
         forget_policy=policy_cache.forget,
         flush_audit=audit.flush,
     )
+    signal = OutboxSignal()
+    events = SqlEventStore(engine)
+    webhook_store = SqlWebhookStore(engine)
+    try:
+        allowed = parse_networks(settings.webhook_allowed_networks)
+    except ValueError as err:
+        raise SystemExit(f"AGENTSERVER_WEBHOOK_ALLOWED_NETWORKS: {err}") from None
+    timeout = settings.webhook_timeout_seconds
+    poll = settings.event_poll_seconds or (0.2 if settings.is_sqlite else 0.05)
     return App(
         settings=settings,
         engine=engine,
@@ -353,6 +406,42 @@ async def build_app(
         limiter=build_limiter(settings),
         audit=audit,
         telemetry=telemetry,
+        events=events,
+        signal=signal,
+        feed=EventFeed(
+            events, signal, clock, max_streams_per_tenant=settings.event_streams_per_tenant
+        ),
+        webhook_store=webhook_store,
+        webhooks=WebhookEndpoints(webhook_store, secret_box, clock, allowed),
+        deliverer=WebhookDeliverer(
+            webhook_store,
+            signal,
+            secret_box,
+            clock,
+            allowed_networks=allowed,
+            timeout=timeout,
+            lease=timedelta(seconds=timeout + 15),
+            concurrency=settings.webhook_concurrency,
+        ),
+        watcher=OutboxWatcher(
+            engine,
+            signal,
+            poll_seconds=poll,
+            listen_url="" if settings.is_sqlite else settings.database_url,
+        ),
+        relay=(
+            NatsRelay(
+                engine,
+                signal,
+                clock,
+                settings.nats_url,
+                StreamSettings(
+                    name=settings.nats_stream, max_age_seconds=settings.nats_max_age_seconds
+                ),
+            )
+            if settings.nats_url
+            else None
+        ),
         pg_pool=pg_pool,
     )
 
@@ -430,7 +519,13 @@ async def prepare_database(app: App) -> None:
                 f"the database schema is behind ({len(pending)} revisions): "
                 "run `agentserver migrate`"
             )
+    sealed_webhooks = await app.webhook_store.sealed_secrets()
     if app.secret_box is None:
+        if sealed_webhooks:
+            raise SystemExit(
+                "webhook endpoints have encrypted signing secrets but AGENTSERVER_SECRET_KEYS "
+                "is not set"
+            )
         if await app.admin.any_channel_secrets():
             raise SystemExit(
                 "tenants have encrypted provider secrets but AGENTSERVER_SECRET_KEYS is not set"
@@ -442,11 +537,20 @@ async def prepare_database(app: App) -> None:
         for tenant, channel, token in await app.admin.channel_secrets()
         if not app.secret_box.can_decrypt(token)
     ]
+    channels = len(unreadable)
+    unreadable += [
+        f"webhook {endpoint}"
+        for endpoint, token in sealed_webhooks
+        if not app.secret_box.can_decrypt(token)
+    ]
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        what = [f"{channels} channel setting(s)"] if channels else []
+        if len(unreadable) > channels:
+            what.append(f"{len(unreadable) - channels} webhook endpoint(s)")
         raise SystemExit(
-            f"AGENTSERVER_SECRET_KEYS cannot decrypt the stored secrets of {len(unreadable)} "
-            f"channel setting(s) ({shown}): a key is wrong or missing from the list"
+            f"AGENTSERVER_SECRET_KEYS cannot decrypt the stored secrets of "
+            f"{' and '.join(what)} ({shown}): a key is wrong or missing from the list"
         )
 
 

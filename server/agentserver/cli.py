@@ -219,6 +219,19 @@ async def cmd_sweep(app: App, args: argparse.Namespace) -> int:
     if days > 0:
         pruned = await app.prune_audit(batches=1_000_000)
         print(f"pruned {pruned} audit events older than {days:g} days")
+    days = app.settings.event_retention_days
+    if days > 0:
+        deleted = await app.prune_events(batches=1_000_000)
+        print(f"deleted {deleted} outbox events older than {days:g} days")
+    return 0
+
+
+async def cmd_events_notify(app: App, args: argparse.Namespace) -> int:
+    from agentserver.adapters.db.notify import notify_enabled, set_notify
+
+    if args.state != "status":
+        await set_notify(app.engine, args.state == "on")
+    print(f"outbox NOTIFY: {'on' if await notify_enabled(app.engine) else 'off'}")
     return 0
 
 
@@ -434,9 +447,18 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "sweep",
         help="release expired reservations, apply conversation retention and prune old audit"
-        " events now",
+        " and outbox events now",
     )
     s.set_defaults(fn=cmd_sweep)
+
+    events = sub.add_parser("events", help="events out").add_subparsers(dest="sub", required=True)
+    s = events.add_parser(
+        "notify",
+        help="PostgreSQL: wake replicas by NOTIFY from every writing transaction (off by "
+        "default: it serialises commits; replicas poll every 50 ms)",
+    )
+    s.add_argument("state", choices=["on", "off", "status"])
+    s.set_defaults(fn=cmd_events_notify)
 
     channels = sub.add_parser("channel", help="tenant provider settings").add_subparsers(
         dest="sub", required=True

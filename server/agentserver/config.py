@@ -71,6 +71,16 @@ class Settings:
     metrics_listen: str = ""
     metrics_tenant_label: bool = False  # a tenant label on per-tenant counters
     traces: str = ""  # '' off, "otlp" (OTEL_EXPORTER_OTLP_* variables) or "console"
+    # Events out (issue 12): the outbox's retention, watch streams, webhooks, NATS.
+    event_retention_days: float = 7.0  # 0 keeps events forever
+    event_streams_per_tenant: int = 20
+    event_poll_seconds: float | None = None  # None: 0.2 s on SQLite, 0.05 s on PostgreSQL
+    webhook_allowed_networks: str = ""  # e.g. "127.0.0.0/8": private targets allowed
+    webhook_timeout_seconds: float = 15.0
+    webhook_concurrency: int = 32
+    nats_url: str = ""
+    nats_stream: str = "AGENTSERVER_EVENTS"
+    nats_max_age_seconds: float = 7 * 86400.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -126,4 +136,13 @@ class Settings:
             metrics_listen=_off_or(_env("METRICS_LISTEN", "")),
             metrics_tenant_label=_bool(_env("METRICS_TENANT_LABEL", "false")),
             traces=_off_or(_env("TRACES", "")).lower(),
+            event_retention_days=float(_env("EVENT_RETENTION_DAYS", "7")),
+            event_streams_per_tenant=int(_env("EVENT_STREAMS_PER_TENANT", "20")),
+            event_poll_seconds=float(p) if (p := _env("EVENT_POLL_SECONDS", "")) else None,
+            webhook_allowed_networks=_env("WEBHOOK_ALLOWED_NETWORKS", ""),
+            webhook_timeout_seconds=float(_env("WEBHOOK_TIMEOUT_SECONDS", "15")),
+            webhook_concurrency=int(_env("WEBHOOK_CONCURRENCY", "32")),
+            nats_url=_env("NATS_URL", ""),
+            nats_stream=_env("NATS_STREAM", "AGENTSERVER_EVENTS"),
+            nats_max_age_seconds=float(_env("NATS_MAX_AGE_SECONDS", str(7 * 86400))),
         )

@@ -22,9 +22,11 @@ import grpc
 from google.protobuf import message_factory, struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from agentserver.domain.identity import SCOPE_WEBHOOKS, TENANT_DEFAULT_SCOPES
 from agentserver.entrypoints.grpc.server import SERVICES
 from agentserver.v1 import agent_service_pb2 as apb
 from agentserver.v1 import token_service_pb2 as tpb
+from agentserver.v1 import webhook_service_pb2 as wpb
 from tests.conftest import Harness, Tenant, ledger_invariant
 
 PER_RPC = 60
@@ -211,6 +213,15 @@ async def _real_ids(t: Tenant) -> list[str]:
 async def test_no_rpc_answers_internal_or_unknown_to_anything(harness: Harness) -> None:
     t = await harness.tenant(1000)
     pool = await _real_ids(t)
+    # A key that may also manage webhooks, and an endpoint of the tenant's to aim at.
+    _, hooks_key = await harness.app.admin.create_key(
+        t.id, (*TENANT_DEFAULT_SCOPES, SCOPE_WEBHOOKS), "fuzz", harness.clock.now()
+    )
+    async with harness.client(hooks_key, t.id, user_id="") as client:
+        made = await client.create_webhook_endpoint(
+            wpb.CreateWebhookEndpointRequest(url="https://hooks.example.com/fuzz")
+        )
+    pool.append(made.endpoint.id)
     rng = random.Random(f"fuzz-{harness.backend}")
     now = harness.clock.now()
     _, admin_key = await harness.app.admin.create_key(t.id, ["agent", "admin"], "fuzz", now)
@@ -219,6 +230,7 @@ async def test_no_rpc_answers_internal_or_unknown_to_anything(harness: Harness) 
         (("authorization", f"Bearer {t.key}"), ("x-tenant-id", t.id), ("x-user-id", "alice")),
         (("authorization", f"Bearer {admin_key}"), ("x-user-id", "root")),
         (("authorization", f"Bearer {platform_key}"), ("x-tenant-id", t.id)),
+        (("authorization", f"Bearer {hooks_key}"),),
         (
             ("authorization", f"Bearer {t.key}"),
             ("x-user-id", "bob"),
@@ -249,12 +261,32 @@ async def test_no_rpc_answers_internal_or_unknown_to_anything(harness: Harness) 
                 if err.code() in NEVER:
                     failures.append(f"{path} {err.code().name}: {err.details()}")
 
+    def streaming(channel: grpc.aio.Channel, path: str) -> Any:
+        """A server-streaming rpc as a call: read to its end, or hang up once it has
+        been quiet for 2 s (a watch never ends; a stream that failed, its status)."""
+        open_stream = channel.unary_stream(path)
+
+        async def call(body: bytes, *, metadata: Any, timeout: float) -> None:  # noqa: ASYNC109
+            stream = open_stream(body, metadata=metadata, timeout=timeout)
+            try:
+                for _ in range(10_000):
+                    if await asyncio.wait_for(stream.read(), 2) is grpc.aio.EOF:
+                        break
+            except TimeoutError:
+                pass  # open and quiet: fine
+            finally:
+                stream.cancel()
+
+        return call
+
     async with grpc.aio.insecure_channel(harness.target) as channel:
         for service in SERVICES:
             for method in service.methods:
                 path = f"/{service.full_name}/{method.name}"
-                stream = method.server_streaming
-                call = channel.unary_stream(path) if stream else channel.unary_unary(path)
+                if method.server_streaming:
+                    call = streaming(channel, path)
+                else:
+                    call = channel.unary_unary(path)
                 await asyncio.gather(
                     *(
                         send(call, path, body, identities[i % len(identities)])
@@ -269,7 +301,8 @@ async def test_no_rpc_answers_internal_or_unknown_to_anything(harness: Harness) 
 
 def test_the_generator_reaches_every_rpc() -> None:
     names = {f"{s.name}.{m.name}" for s in SERVICES for m in s.methods}
-    assert len(names) >= 18
+    assert len(names) >= 29
+    assert "EventService.WatchEvents" in names  # server streaming: read, then hung up
     sample = bodies(SERVICES[0].methods[0].input_type, random.Random(1), [])
     assert len(sample) == PER_RPC and any(sample)
     assert struct_pb2.Struct  # Structs are generated with NaN and nesting

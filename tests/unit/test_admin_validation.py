@@ -169,7 +169,7 @@ def test_the_policy_is_checked_key_by_key() -> None:
 
 
 def test_scopes_ids_and_rules() -> None:
-    assert validate_scopes([], platform=False) == ("agent", "tokens:read", "tokens:write")
+    assert validate_scopes([], platform=False) == ("agent", "tokens:read", "tokens:write", "events")
     assert "admin" in validate_scopes([], platform=True)
     assert validate_scopes(["admin", "admin"], platform=False) == ("admin",)
     assert wrong(lambda: validate_scopes(["billing", "root"], platform=False)) == [

@@ -23,11 +23,13 @@ from ._errors import (
     QuotaViolation,
     StatusCode,
 )
+from ._events import EventWatch
 
 __all__ = [
     "AgentServerClient",
     "AgentServerError",
     "ErrorDetails",
+    "EventWatch",
     "FieldViolation",
     "PreconditionViolation",
     "QuotaViolation",

@@ -17,13 +17,17 @@ from agentserver.v1 import (
     agent_service_pb2_grpc,
     conversation_service_pb2,
     conversation_service_pb2_grpc,
+    event_service_pb2_grpc,
     token_service_pb2,
     token_service_pb2_grpc,
+    webhook_service_pb2_grpc,
 )
 
 from ._admin import AdminMethods
 from ._errors import AgentServerError
+from ._events import EventWatch
 from ._options import DEFAULT, Timeout, _UseClientDefault
+from ._webhooks import WebhookMethods
 
 __all__ = ["AgentServerClient"]
 
@@ -54,6 +58,8 @@ class _Stubs:
     conversation: conversation_service_pb2_grpc.ConversationServiceAsyncStub
     token: token_service_pb2_grpc.TokenServiceAsyncStub
     admin: admin_service_pb2_grpc.AdminServiceAsyncStub
+    event: event_service_pb2_grpc.EventServiceAsyncStub
+    webhook: webhook_service_pb2_grpc.WebhookServiceAsyncStub
 
     @classmethod
     def for_channel(cls, channel: grpc.aio.Channel) -> _Stubs:
@@ -62,12 +68,14 @@ class _Stubs:
             conversation=conversation_service_pb2_grpc.ConversationServiceStub(channel),
             token=token_service_pb2_grpc.TokenServiceStub(channel),
             admin=admin_service_pb2_grpc.AdminServiceStub(channel),
+            event=event_service_pb2_grpc.EventServiceStub(channel),
+            webhook=webhook_service_pb2_grpc.WebhookServiceStub(channel),
         )
 
 
-class AgentServerClient(AdminMethods):
-    """An async client for AgentService, ConversationService, TokenService and
-    AdminService.
+class AgentServerClient(AdminMethods, WebhookMethods):
+    """An async client for AgentService, ConversationService, TokenService,
+    AdminService, EventService and WebhookService.
 
     Use it as an async context manager, or call `close()`::
 
@@ -206,6 +214,7 @@ class AgentServerClient(AdminMethods):
         self._owns_channel = owns_channel
         self._stubs = stubs
         self._admin = stubs.admin
+        self._webhook = stubs.webhook
         self._identity = identity
         self._metadata = identity.metadata()
         self._default_timeout = default_timeout
@@ -509,3 +518,29 @@ class AgentServerClient(AdminMethods):
         FAILED_PRECONDITION if the reservation has already ended.
         """
         return await self._unary(self._stubs.token.ReleaseReservation, request, timeout, metadata)
+
+    # EventService
+
+    def watch_events(
+        self,
+        *,
+        types: Sequence[str] = (),
+        after_seq: int | None = None,
+        heartbeat_seconds: float | None = None,
+        max_backoff: float = 5.0,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> EventWatch:
+        """The tenant's events as a resumable async iterator (see `EventWatch`):
+        after `after_seq` (the `seq` of the last event you handled) or, when None,
+        from now; only `types` (`ledger.entry`, or areas such as `action.*`) if
+        given. It reconnects from its cursor when the stream breaks; needs a service
+        key with the `events` scope."""
+        extra = tuple(metadata)
+        return EventWatch(
+            self._stubs.event,
+            lambda: self._call_metadata(extra),
+            types=types,
+            after_seq=after_seq,
+            heartbeat_seconds=heartbeat_seconds,
+            max_backoff=max_backoff,
+        )

@@ -484,8 +484,10 @@ class CreateApiKeyRequest(_message.Message):
     """Why, for the audit trail."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Scopes (default: `agent`, `tokens:read`, `tokens:write`; for a platform key
-        also `billing`). Known: agent, tokens:read, tokens:write, admin, billing.
+        """Scopes (default: `agent`, `tokens:read`, `tokens:write`, `events`; for a
+        platform key `billing`, `tokens:read`, `tokens:write`, `agent`, `admin`). Known:
+        agent, tokens:read, tokens:write, admin, billing, events (WatchEvents), webhooks
+        (WebhookService).
         """
 
     @_builtins.property

@@ -35,7 +35,9 @@ SCOPE_TOKENS_READ = "tokens:read"
 SCOPE_TOKENS_WRITE = "tokens:write"  # charge, reserve, capture, release
 SCOPE_BILLING = "billing"  # AddTokens; platform keys only
 SCOPE_ADMIN = "admin"  # AdminService: its own tenant, or (platform keys) any tenant
-TENANT_DEFAULT_SCOPES = (SCOPE_AGENT, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE)
+SCOPE_EVENTS = "events"  # WatchEvents (service keys only)
+SCOPE_WEBHOOKS = "webhooks"  # managing webhook endpoints; never a default
+TENANT_DEFAULT_SCOPES = (SCOPE_AGENT, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE, SCOPE_EVENTS)
 PLATFORM_DEFAULT_SCOPES = (
     SCOPE_BILLING,
     SCOPE_TOKENS_READ,
@@ -44,7 +46,14 @@ PLATFORM_DEFAULT_SCOPES = (
     SCOPE_ADMIN,
 )
 # The scopes a tenant key may carry (a platform key may carry billing too).
-TENANT_SCOPES = (SCOPE_AGENT, SCOPE_TOKENS_READ, SCOPE_TOKENS_WRITE, SCOPE_ADMIN)
+TENANT_SCOPES = (
+    SCOPE_AGENT,
+    SCOPE_TOKENS_READ,
+    SCOPE_TOKENS_WRITE,
+    SCOPE_ADMIN,
+    SCOPE_EVENTS,
+    SCOPE_WEBHOOKS,
+)
 
 
 @dataclass(frozen=True)

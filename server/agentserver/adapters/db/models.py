@@ -407,3 +407,82 @@ channel_settings = _table(ChannelSetting)
 conversation_windows = _table(ConversationWindow)
 resources = _table(Resource)
 bookings = _table(Booking)
+
+
+# -- events out: webhooks and relays (issue 12) ------------------------------------
+
+
+class WebhookEndpoint(Base):
+    """Where a tenant's events are POSTed (Standard Webhooks). The signing secret is
+    stored encrypted (SecretBox); after a rotation the previous one signs too until
+    `previous_secret_until`."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    event_types: Mapped[list[Any]] = mapped_column(default=list)  # empty: every type
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str] = mapped_column(String(20), default="")
+    secret: Mapped[str] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None]
+    secret_rotated_at: Mapped[datetime | None]
+    # Since when every attempt has failed (NULL after a success): 5 days disables it.
+    failing_since: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint. A replica claims a due delivery by setting its lease
+    (FOR UPDATE SKIP LOCKED on PostgreSQL), makes one attempt, and records it under
+    the same lease token: one attempt in flight per (endpoint, event)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_outbox_id", "outbox_id"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    endpoint_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    outbox_id: Mapped[int | None] = mapped_column(BigInteger)  # NULL for a test event
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(60))
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # a test event's own
+    state: Mapped[str] = mapped_column(String(12))  # pending | succeeded | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    last_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class EventCursor(Base):
+    """How far a consumer (the webhook fan-out, the NATS relay) has read each tenant's
+    outbox: the per-tenant sequence is gap-free and in commit order, so a cursor
+    never skips an event. Replicas share tenants by locking cursor rows (FOR UPDATE
+    SKIP LOCKED)."""
+
+    __tablename__ = "event_cursors"
+    consumer: Mapped[str] = mapped_column(String(20), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+
+webhook_endpoints = _table(WebhookEndpoint)
+webhook_deliveries = _table(WebhookDelivery)
+event_cursors = _table(EventCursor)

@@ -147,6 +147,7 @@ class _Call:
         "failure",
         "md",
         "method",
+        "peer",
         "request_id",
         "servicer",
         "start",
@@ -167,10 +168,15 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.failure: grpc.Status | None = None
         self.caller: Caller | None = None
+        self.peer: str | None = None
         servicer.telemetry.rpc_started(servicer.service_name, method)
 
     def _peer(self) -> str:
-        return _peer(self.context, self.md, self.servicer.client_address_header)
+        """The caller's address, read once: grpc must not be asked after a stream's
+        call has ended (its context is gone; asking crashed the process)."""
+        if self.peer is None:
+            self.peer = _peer(self.context, self.md, self.servicer.client_address_header)
+        return self.peer
 
     async def admit(self, request: Any, scope: str | None) -> Caller:
         """The caller, once the request parses, the key vouches for it, its scope
@@ -312,9 +318,14 @@ def rpc_stream(
             self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
         ) -> AsyncIterator[Resp]:
             call = _Call(self, name, context)
+            call._peer()  # now, while the call is alive
             try:
-                async for message in fn(self, request, await call.admit(request, scope)):
-                    yield message
+                stream = fn(self, request, await call.admit(request, scope))
+                try:
+                    async for message in stream:
+                        yield message
+                finally:  # at once, not when collected: its own `finally` may free things
+                    await stream.aclose()  # type: ignore[attr-defined]
                 return
             except (asyncio.CancelledError, GeneratorExit):
                 call.cancelled()

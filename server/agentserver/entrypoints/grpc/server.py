@@ -26,13 +26,17 @@ from agentserver.entrypoints.grpc.admin_servicer import AdminServicer
 from agentserver.entrypoints.grpc.agent_servicer import AgentServicer
 from agentserver.entrypoints.grpc.base import ServicerBase
 from agentserver.entrypoints.grpc.conversation_servicer import ConversationServicer
+from agentserver.entrypoints.grpc.event_servicer import EventServicer
 from agentserver.entrypoints.grpc.requests import add_service
 from agentserver.entrypoints.grpc.token_servicer import TokenServicer
+from agentserver.entrypoints.grpc.webhook_servicer import WebhookServicer
 from agentserver.v1 import (
     admin_service_pb2,
     agent_service_pb2,
     conversation_service_pb2,
+    event_service_pb2,
     token_service_pb2,
+    webhook_service_pb2,
 )
 
 log = logging.getLogger("agentserver.server")
@@ -45,7 +49,16 @@ AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
 CONVERSATION_SERVICE = conversation_service_pb2.DESCRIPTOR.services_by_name["ConversationService"]
 TOKEN_SERVICE = token_service_pb2.DESCRIPTOR.services_by_name["TokenService"]
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"]
-SERVICES = (AGENT_SERVICE, CONVERSATION_SERVICE, TOKEN_SERVICE, ADMIN_SERVICE)
+EVENT_SERVICE = event_service_pb2.DESCRIPTOR.services_by_name["EventService"]
+WEBHOOK_SERVICE = webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"]
+SERVICES = (
+    AGENT_SERVICE,
+    CONVERSATION_SERVICE,
+    TOKEN_SERVICE,
+    ADMIN_SERVICE,
+    EVENT_SERVICE,
+    WEBHOOK_SERVICE,
+)
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
@@ -57,10 +70,14 @@ class RunningServer:
     # The servicers by service name; the gRPC-web endpoint calls these same objects.
     servicers: dict[str, object] = field(default_factory=dict)
     metrics: MetricsEndpoint | None = None  # Prometheus, when configured
+    # Set when stopping: event streams end at once (UNAVAILABLE), so their clients
+    # reconnect elsewhere instead of waiting out the grace period.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING first (load balancers stop sending), then in-flight
-        calls get `grace` seconds to finish."""
+        """Event streams end, health goes NOT_SERVING (load balancers stop sending),
+        then in-flight calls get `grace` seconds to finish."""
+        self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self.metrics is not None:
@@ -87,11 +104,15 @@ async def start_server(app: App, listen: str) -> RunningServer:
     agent = AgentServicer(app.auth, app.agent, app.registry, app.costs, access_log=access_log)
     conversations = ConversationServicer(app.auth, app.agent, access_log=access_log)
     admin = AdminServicer(app.auth, app.administration, app.personal, access_log=access_log)
+    events = EventServicer(app.auth, app.feed, access_log=access_log)
+    webhooks = WebhookServicer(app.auth, app.webhooks, access_log=access_log)
     servicers: tuple[tuple[ServicerBase, ServiceDescriptor], ...] = (
         (tokens, TOKEN_SERVICE),
         (agent, AGENT_SERVICE),
         (conversations, CONVERSATION_SERVICE),
         (admin, ADMIN_SERVICE),
+        (events, EVENT_SERVICE),
+        (webhooks, WEBHOOK_SERVICE),
     )
     for servicer, service in servicers:
         servicer.limiter = app.limiter
@@ -127,7 +148,10 @@ async def start_server(app: App, listen: str) -> RunningServer:
             "ConversationService": conversations,
             "TokenService": tokens,
             "AdminService": admin,
+            "EventService": events,
+            "WebhookService": webhooks,
         },
+        stopping=app.feed.stopping,
     )
 
 

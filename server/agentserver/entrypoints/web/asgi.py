@@ -1,4 +1,4 @@
-"""The HTTP application: gRPC-web and Connect for the three services, the console's
+"""The HTTP application: gRPC-web and Connect for the services, the console's
 files, and its one setting (where the API is). Bad HTTP input is answered 4xx or with
 the matching gRPC status, and reaches no servicer."""
 
@@ -22,8 +22,12 @@ from agentserver.v1 import (
     agent_service_pb2,
     conversation_service_connect,
     conversation_service_pb2,
+    event_service_connect,
+    event_service_pb2,
     token_service_connect,
     token_service_pb2,
+    webhook_service_connect,
+    webhook_service_pb2,
 )
 
 # What a browser may send and read across origins (gRPC-web and Connect headers, and
@@ -55,6 +59,11 @@ def service_apps(servicers: Mapping[str, object], max_bytes: int) -> dict[str, A
             conversation_service_pb2,
         ),
         "TokenService": (token_service_connect.TokenServiceASGIApplication, token_service_pb2),
+        "EventService": (event_service_connect.EventServiceASGIApplication, event_service_pb2),
+        "WebhookService": (
+            webhook_service_connect.WebhookServiceASGIApplication,
+            webhook_service_pb2,
+        ),
     }
     apps: dict[str, ASGIApp] = {}
     for name, (application, module) in made.items():

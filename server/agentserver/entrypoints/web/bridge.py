@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -122,11 +122,25 @@ class ServicerBridge:
 
     def __init__(self, servicer: object, service: ServiceDescriptor) -> None:
         for method in service.methods:
-            setattr(self, _snake(method.name), self._forward(getattr(servicer, method.name)))
+            handler = getattr(servicer, method.name)
+            forward = self._stream if method.server_streaming else self._forward
+            setattr(self, _snake(method.name), forward(handler))
 
     @staticmethod
     def _forward(method: Handler) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
         async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
             return await method(request, ConnectServicerContext(ctx))
+
+        return call
+
+    @staticmethod
+    def _stream(
+        method: Callable[[Any, Any], AsyncIterator[Any]],
+    ) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
+        """A server-streaming method: connectrpc writes each message as it comes (over
+        gRPC-web and Connect alike) and stops the generator when the client leaves."""
+
+        def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+            return method(request, ConnectServicerContext(ctx))
 
         return call
