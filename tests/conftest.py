@@ -228,9 +228,13 @@ async def _ledger_invariant_after_each_test(request: pytest.FixtureRequest) -> A
 
 async def ledger_invariant(h: Harness | AsyncEngine, tenant_id: str) -> None:
     """For every wallet of the tenant: total - used - reserved == available >= 0,
-    and the entries' deltas sum to the wallet's columns."""
+    and the entries' deltas sum to the wallet's columns. Read in one snapshot, so a
+    write still in flight (an execution that outlived its call) is seen whole or not
+    at all."""
     engine = h.app.engine if isinstance(h, Harness) else h
     async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="REPEATABLE READ")
         wallets = (
             await conn.execute(
                 text(

@@ -1,6 +1,6 @@
 """Configuration from environment variables, each with a documented default.
 
-The README's configuration table lists the same variables; keep them in step.
+docs/configuration.md lists the same variables; keep them in step.
 """
 
 from __future__ import annotations

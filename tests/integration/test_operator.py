@@ -30,9 +30,10 @@ from tests.conftest import ledger_invariant
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_block(heading: str) -> list[str]:
-    """The shell lines of every ```sh block in the README section under `heading`."""
-    text = (ROOT / "README.md").read_text()
+def readme_block(heading: str, document: str = "README.md") -> list[str]:
+    """The shell lines of every ```sh block in the section under `heading` of
+    `document` (the README, or a page of docs/)."""
+    text = (ROOT / document).read_text()
     section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     blocks = [part.split("```", 1)[0] for part in section.split("```sh\n")[1:]]
     return [
@@ -234,9 +235,9 @@ async def test_database_down_is_unavailable_not_internal(tmp_path: Path) -> None
         await app.close()
 
 
-def test_readme_admin_examples_work_as_written(served) -> None:  # type: ignore[no-untyped-def]
+def test_operating_admin_examples_work_as_written(served) -> None:  # type: ignore[no-untyped-def]
     cwd, port, _ = served
-    lines = readme_block("## Operating it")
+    lines = readme_block("## Commands", "docs/operating.md")
     assert any("AdminService/SetPolicy" in line for line in lines)
     result = run_lines(lines, cwd, **{"localhost:50051": f"localhost:{port}"})
     assert result.returncode == 0, result.stderr
