@@ -67,7 +67,7 @@ class Settings:
     web_origins: tuple[str, ...] = ()  # other origins allowed to call gRPC-web (CORS)
     console_dir: str = ""  # '' means web/dist beside the sources
     console_api_url: str = ""  # where the console sends its calls; '' is its own origin
-    # Prometheus metrics on their own HTTP listener ('' is off: see the README for why).
+    # Prometheus metrics on their own HTTP listener ('' is off: see docs/operating.md for why).
     metrics_listen: str = ""
     metrics_tenant_label: bool = False  # a tenant label on per-tenant counters
     traces: str = ""  # '' off, "otlp" (OTEL_EXPORTER_OTLP_* variables) or "console"
