@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agentserver.adapters.db import pg_agent, pg_ledger, process_writes
+from agentserver.adapters.db import notify, pg_agent, pg_ledger, process_writes
 from agentserver.adapters.db.pg import SESSION_SETTINGS, asyncpg_dsn
 from agentserver.app import build_app, prepare_database
 from agentserver.config import Settings
@@ -34,6 +34,7 @@ HOT = {
     "record": process_writes._RECORD,
     "hold_and_record": process_writes._HOLD_AND_RECORD,
     "revise": pg_agent._REVISE,
+    "outbox_since": notify.OUTBOX_SINCE,
 }
 SCANS = {"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Bitmap Index Scan"}
 
@@ -124,7 +125,7 @@ async def test_hot_statements_stay_keyed_once_the_tables_have_statistics(
     conn: asyncpg.Connection,
 ) -> None:
     """Rows a generic plan would be tempted to reach by another index: one tenant's
-    many pending reservations, executing actions and messages."""
+    many sessions, messages, pending reservations and outbox events."""
     await conn.execute(
         """
         INSERT INTO tenants (id, name, policy, created_at)
@@ -145,6 +146,10 @@ async def test_hot_statements_stay_keyed_once_the_tables_have_statistics(
                                   expires_at, created_at)
         SELECT 'r' || g, 't', 'w', '', '', 'sms', 1, 0, 'pending', '',
                now() + interval '1 day', now()
+          FROM generate_series(1, 3000) g;
+        INSERT INTO outbox (tenant_id, seq, aggregate_type, aggregate_id, type, payload,
+                            created_at)
+        SELECT 't', g, 'message', 'm' || g, 'message.stored', '{}', now()
           FROM generate_series(1, 3000) g;
         ANALYZE;
         """
