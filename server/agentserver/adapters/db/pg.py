@@ -60,9 +60,10 @@ def asyncpg_dsn(url: str) -> str:
 
 # Every statement on this pool reaches its rows by key, and runs with one plan made
 # once per connection, never planned again (planning each execution with its own
-# values, `force_custom_plan`, cost a fifth of Process's throughput on PostgreSQL:
-# bench/README.md). A plan made without the values, perhaps while the tables were
-# still empty, must stay an index lookup however they grow, so:
+# values, `force_custom_plan`, cost Process on PostgreSQL a quarter of its calls/s
+# at concurrency 1 and a tenth at 16: bench/README.md). A plan made without the
+# values, perhaps while the tables were still empty, must stay an index lookup
+# however they grow, so:
 # * sequential scans are off: an empty table never looks cheaper to walk;
 # * a condition beside the key that another index could serve (the tenant, a state)
 #   is written `col IS NOT DISTINCT FROM value`, and a time compared as a difference
