@@ -42,7 +42,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# bench/ab.py points a run elsewhere, so that its rounds do not overwrite these.
+RESULTS = Path(os.environ.get("AGENTSERVER_BENCH_RESULTS") or REPO / "bench" / "results")
 BIN = Path(sys.executable).parent
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"

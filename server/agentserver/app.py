@@ -428,6 +428,7 @@ async def build_app(
             signal,
             poll_seconds=poll,
             listen_url="" if settings.is_sqlite else settings.database_url,
+            pool=pg_pool,
         ),
         relay=(
             NatsRelay(

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
+# One encoder for every line (`json.dumps` with `default=` builds a new one each call).
+_ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,11 +30,13 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        return _ENCODER.encode(data)
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
-    # The JSON lines carry none of these; skip collecting them on every record.
+    # The JSON lines carry none of these; skip collecting them on every record (the
+    # caller's file and line cost a walk up the stack for each line).
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -24,13 +24,14 @@ tokens stay held until a person who checked says whether it happened.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from agentserver.domain.decision.levels import DecisionLevel
 from agentserver.domain.events import ACTION_CREATED, ACTION_WAITING, DomainEvent
 from agentserver.domain.paging import PageRequest
+from agentserver.domain.values import evolve
 
 
 class ActionState(enum.StrEnum):
@@ -111,7 +112,7 @@ class Action:
 
     def moved(self, to_state: ActionState, now: datetime, **changes: Any) -> Action:
         """This action as a store leaves it after a successful compare-and-set."""
-        return replace(self, state=to_state, updated_at=now, version=self.version + 1, **changes)
+        return evolve(self, state=to_state, updated_at=now, version=self.version + 1, **changes)
 
 
 @dataclass(frozen=True)

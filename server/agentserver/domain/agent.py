@@ -68,6 +68,7 @@ from agentserver.domain.registry import Registry
 from agentserver.domain.replies import done
 from agentserver.domain.replies import reply as reply_to
 from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
+from agentserver.domain.values import evolve
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ class AgentService(Reading, Deciding):
 
 
 def _replace(action: Action, **changes: Any) -> Action:
-    return replace(action, **changes)
+    return evolve(action, **changes)
 
 
 def _after_prerequisite(decision: ActionDecision, earlier: list[Action]) -> ActionDecision:

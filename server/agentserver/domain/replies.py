@@ -3,10 +3,9 @@ language (the words the offline engine reads, see decision/languages.py)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from agentserver.domain.actions import WAITING, Action, ActionState
 from agentserver.domain.decision.engine import Proposal
+from agentserver.domain.values import evolve
 
 _STATE_WORDS = {
     ActionState.PROPOSED: "not possible as asked",
@@ -73,7 +72,7 @@ _STATE_WORDS_IN = {
 
 def done(action: Action) -> Action:
     """The action as a reply would tell it once it succeeded."""
-    return replace(action, state=ActionState.SUCCEEDED)
+    return evolve(action, state=ActionState.SUCCEEDED)
 
 
 def reply(proposal: Proposal, actions: list[Action]) -> str:

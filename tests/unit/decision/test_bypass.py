@@ -75,3 +75,26 @@ def test_harmless_look_alikes_are_not(message: str) -> None:
 
 def test_the_classifier_is_loaded_from_code() -> None:
     assert WEIGHTS and BYPASS.weights is WEIGHTS
+
+
+def test_the_known_phrasings_match_as_the_patterns_do_one_by_one() -> None:
+    """The shipped regex shares its leading `\\b`s (for speed); it must find exactly
+    the spans the plain alternation of the patterns, in order, finds."""
+    import re
+
+    from agentserver.domain.decision.bypass import _BYPASS_PATTERNS, _BYPASS_RE
+
+    plain = re.compile("|".join(f"(?:{p})" for p in _BYPASS_PATTERNS), re.IGNORECASE)
+    texts = [
+        line
+        for path in sorted((ROOT / "tests" / "data").rglob("*"))
+        if path.suffix in (".txt", ".jsonl")
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    assert len(texts) > 500
+    found = 0
+    for text in texts:
+        spans = [m.span() for m in _BYPASS_RE.finditer(text)]
+        assert spans == [m.span() for m in plain.finditer(text)], text
+        found += bool(spans)
+    assert found > 100  # the set exercises the patterns, not only their absence

@@ -58,13 +58,20 @@ def asyncpg_dsn(url: str) -> str:
     return parsed.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
-# Every statement on this pool reaches its rows by key. asyncpg prepares statements,
-# and PostgreSQL soon reuses a generic plan: one that cannot see the values or the
-# arrays' sizes, made perhaps while a table was still small (a fresh database),
-# which walked whole tables (or every row of a tenant) as they grew. Planning each
-# execution with its own values keeps the plans index lookups, at the cost of
-# planning every time (measured in bench/: see bench/README.md).
-_SESSION = {"plan_cache_mode": "force_custom_plan"}
+# Every statement on this pool reaches its rows by key, and runs with one plan made
+# once per connection, never planned again (planning each execution with its own
+# values, `force_custom_plan`, cost Process on PostgreSQL a quarter of its calls/s
+# at concurrency 1 and a tenth at 16: bench/README.md). A plan made without the
+# values, perhaps while the tables were still empty, must stay an index lookup
+# however they grow, so:
+# * sequential scans are off: an empty table never looks cheaper to walk;
+# * a condition beside the key that another index could serve (the tenant, a state)
+#   is written `col IS NOT DISTINCT FROM value`, and a time compared as a difference
+#   (`expires_at - $n > interval '0'`): no index serves either, so the key's unique
+#   index is the only way in.
+# tests/integration/test_pg_plans.py checks the plan of every statement here on a
+# fresh database and on one with statistics.
+SESSION_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 
 async def _keep_session(_conn: Any) -> None:
@@ -91,7 +98,7 @@ class PgPool:
                         min_size=1,
                         max_size=self._max_size,
                         reset=_keep_session,
-                        server_settings=_SESSION,
+                        server_settings=SESSION_SETTINGS,
                         # No idle timer armed on every release (a call_later each
                         # time); the pool is bounded, so idle connections just wait.
                         max_inactive_connection_lifetime=0,

@@ -70,7 +70,7 @@ s AS (
             FROM unnest($42::text[], $43::text[], $44::int[], $45::timestamptz[])
               AS u(tenant_id, id, n, now)
            GROUP BY tenant_id, id) AS u
-   WHERE t.tenant_id = u.tenant_id AND t.id = u.id AND {guard}
+   WHERE t.id = u.id AND t.tenant_id IS NOT DISTINCT FROM u.tenant_id AND {guard}
 )""".replace("{guard}", guard)
     return renumber(sql, first - 1)
 
@@ -83,7 +83,7 @@ def renumber(sql: str, by: int) -> str:
 _REVISE = """
 UPDATE messages AS t SET content = u.content
   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, id, content)
- WHERE t.tenant_id = u.tenant_id AND t.id = u.id
+ WHERE t.id = u.id AND t.tenant_id IS NOT DISTINCT FROM u.tenant_id
 """
 
 _JSON_COLUMNS = frozenset(c.name for c in models.actions.c if isinstance(c.type, JSON))

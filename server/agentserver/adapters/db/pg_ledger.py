@@ -208,9 +208,9 @@ WITH q AS (
   UPDATE reservations r
      SET state = q.to_state, captured_amount = q.captured, ended_at = $2
     FROM q
-   WHERE r.id = ANY($3::text[]) AND r.id = q.reservation_id AND r.tenant_id = $1
-     AND r.state = '{_PENDING}' AND r.amount = q.amount AND r.wallet_id = q.wallet_id
-     AND r.expires_at > $2
+   WHERE r.id = ANY($3::text[]) AND r.id = q.reservation_id AND r.tenant_id IS NOT DISTINCT FROM $1
+     AND r.state IS NOT DISTINCT FROM '{_PENDING}' AND r.amount = q.amount
+     AND r.wallet_id = q.wallet_id AND r.expires_at - $2 > interval '0'
   RETURNING r.id, r.tenant_id, r.location_id, r.wallet_location_id, r.operation_type,
             r.description, r.user_id, r.session_id, r.metadata, q.*
 ), s AS (
@@ -222,7 +222,7 @@ WITH q AS (
      SET used_tokens = w.used_tokens + s.used_add,
          reserved_tokens = w.reserved_tokens + s.reserved_add, updated_at = $2
     FROM s
-   WHERE w.id = s.wallet_id
+   WHERE w.id = ANY($5::text[]) AND w.id = s.wallet_id
   RETURNING w.id, w.total_tokens, w.used_tokens, w.reserved_tokens, w.arrears_tokens
 ), x AS (
   SELECT c.*, m.total_tokens AS total_after,
@@ -245,13 +245,14 @@ WITH q AS (
      SET state = '{ActionState.SUCCEEDED.value}', updated_at = $2, version = t.version + 1,
          result = coalesce(x.result::json, t.result)
     FROM x
-   WHERE t.id = ANY($16::text[]) AND t.id = x.action_id AND t.tenant_id = $1
-     AND t.state = '{ActionState.EXECUTING.value}'
+   WHERE t.id = ANY($16::text[]) AND t.id = x.action_id AND t.tenant_id IS NOT DISTINCT FROM $1
+     AND t.state IS NOT DISTINCT FROM '{ActionState.EXECUTING.value}'
   RETURNING t.id
 ), rv AS (
   UPDATE messages mm SET content = x.content
     FROM x
-   WHERE mm.id = ANY($18::text[]) AND mm.id = x.message_id AND mm.tenant_id = $1
+   WHERE mm.id = ANY($18::text[]) AND mm.id = x.message_id
+     AND mm.tenant_id IS NOT DISTINCT FROM $1
      AND EXISTS (SELECT 1 FROM a WHERE a.id = x.action_id)
   RETURNING mm.id
 ), {outbox_ctes(20, _KEEP)}
@@ -260,7 +261,10 @@ SELECT x.ord, x.total_after, x.used_after, x.reserved_after,
        EXISTS (SELECT 1 FROM rv WHERE rv.id = x.message_id) AS revised
   FROM x
 """
-_RESERVATIONS = "SELECT * FROM reservations WHERE id = ANY($2::text[]) AND tenant_id = $1"
+_RESERVATIONS = (
+    "SELECT * FROM reservations WHERE id = ANY($2::text[]) AND tenant_id IS NOT DISTINCT FROM $1"
+)
+_DIRECTORY = "SELECT id, tenant_id, location_id FROM business_tokens WHERE tenant_id = $1"
 
 
 @dataclass(frozen=True)
@@ -299,10 +303,7 @@ class PgLedgerStore(SqlLedgerStore):
         wallet once created is never deleted); a failed guard drops the cache."""
         wallets = self._directories.get(tenant_id)
         if wallets is None:
-            rows = await self._pool.fetch(
-                "SELECT id, tenant_id, location_id FROM business_tokens WHERE tenant_id = $1",
-                tenant_id,
-            )
+            rows = await self._pool.fetch(_DIRECTORY, tenant_id)
             wallets = tuple(Wallet(r["id"], r["tenant_id"], r["location_id"]) for r in rows)
             if wallets:
                 self._directories[tenant_id] = wallets

@@ -313,8 +313,6 @@ class SqlWebhookStore:
                 select(models.tenants.c.event_seq).where(models.tenants.c.id == tenant_id)
             )
         ).scalar_one()
-        upto = min(int(head), cursor + FANOUT_BATCH)
-        events = await read_events(conn, tenant_id, cursor, upto, (), FANOUT_BATCH)
         endpoints = (
             await conn.execute(
                 select(E.c.id, E.c.event_types).where(
@@ -322,6 +320,11 @@ class SqlWebhookStore:
                 )
             )
         ).all()
+        if not endpoints:  # nothing to deliver to: the events are passed, unread
+            await advance_cursor(conn, WEBHOOKS, tenant_id, int(head), now)
+            return 0
+        upto = min(int(head), cursor + FANOUT_BATCH)
+        events = await read_events(conn, tenant_id, cursor, upto, (), FANOUT_BATCH)
         rows = [
             {
                 "id": _delivery_id(),

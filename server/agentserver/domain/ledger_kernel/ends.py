@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from agentserver.domain.errors import (
@@ -31,6 +30,7 @@ from agentserver.domain.ledger_kernel.plan import (
     settle_duplicates,
 )
 from agentserver.domain.ledger_kernel.state import Delta, IdSource, Snapshot, Wallet
+from agentserver.domain.values import evolve
 
 
 def end_hash(req: EndRequest) -> str:
@@ -146,7 +146,7 @@ def _end(
         captured = reservation.amount if req.amount is None else req.amount
     wallet = _reservation_wallet(snapshot, reservation)
     plan.wallets[wallet.id] = wallet
-    done = replace(reservation, state=state, captured_amount=captured, ended_at=plan.now)
+    done = evolve(reservation, state=state, captured_amount=captured, ended_at=plan.now)
     plan.ends.append(
         PlannedEnd(done, wallet.id, reservation.amount, expiring=state is ReservationState.EXPIRED)
     )
