@@ -276,17 +276,33 @@ def _op(action: Action) -> Any:
 @dataclass
 class MemoryWindows:
     open_windows: dict[WindowKey, tuple[str, datetime]] = field(default_factory=dict)
+    heirs: dict[WindowKey, str] = field(default_factory=dict)
 
     async def open(self, key: WindowKey, opener: str, now: datetime, until: datetime) -> bool:
         current = self.open_windows.get(key)
         if current is not None and current[1] > now:
             return False
         self.open_windows[key] = (opener, until)
+        self.heirs.pop(key, None)
         return True
 
-    async def withdraw(self, key: WindowKey, opener: str) -> None:
-        if self.open_windows.get(key, ("", None))[0] == opener:
+    async def join(self, key: WindowKey, joiner: str, now: datetime) -> bool:
+        current = self.open_windows.get(key)
+        if current is None or current[1] <= now:
+            return False
+        self.heirs.setdefault(key, joiner)
+        return True
+
+    async def withdraw(self, key: WindowKey, opener: str) -> str | None:
+        current = self.open_windows.get(key)
+        if current is None or current[0] != opener:
+            return None
+        heir = self.heirs.pop(key, None)
+        if heir is None:
             del self.open_windows[key]
+        else:
+            self.open_windows[key] = (heir, current[1])
+        return heir
 
 
 @dataclass

@@ -82,6 +82,46 @@ async def test_a_failed_send_withdraws_the_window_it_opened(harness: Harness) ->
     assert await windows.open(key, "act_d", now, now + WINDOW)
 
 
+async def test_a_failed_opener_leaves_its_window_to_the_first_message_that_joined(
+    harness: Harness,
+) -> None:
+    windows = SqlConversationWindows(harness.app.engine)
+    key = WindowKey("t-heir", "whatsapp", "+15550007777")
+    now = harness.clock.now()
+    assert await windows.open(key, "act_a", now, now + WINDOW)
+    assert await windows.join(key, "act_b", now)
+    assert await windows.join(key, "act_c", now)  # free too; b stays the heir
+    assert await windows.withdraw(key, "act_z") is None  # not its window
+    assert await windows.withdraw(key, "act_a") == "act_b"
+    assert not await windows.open(key, "act_d", now, now + WINDOW), "b's window now"
+    assert await windows.withdraw(key, "act_a") is None
+    assert await windows.withdraw(key, "act_b") is None  # no heir left: it goes
+    assert not await windows.join(key, "act_e", now)
+    assert await windows.open(key, "act_f", now, now + WINDOW)
+    later = now + WINDOW
+    assert not await windows.join(key, "act_g", later), "a lapsed window is no window"
+    assert await windows.open(key, "act_h", later, later + WINDOW)
+    assert await windows.withdraw(key, "act_h") is None, "its heir was the lapsed one's"
+
+
+async def test_a_join_and_a_withdrawal_at_once_never_lose_the_conversation(
+    harness: Harness,
+) -> None:
+    """Either the join happened first (the joiner inherits and pays) or it finds no
+    window (and opens its own): never free with nobody paying."""
+    windows = SqlConversationWindows(harness.app.engine)
+    now = harness.clock.now()
+    for i in range(30):
+        key = WindowKey("t-race", "whatsapp", f"+1555000{i:04d}")
+        assert await windows.open(key, "act_a", now, now + WINDOW)
+        joined, heir = await asyncio.gather(
+            windows.join(key, "act_b", now), windows.withdraw(key, "act_a")
+        )
+        assert (joined, heir) in {(True, "act_b"), (False, None)}, (joined, heir)
+        # The window is b's exactly when b joined in time.
+        assert await windows.open(key, "act_c", now, now + WINDOW) is not joined
+
+
 async def test_two_replicas_on_one_postgresql_open_one_window(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:

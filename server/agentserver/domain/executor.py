@@ -338,8 +338,8 @@ class Executor:
             await self._record_stop(running, None)
             raise
         except Exception as err:
-            if window is not None and window[1] and self.windows is not None:
-                await self.windows.withdraw(window[0], running.id)  # nothing was sent
+            if window is not None and window[1]:
+                await self._withdraw_window(window[0], running)  # nothing was sent
             if isinstance(err, ChannelError | DomainError):
                 return await self._fail(running, err), False
             # A bug in a handler must still settle the tokens.
@@ -354,7 +354,8 @@ class Executor:
             outcome["detail"] = {**outcome["detail"], "conversation": conversation}
         try:
             if window is not None and not window[1]:  # inside an open window: free
-                return await self._settle_free(running, outcome), False
+                free = await self._settle_free(running, outcome)
+                return await self._join_window(window[0], free, running.token_cost), False
             if result.pending:  # finishes later, through poll_pending
                 pending = await self.actions.update(
                     running.tenant_id, running.id, self.clock.now(), result=outcome
@@ -398,6 +399,76 @@ class Executor:
             return None
         now = self.clock.now()
         return key, await self.windows.open(key, action.id, now, now + WINDOW)
+
+    async def _withdraw_window(self, key: WindowKey, opener: Action) -> None:
+        """The window `opener` opened goes with its failed send, unless a message
+        already went out free inside it: that one inherits it and pays."""
+        assert self.windows is not None
+        heir = await self.windows.withdraw(key, opener.id)
+        if heir is None:
+            return
+        try:
+            await self._charge_conversation(
+                opener.tenant_id, heir, opener.token_cost, "its conversation's first send failed"
+            )
+        except Exception:
+            log.warning("action %s inherited a window and was not charged", heir, exc_info=True)
+
+    async def _join_window(self, key: WindowKey, free: Action, price: int) -> Action:
+        """A message that went out free joins its window (the first becomes its heir).
+        When the window has gone (its opener's send failed first), this message opens
+        one and pays the conversation."""
+        assert self.windows is not None
+        if free.state is not ActionState.SUCCEEDED:
+            return free
+        try:
+            for _ in range(3):
+                now = self.clock.now()
+                if await self.windows.join(key, free.id, now):
+                    return free
+                if await self.windows.open(key, free.id, now, now + WINDOW):
+                    return await self._charge_conversation(
+                        free.tenant_id, free.id, price, "the conversation it continued had closed"
+                    )
+            log.warning("action %s: its conversation window kept changing; left free", free.id)
+        except Exception:  # the message went out: the caller hears so, whatever this costs
+            log.warning("action %s could not join its conversation window", free.id, exc_info=True)
+        return free
+
+    async def _charge_conversation(
+        self, tenant_id: str, action_id: str, price: int, why: str
+    ) -> Action:
+        """Charge a message that went out free the conversation's price after all (its
+        hold is gone: a charge, idempotent per action); its record then says so."""
+        action = await self.actions.get(tenant_id, action_id)
+        if action.token_cost or price <= 0:
+            return action  # already paying
+        op = OperationType(action.operation_type or OperationType.CUSTOM)
+        debit = Debit(
+            tenant_id,
+            action.location_id,
+            op,
+            price,
+            request_id=f"action:{action.id}:conversation",
+            description=f"{action.action_type} {action.id} ({why})",
+            attribution=action_attribution(action),
+        )
+        detail = {**action.result.get("detail", {}), "conversation": "opened"}
+        try:
+            await self.ledger.charge(debit)
+        except DomainError as err:
+            log.warning("action %s: conversation not charged: %s", action.id, err.message)
+            detail["conversation_charge"] = f"not charged: {err.message}"
+            result = {**action.result, "detail": detail}
+            return await self.actions.update(tenant_id, action.id, self.clock.now(), result=result)
+        self.telemetry.tokens_charged(tenant_id, op.value, price)
+        return await self.actions.update(
+            tenant_id,
+            action.id,
+            self.clock.now(),
+            token_cost=price,
+            result={**action.result, "detail": detail},
+        )
 
     async def _settle_free(self, action: Action, result: dict[str, Any]) -> Action:
         """A success that costs nothing after all: its hold is released, not captured."""

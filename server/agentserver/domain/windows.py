@@ -5,13 +5,21 @@ price; further messages of the same tenant to the same recipient inside the wind
 cost nothing. The window opens when a send starts (so two sends at once open one
 window, however many replicas run them) and is withdrawn when that send fails.
 
+A message that went out free inside a window *joins* it once it is settled; the
+first to join is the window's heir. If the opener's send then fails, the window is
+not withdrawn (a conversation did take place) but passes to the heir, which pays
+the conversation's price. A joiner that finds the window gone (its opener failed
+first) opens one itself and pays. Either way one conversation is paid once.
+
 The action holds the full price while it waits (the worst case, so an approval
 never finds it unaffordable); when it runs inside an open window, the hold is
 released instead of captured.
 
 A crash between opening a window and the provider's answer leaves the window open
 (the send may have happened): like the executor's crash rule, it errs towards
-charging too little, never twice.
+charging too little, never twice. So does a crash between passing a window to its
+heir and charging the heir (the charge's request id is the heir's, so a retried
+charge is applied once).
 """
 
 from __future__ import annotations
@@ -58,6 +66,15 @@ class ConversationWindows(Protocol):
         One atomic statement: of two concurrent calls, exactly one opens it."""
         ...
 
-    async def withdraw(self, key: WindowKey, opener: str) -> None:
-        """Remove the window `opener` opened (its send failed); nothing otherwise."""
+    async def join(self, key: WindowKey, joiner: str, now: datetime) -> bool:
+        """Record that `joiner`'s message went out free inside the window open for
+        `key` at `now` (the first joiner becomes the heir). False when no window is
+        open: its opener's send failed and withdrew it, or it lapsed."""
+        ...
+
+    async def withdraw(self, key: WindowKey, opener: str) -> str | None:
+        """`opener`'s send failed. Without an heir its window is removed and None is
+        returned; with one, the window passes to the heir, whose id is returned (it
+        pays the conversation). Nothing happens to a window `opener` did not open.
+        Atomic with `join`: a message joins a window before it goes or not at all."""
         ...

@@ -341,6 +341,9 @@ class ConversationWindow(Base):
     opened_by: Mapped[str] = mapped_column(String(40))
     opened_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # The first action whose message went out free inside the window: it inherits
+    # the window (and pays for it) if the opener's send fails.
+    joined_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class ChannelSetting(Base):

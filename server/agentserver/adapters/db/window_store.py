@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,19 +40,48 @@ class SqlConversationWindows:
                 "opened_by": stmt.excluded.opened_by,
                 "opened_at": stmt.excluded.opened_at,
                 "expires_at": stmt.excluded.expires_at,
+                "joined_by": None,
             },
             where=W.c.expires_at <= now,
         ).returning(W.c.opened_by)
         async with self.engine.begin() as conn:
             return (await conn.execute(stmt)).first() is not None
 
-    async def withdraw(self, key: WindowKey, opener: str) -> None:
+    async def join(self, key: WindowKey, joiner: str, now: datetime) -> bool:
+        stmt = (
+            update(W)
+            .where(*_is(key), W.c.expires_at > now)
+            .values(joined_by=func.coalesce(W.c.joined_by, joiner))
+            .returning(W.c.opened_by)
+        )
         async with self.engine.begin() as conn:
-            await conn.execute(
-                delete(W).where(
-                    W.c.tenant_id == key.tenant_id,
-                    W.c.channel == key.channel,
-                    W.c.recipient == key.recipient,
-                    W.c.opened_by == opener,
+            return (await conn.execute(stmt)).first() is not None
+
+    async def withdraw(self, key: WindowKey, opener: str) -> str | None:
+        async with self.engine.begin() as conn:
+            # The row lock orders this against `join`: a join either committed
+            # before (and is seen here) or runs after (and finds no window).
+            query = select(W.c.joined_by).where(*_is(key), W.c.opened_by == opener)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            found = (await conn.execute(query)).first()
+            if found is None:
+                return None
+            heir: str | None = found.joined_by
+            if heir is None:
+                await conn.execute(delete(W).where(*_is(key), W.c.opened_by == opener))
+            else:
+                await conn.execute(
+                    update(W)
+                    .where(*_is(key), W.c.opened_by == opener)
+                    .values(opened_by=heir, joined_by=None)
                 )
-            )
+            return heir
+
+
+def _is(key: WindowKey) -> tuple[Any, ...]:
+    return (
+        W.c.tenant_id == key.tenant_id,
+        W.c.channel == key.channel,
+        W.c.recipient == key.recipient,
+    )
