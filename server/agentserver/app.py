@@ -509,8 +509,26 @@ def build_engine(settings: Settings, registry: Registry, offline: DecisionEngine
     return CheckedEngine(model, offline)
 
 
+# The hot connections set `plan_cache_mode` (adapters/db/pg.py), new in 12.
+MIN_POSTGRES = 120000
+
+
+def postgres_too_old(version_num: int, version: str) -> str | None:
+    """Why this PostgreSQL cannot serve (`server_version_num`), or None."""
+    if version_num >= MIN_POSTGRES:
+        return None
+    return f"PostgreSQL 12 or newer is needed; this server is {version}"
+
+
 async def prepare_database(app: App) -> None:
-    """Upgrade the embedded default in place; refuse to run a stale PostgreSQL schema."""
+    """Upgrade the embedded default in place; refuse to run a stale PostgreSQL schema
+    or a PostgreSQL too old for the hot statements' settings."""
+    if not app.settings.is_sqlite:
+        async with app.engine.connect() as conn:
+            num = (await conn.exec_driver_sql("SHOW server_version_num")).scalar_one()
+            version = (await conn.exec_driver_sql("SHOW server_version")).scalar_one()
+        if why := postgres_too_old(int(num), str(version)):
+            raise SystemExit(why)
     if app.settings.should_migrate:
         await upgrade(app.engine)
     else:

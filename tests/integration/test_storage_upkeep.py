@@ -16,7 +16,14 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from agentserver.adapters.db.models import Base
-from agentserver.app import HOT_TABLES, App, build_app, prepare_database, warn_about_upkeep
+from agentserver.app import (
+    HOT_TABLES,
+    App,
+    build_app,
+    postgres_too_old,
+    prepare_database,
+    warn_about_upkeep,
+)
 from agentserver.config import Settings
 from agentserver.entrypoints.grpc.server import start_server
 from agentserver.v1 import token_service_pb2 as tpb
@@ -124,6 +131,25 @@ async def test_hot_tables_have_their_own_autovacuum_thresholds(app: App) -> None
         assert warning is not None and "autovacuum is off" in warning
     else:
         assert warning is None
+
+
+def test_a_postgresql_older_than_12_is_refused_by_name() -> None:
+    """The hot connections set plan_cache_mode (PostgreSQL 12): an older server is
+    refused at start with its version, not with an error on the first call."""
+    assert postgres_too_old(150020, "15.2") is None
+    assert postgres_too_old(120000, "12.0") is None
+    why = postgres_too_old(110022, "11.22 (Debian)")
+    assert why is not None and "12 or newer" in why and "11.22" in why
+
+
+async def test_this_postgresql_is_new_enough(pg_databases: PgDatabases) -> None:
+    app = await build_app(
+        Settings(database_url=pg_databases.create(), access_log=False, auto_migrate=True)
+    )
+    try:
+        await prepare_database(app)  # raises SystemExit on a server it cannot use
+    finally:
+        await app.close()
 
 
 def test_serve_warns_when_autovacuum_is_off(pg_databases: PgDatabases, tmp_path: Path) -> None:
