@@ -2,8 +2,8 @@
 through the built-in gRPC-web endpoint and once through Envoy: a coordinator signs
 in, sees a consultation that Process created, approves it with an edited parameter
 and sees it succeed and the wallet move; rejects another with a reason and sees the
-reason in the conversation; a requester cannot approve their own approval-required
-action, and sees why."""
+reason in the conversation; says that an action whose outcome nobody knows went
+out; a requester cannot approve their own approval-required action, and sees why."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import playwright.async_api as playwright_api
@@ -19,8 +20,10 @@ import pytest
 from agentserver.domain.identity import TENANT_DEFAULT_SCOPES
 from agentserver.entrypoints.web.server import start_web
 from agentserver.v1 import agent_service_pb2 as apb
+from agentserver.v1 import conversation_service_pb2 as cpb
 from tests import procs
 from tests.conftest import IN_CI, Harness, Tenant
+from tests.integration.test_more_lifecycle import _stuck
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,6 +157,24 @@ async def journey(h: Harness, browser: object, console: str, shots: Path | None)
     await page.get_by_label("Message").fill("Email bob@example.com that the meeting moved")
     await page.get_by_role("button", name="Send").click()
     await page.locator("li.proposed").filter(has_text="email.send").wait_for()
+
+    # An action whose send may or may not have happened: a person says which.
+    unknown = await _stuck(h, t, provider_id="")
+    h.clock.advance(timedelta(minutes=6))  # past the execution lease: the sweep parks it
+    await h.app.agent.sweep()
+    await page.get_by_role("button", name="Inbox").click()
+    await page.get_by_label("Show").select_option(label="outcome unknown")
+    parked = page.locator(f"article[data-action-id='{unknown}']")
+    await parked.get_by_label("How you found out (optional)").fill("the customer has it")
+    await parked.get_by_role("button", name="It went out").click()
+    await status(page, "email.send: succeeded")
+    async with h.client(coco_key, t.id, user_id="") as coco:
+        settled = (await coco.get_action(apb.GetActionRequest(action_id=unknown))).action
+        said = await coco.list_messages(cpb.ListMessagesRequest(session_id=settled.session_id))
+    assert settled.state == apb.ACTION_STATE_SUCCEEDED
+    assert any(
+        "coco confirmed it happened: the customer has it" in m.content for m in said.messages
+    ), [m.content for m in said.messages]
 
     # The requester cannot approve their own approval-required action, and sees why.
     await page.get_by_role("button", name="Sign out").click()

@@ -4,7 +4,7 @@ import type { JsonObject } from "@bufbuild/protobuf";
 import { CALL, type Api } from "./api";
 import { announce, clear, h, time } from "./dom";
 import { explain } from "./errors";
-import { type Action, type ActionDefinition } from "./gen/agentserver/v1/agent_service_pb";
+import { type Action, type ActionDefinition, ActionOutcome, ActionState } from "./gen/agentserver/v1/agent_service_pb";
 import { DecisionLevel } from "./gen/agentserver/v1/common_pb";
 import { MessageRole } from "./gen/agentserver/v1/conversation_service_pb";
 import { levelName, LEVELS, stateName, STATES, WAITING } from "./labels";
@@ -134,7 +134,9 @@ function card(ctx: Context, action: Action, reload: () => void): HTMLElement {
     decide,
     h("button", { type: "button", class: "link", onclick: () => ctx.openSession(action.sessionId) }, "Open conversation"),
   );
-  if (right?.allowed) {
+  if (action.state === ActionState.OUTCOME_UNKNOWN) {
+    decide.append(outcomeForm(ctx, action, el, reload));
+  } else if (right?.allowed) {
     decide.append(
       h("button", { type: "button", onclick: () => void approve(ctx, action, undefined, el, reload) }, "Approve"),
       h("button", { type: "button", class: "secondary", onclick: () => void editForm(ctx, action, decide, el, reload) }, "Edit and approve"),
@@ -185,6 +187,46 @@ async function approve(
     if (onFields && why.fields.size) onFields(why.fields);
     ctx.onError(err);
   }
+}
+
+// An action whose send may or may not have happened (the server stopped while the
+// provider was being called): it is never sent again; a person who checked says which.
+function outcomeForm(ctx: Context, action: Action, el: HTMLElement, reload: () => void): HTMLElement {
+  const note = h("input", { id: `outcome-${action.id}-note`, name: "note", maxlength: "2000" });
+  async function resolve(outcome: ActionOutcome): Promise<void> {
+    try {
+      const done = await ctx.api.agent.resolveActionOutcome(
+        { actionId: action.id, outcome, note: note.value, requestId: requestId() },
+        CALL,
+      );
+      const state = done.action ? stateName(done.action.state) : "settled";
+      announce(`${action.actionType}: ${state}.`);
+      el.dataset.state = state;
+      ctx.refreshBalance();
+      reload();
+    } catch (err) {
+      ctx.onError(err);
+    }
+  }
+  return h(
+    "div",
+    { class: "outcome" },
+    h(
+      "p",
+      {},
+      "Nobody knows whether this went out: the server stopped while the provider was being called. " +
+        "It will not be sent again. Check with the recipient or the provider, then say what happened " +
+        "(it went out: its tokens are charged; it did not: they are released).",
+    ),
+    h("label", { for: note.id }, "How you found out (optional)"),
+    note,
+    h("button", { type: "button", onclick: () => void resolve(ActionOutcome.HAPPENED) }, "It went out"),
+    h(
+      "button",
+      { type: "button", class: "secondary", onclick: () => void resolve(ActionOutcome.DID_NOT_HAPPEN) },
+      "It did not go out",
+    ),
+  );
 }
 
 async function editForm(ctx: Context, action: Action, decide: HTMLElement, el: HTMLElement, reload: () => void): Promise<void> {
