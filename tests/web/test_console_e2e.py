@@ -168,6 +168,11 @@ async def journey(h: Harness, browser: object, console: str, shots: Path | None)
     await parked.get_by_label("How you found out (optional)").fill("the customer has it")
     await parked.get_by_role("button", name="It went out").click()
     await status(page, "email.send: succeeded")
+    await page.locator("p.empty").filter(has_text="No actions.").wait_for()  # reloaded
+    # Leave the inbox before signing out: signing in again on #inbox and changing the
+    # filter at once sometimes showed the default filter's list (1 run in 4 here; a
+    # console race not yet understood, reported in the closing note of 2026-12-02).
+    await page.get_by_role("button", name="Conversations").click()
     async with h.client(coco_key, t.id, user_id="") as coco:
         settled = (await coco.get_action(apb.GetActionRequest(action_id=unknown))).action
         said = await coco.list_messages(cpb.ListMessagesRequest(session_id=settled.session_id))
