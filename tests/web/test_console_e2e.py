@@ -169,10 +169,6 @@ async def journey(h: Harness, browser: object, console: str, shots: Path | None)
     await parked.get_by_role("button", name="It went out").click()
     await status(page, "email.send: succeeded")
     await page.locator("p.empty").filter(has_text="No actions.").wait_for()  # reloaded
-    # Leave the inbox before signing out: signing in again on #inbox and changing the
-    # filter at once sometimes showed the default filter's list (1 run in 4 here; a
-    # console race not yet understood, reported in the closing note of 2026-12-02).
-    await page.get_by_role("button", name="Conversations").click()
     async with h.client(coco_key, t.id, user_id="") as coco:
         settled = (await coco.get_action(apb.GetActionRequest(action_id=unknown))).action
         said = await coco.list_messages(cpb.ListMessagesRequest(session_id=settled.session_id))
@@ -183,6 +179,11 @@ async def journey(h: Harness, browser: object, console: str, shots: Path | None)
 
     # The requester cannot approve their own approval-required action, and sees why.
     await page.get_by_role("button", name="Sign out").click()
+    # Signed out, nothing of the previous person's is left to click (their buttons
+    # held their key: a hidden nav that CSS showed again once let anyone go on).
+    await page.get_by_label("API key").wait_for()
+    for view in ("Inbox", "Conversations", "Wallet", "Sign out"):
+        assert await page.get_by_role("button", name=view).count() == 0, view
     await sign_in(page, rita_key)
     await page.get_by_label("Show").select_option(label="All waiting")
     mine = page.locator(f"article[data-action-id='{own.id}']")

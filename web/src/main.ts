@@ -15,8 +15,14 @@ const main = document.getElementById("main") as HTMLElement;
 const nav = document.getElementById("nav") as HTMLElement;
 const balance = document.getElementById("balance") as HTMLElement;
 
+// Each signed-in person's views answer only while they are the one signed in: calls
+// still in flight when they sign out must not touch what the next person sees.
+let signedIn = 0;
+
 function signIn(baseUrl: string, reason = ""): void {
+  signedIn++;
   nav.hidden = true;
+  clear(nav); // the previous person's buttons hold their key: gone, not just hidden
   balance.textContent = "";
   const input = h("input", { id: "api-key", name: "api-key", type: "password", autocomplete: "off", required: true });
   const form = h(
@@ -47,6 +53,8 @@ function signIn(baseUrl: string, reason = ""): void {
 }
 
 function start(baseUrl: string, api: Api): void {
+  const session = ++signedIn;
+  const current = () => session === signedIn;
   nav.hidden = false;
   let pendingSession = "";
   const ctx: Context = {
@@ -61,6 +69,7 @@ function start(baseUrl: string, api: Api): void {
       return id;
     },
     onError(err: unknown) {
+      if (!current()) return;
       const why = explain(err);
       if (why.signInAgain) {
         sessionStorage.removeItem(KEY);
@@ -73,6 +82,7 @@ function start(baseUrl: string, api: Api): void {
       api.tokens
         .getBalance({}, CALL)
         .then((b) => {
+          if (!current()) return;
           balance.textContent = `${b.balance?.availableTokens ?? 0n} tokens available`;
           balance.dataset.available = String(b.balance?.availableTokens ?? 0n);
         })
@@ -80,6 +90,7 @@ function start(baseUrl: string, api: Api): void {
     },
   };
   const show = (view: View) => {
+    if (!current()) return;
     for (const button of nav.querySelectorAll<HTMLButtonElement>("button[data-view]")) {
       button.setAttribute("aria-current", String(button.dataset.view === view));
     }
