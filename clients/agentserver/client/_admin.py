@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import grpc
 
@@ -12,23 +11,13 @@ from agentserver.v1 import admin_service_pb2 as pb
 from agentserver.v1 import admin_service_pb2_grpc
 
 from ._errors import AgentServerError
-from ._options import DEFAULT, Timeout
+from ._options import DEFAULT, Calls, Timeout
 
 
-class AdminMethods:
+class AdminMethods(Calls):
     """One async method per AdminService rpc. Needs a key with the `admin` scope."""
 
     _admin: admin_service_pb2_grpc.AdminServiceAsyncStub
-
-    async def _unary(
-        self, method: Any, request: Any, timeout: Timeout, metadata: Sequence[tuple[str, str]]
-    ) -> Any:
-        raise NotImplementedError  # AgentServerClient's
-
-    def _call_options(
-        self, timeout: Timeout, metadata: Sequence[tuple[str, str]]
-    ) -> tuple[float | None, tuple[tuple[str, str], ...]]:
-        raise NotImplementedError  # AgentServerClient's
 
     async def create_tenant(
         self,

@@ -4,24 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from agentserver.v1 import webhook_service_pb2 as pb
 from agentserver.v1 import webhook_service_pb2_grpc
 
-from ._options import DEFAULT, Timeout
+from ._options import DEFAULT, Calls, Timeout
 
 
-class WebhookMethods:
+class WebhookMethods(Calls):
     """One async method per WebhookService rpc. Needs a service key with the
     `webhooks` scope."""
 
     _webhook: webhook_service_pb2_grpc.WebhookServiceAsyncStub
-
-    async def _unary(
-        self, method: Any, request: Any, timeout: Timeout, metadata: Sequence[tuple[str, str]]
-    ) -> Any:
-        raise NotImplementedError  # AgentServerClient's
 
     async def create_webhook_endpoint(
         self,
