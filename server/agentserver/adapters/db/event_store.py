@@ -217,6 +217,11 @@ async def outbox_since(
             select(o.c.tenant_id, func.max(o.c.id).label("last")).group_by(o.c.tenant_id)
         )
     ).all()
+    return since_result(last, rows)
+
+
+def since_result(last: int, rows: Sequence[Sequence[Any]]) -> tuple[int, set[str]]:
+    """`outbox_since`'s answer from its (tenant, highest id) rows, however they were read."""
     if not rows:
         return last, set()
-    return max(int(r.last) for r in rows), {r.tenant_id for r in rows}
+    return max(int(r[1]) for r in rows), {str(r[0]) for r in rows}

@@ -25,7 +25,12 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.engine import reader
-from agentserver.adapters.db.event_store import SINCE_LIMIT, max_outbox_id, outbox_since
+from agentserver.adapters.db.event_store import (
+    SINCE_LIMIT,
+    max_outbox_id,
+    outbox_since,
+    since_result,
+)
 from agentserver.adapters.db.pg import PgPool, asyncpg_dsn
 
 log = logging.getLogger("agentserver.events")
@@ -123,10 +128,7 @@ class OutboxWatcher:
         if self._pool is None:
             async with self._read.connect() as conn:
                 return await outbox_since(conn, last)
-        rows = await self._pool.fetch(OUTBOX_SINCE, last, SINCE_LIMIT)
-        if not rows:
-            return last, set()
-        return max(r["last"] for r in rows), {r["tenant_id"] for r in rows}
+        return since_result(last, await self._pool.fetch(OUTBOX_SINCE, last, SINCE_LIMIT))
 
     async def _listen(self) -> None:
         def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
