@@ -18,6 +18,7 @@ share of the other's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -29,8 +30,9 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
-from common import REPO, machine_info, markdown_table, write_results  # noqa: E402
+from common import REPO, Cell, machine_info, markdown_table, write_results  # noqa: E402
 
+FIELDS = {f.name for f in dataclasses.fields(Cell)}
 RUNS = (
     ("process", ["--concurrency", "1,16"]),
     ("ledger", ["--concurrency", "16"]),
@@ -71,8 +73,9 @@ def cells(data: dict[str, Any]) -> dict[int, tuple[float, float, float]]:
         for c in backend["cells"]:
             if c["target"] != "postgres" or not c["ok"]:
                 continue
-            cpu_ms = c["server_cpu_pct"] / 100 * c["seconds"] * 1000 / c["ok"]
-            out[c["concurrency"]] = (c["rate"], c["rate"] / echo[c["concurrency"]], cpu_ms)
+            cell = Cell(**{k: v for k, v in c.items() if k in FIELDS})  # either checkout's
+            share = cell.rate / echo[cell.concurrency]
+            out[cell.concurrency] = (cell.rate, share, cell.server_cpu_ms_per_call)
     return out
 
 
