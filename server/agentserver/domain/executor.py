@@ -210,17 +210,13 @@ class Executor:
         if action.token_cost <= 0:
             return None
         reserve_id, _, _ = reservation_ids(action.id)
-        return Debit(
-            tenant_id=action.tenant_id,
-            location_id=action.location_id,
-            operation_type=OperationType(action.operation_type or OperationType.CUSTOM),
-            amount=action.token_cost,
-            request_id=reserve_id,
-            description=f"{action.action_type} {action.id}",
+        return action_debit(
+            action,
+            action.token_cost,
+            reserve_id,
             kind=EntryKind.RESERVE,
             ttl=self.reservation_ttl,
             reservation_id=reservation_id,
-            attribution=action_attribution(action),
         )
 
     async def reserve(self, action: Action) -> str | None:
@@ -443,16 +439,7 @@ class Executor:
         action = await self.actions.get(tenant_id, action_id)
         if action.token_cost or price <= 0:
             return action  # already paying
-        op = OperationType(action.operation_type or OperationType.CUSTOM)
-        debit = Debit(
-            tenant_id,
-            action.location_id,
-            op,
-            price,
-            request_id=f"action:{action.id}:conversation",
-            description=f"{action.action_type} {action.id} ({why})",
-            attribution=action_attribution(action),
-        )
+        debit = action_debit(action, price, f"action:{action.id}:conversation", note=why)
         detail = {**action.result.get("detail", {}), "conversation": "opened"}
         try:
             await self.ledger.charge(debit)
@@ -461,7 +448,7 @@ class Executor:
             detail["conversation_charge"] = f"not charged: {err.message}"
             result = {**action.result, "detail": detail}
             return await self.actions.update(tenant_id, action.id, self.clock.now(), result=result)
-        self.telemetry.tokens_charged(tenant_id, op.value, price)
+        self.telemetry.tokens_charged(tenant_id, debit.operation_type.value, price)
         return await self.actions.update(
             tenant_id,
             action.id,
@@ -654,6 +641,32 @@ def _result_dict(result: ChannelResult) -> dict[str, Any]:
         "detail": result.detail,
         "pending": result.pending,
     }
+
+
+def action_debit(
+    action: Action,
+    amount: int,
+    request_id: str,
+    *,
+    note: str = "",
+    kind: EntryKind = EntryKind.CHARGE,
+    ttl: timedelta | None = None,
+    reservation_id: str | None = None,
+) -> Debit:
+    """Tokens for an action, from its location's wallet, under its operation type and
+    attribution; described by its type and id (and `note`: why, when not its hold)."""
+    return Debit(
+        tenant_id=action.tenant_id,
+        location_id=action.location_id,
+        operation_type=OperationType(action.operation_type or OperationType.CUSTOM),
+        amount=amount,
+        request_id=request_id,
+        description=f"{action.action_type} {action.id}" + (f" ({note})" if note else ""),
+        kind=kind,
+        ttl=ttl,
+        reservation_id=reservation_id,
+        attribution=action_attribution(action),
+    )
 
 
 def action_attribution(action: Action) -> Attribution:

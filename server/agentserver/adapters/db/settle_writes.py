@@ -34,8 +34,8 @@ from agentserver.domain.batching import Coalescer, each_alone_on_failure
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError, Unavailable
 from agentserver.domain.events import DomainEvent
-from agentserver.domain.executor import Settled, Success, action_attribution
-from agentserver.domain.ledger import Debit, EndRequest, EntryKind
+from agentserver.domain.executor import Settled, Success, action_debit
+from agentserver.domain.ledger import EndRequest
 from agentserver.domain.ledger_kernel import Fresh, Replay, plan_debits, plan_ends
 from agentserver.domain.ledger_kernel.plan import Outcome
 
@@ -141,15 +141,8 @@ class SqlSettler:
         """The hold ended before the success was settled: charge the action's cost
         from its wallet now. '' when charged; else why it was not."""
         action = s.action
-        charge = Debit(
-            tenant_id=action.tenant_id,
-            location_id=action.location_id,
-            operation_type=OperationType(action.operation_type or OperationType.CUSTOM),
-            amount=action.token_cost,
-            request_id=f"action:{action.id}:charge",
-            description=f"{action.action_type} {action.id} (its hold had ended)",
-            kind=EntryKind.CHARGE,
-            attribution=action_attribution(action),
+        charge = action_debit(
+            action, action.token_cost, f"action:{action.id}:charge", note="its hold had ended"
         )
         snap = await self._ledger.debit_snapshot_on(
             conn, action.tenant_id, action.location_id, [charge]
