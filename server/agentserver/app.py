@@ -525,8 +525,12 @@ async def prepare_database(app: App) -> None:
     or a PostgreSQL too old for the hot statements' settings."""
     if not app.settings.is_sqlite:
         async with app.engine.connect() as conn:
-            num = (await conn.exec_driver_sql("SHOW server_version_num")).scalar_one()
-            version = (await conn.exec_driver_sql("SHOW server_version")).scalar_one()
+            num, version = (
+                await conn.exec_driver_sql(
+                    "SELECT current_setting('server_version_num'),"
+                    " current_setting('server_version')"
+                )
+            ).one()
         if why := postgres_too_old(int(num), str(version)):
             raise SystemExit(why)
     if app.settings.should_migrate:
