@@ -525,13 +525,13 @@ async def prepare_database(app: App) -> None:
     or a PostgreSQL too old for the hot statements' settings."""
     if not app.settings.is_sqlite:
         async with app.engine.connect() as conn:
-            num, version = (
+            row = (
                 await conn.exec_driver_sql(
                     "SELECT current_setting('server_version_num'),"
                     " current_setting('server_version')"
                 )
             ).one()
-        if why := postgres_too_old(int(num), str(version)):
+        if why := postgres_too_old(int(row[0]), str(row[1])):
             raise SystemExit(why)
     if app.settings.should_migrate:
         await upgrade(app.engine)
