@@ -526,12 +526,16 @@ async def prepare_database(app: App) -> None:
     if not app.settings.is_sqlite:
         async with app.engine.connect() as conn:
             row = (
-                await conn.exec_driver_sql(
-                    "SELECT current_setting('server_version_num'),"
-                    " current_setting('server_version')"
+                (
+                    await conn.exec_driver_sql(
+                        "SELECT current_setting('server_version_num') AS num,"
+                        " current_setting('server_version') AS version"
+                    )
                 )
-            ).one()
-        if why := postgres_too_old(int(row[0]), str(row[1])):
+                .mappings()
+                .one()
+            )
+        if why := postgres_too_old(int(row["num"]), str(row["version"])):
             raise SystemExit(why)
     if app.settings.should_migrate:
         await upgrade(app.engine)
