@@ -189,6 +189,32 @@ async def test_410_disables_the_endpoint_and_an_event_says_so(wh: Harness) -> No
         assert len(receiver.received) == sent, "a disabled endpoint gets nothing"
 
 
+async def test_an_endpoint_enabled_again_gets_the_events_from_then_on(wh: Harness) -> None:
+    """While a tenant has no enabled endpoint the fan-out passes it over; enabling one
+    starts from the events committed after it, not from where the tenant was left."""
+    s = await shop(wh)
+    async with Receiver() as receiver:
+        endpoint_id, _ = await s.endpoint(receiver.url)
+        async with s.client() as client:
+            await client.disable_webhook_endpoint(
+                wpb.DisableWebhookEndpointRequest(endpoint_id=endpoint_id)
+            )
+            await s.charge(1, "while-off-1")
+            await deliver(wh)
+            await s.charge(1, "while-off-2")
+            await client.enable_webhook_endpoint(
+                wpb.EnableWebhookEndpointRequest(endpoint_id=endpoint_id)
+            )
+            # Enabling twice does not skip what is waiting for it.
+            await s.charge(1, "after")
+            await client.enable_webhook_endpoint(
+                wpb.EnableWebhookEndpointRequest(endpoint_id=endpoint_id)
+            )
+        await deliver(wh, 2)
+        sent = [r.json()["data"]["request_id"] for r in receiver.received]
+        assert sent == ["after"]
+
+
 async def test_429_with_retry_after_waits_that_long(wh: Harness) -> None:
     s = await shop(wh)
     async with Receiver(lambda _r: Answer(429, {"retry-after": "3600"})) as receiver:

@@ -158,14 +158,19 @@ async def ensure_cursors(
     )
 
 
-async def behind(conn: AsyncConnection, consumer: str, limit: int) -> list[tuple[str, int, int]]:
-    """(tenant, cursor, head) for tenants whose cursor trails their head."""
-    found = await conn.execute(
+async def behind(
+    conn: AsyncConnection, consumer: str, limit: int, *, only: ColumnElement[bool] | None = None
+) -> list[tuple[str, int, int]]:
+    """(tenant, cursor, head) for tenants whose cursor trails their head (and that
+    `only`, a condition on the cursor's `tenant_id`, admits)."""
+    query = (
         select(C.c.tenant_id, C.c.last_seq, T.c.event_seq)
         .join(T, T.c.id == C.c.tenant_id)
         .where(C.c.consumer == consumer, T.c.event_seq > C.c.last_seq)
-        .limit(limit)
     )
+    if only is not None:
+        query = query.where(only)
+    found = await conn.execute(query.limit(limit))
     return [(r.tenant_id, int(r.last_seq), int(r.event_seq)) for r in found]
 
 
@@ -184,6 +189,20 @@ async def claim_cursor(conn: AsyncConnection, consumer: str, tenant_id: str) -> 
         query = query.with_for_update(skip_locked=True)
     value = (await conn.execute(query)).scalar()
     return None if value is None else int(value)
+
+
+async def cursor_to_head(
+    conn: AsyncConnection, consumer: str, tenant_id: str, now: datetime
+) -> None:
+    """Move the tenant's cursor (made if missing) to its current head: what was
+    committed before is passed over."""
+    await ensure_cursors(conn, consumer, [tenant_id], "now", now)
+    head = select(T.c.event_seq).where(T.c.id == tenant_id).scalar_subquery()
+    await conn.execute(
+        update(C)
+        .where(C.c.consumer == consumer, C.c.tenant_id == tenant_id, C.c.last_seq < head)
+        .values(last_seq=head, updated_at=now)
+    )
 
 
 async def advance_cursor(

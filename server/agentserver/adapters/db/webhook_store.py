@@ -3,7 +3,11 @@ fan-out of outbox events into deliveries, and the claims and results of attempts
 
 Fan-out: each tenant with endpoints has a `webhooks` cursor over its outbox; a
 replica locks it (FOR UPDATE SKIP LOCKED), turns the events after it into one
-delivery per matching enabled endpoint, and moves it, in one transaction.
+delivery per matching enabled endpoint, and moves it, in one transaction. Tenants
+with no enabled endpoint are passed over (most tenants, most of the time: reading
+their events would cost every round for nothing); their cursor waits, and moves to
+their head when an endpoint is created or enabled while none is, so an endpoint
+gets the events committed from then on.
 
 Attempts: a replica claims due deliveries by giving each a lease (until and a
 token) in a short transaction, makes the attempts outside any transaction, and
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentserver.adapters.db import models
@@ -31,6 +35,7 @@ from agentserver.adapters.db.event_store import (
     advance_cursor,
     behind,
     claim_cursor,
+    cursor_to_head,
     ensure_cursors,
     read_events,
     stored,
@@ -58,6 +63,7 @@ from agentserver.domain.webhooks import (
 E = models.webhook_endpoints
 D = models.webhook_deliveries
 O = models.outbox  # noqa: E741
+C = models.event_cursors
 
 FANOUT_BATCH = 500
 
@@ -139,6 +145,7 @@ class SqlWebhookStore:
 
     async def create_endpoint(self, endpoint: Endpoint, sealed_secret: str) -> None:
         async with self._engine.begin() as conn:
+            await _from_now_on(conn, endpoint.tenant_id, endpoint.created_at)
             await conn.execute(
                 insert(E).values(
                     id=endpoint.id,
@@ -153,8 +160,6 @@ class SqlWebhookStore:
                     updated_at=endpoint.updated_at,
                 )
             )
-            # Events committed from now on reach it (an existing cursor stays).
-            await ensure_cursors(conn, WEBHOOKS, [endpoint.tenant_id], "now", endpoint.created_at)
 
     async def endpoint(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
         async with self._read.connect() as conn:
@@ -178,9 +183,16 @@ class SqlWebhookStore:
         return found, encode_token("webhook_endpoints", {"id": found[-1].id}) if more else ""
 
     async def _change(
-        self, tenant_id: str, endpoint_id: str, values: dict[str, Any], *extra: Any
+        self,
+        tenant_id: str,
+        endpoint_id: str,
+        values: dict[str, Any],
+        *extra: Any,
+        from_now_on: bool = False,
     ) -> Endpoint | None:
         async with self._engine.begin() as conn:
+            if from_now_on:  # before the endpoint is enabled: is it the first?
+                await _from_now_on(conn, tenant_id, values["updated_at"])
             await conn.execute(
                 update(E)
                 .where(E.c.tenant_id == tenant_id, E.c.id == endpoint_id, *extra)
@@ -213,10 +225,10 @@ class SqlWebhookStore:
         values: dict[str, Any] = {"enabled": enabled, "disabled_reason": reason, "updated_at": now}
         if enabled:  # a fresh start: the 5-day clock restarts
             values["failing_since"] = None
-            async with self._engine.begin() as conn:
-                await ensure_cursors(conn, WEBHOOKS, [tenant_id], "now", now)
         # Only a change of state is written (disabling twice keeps the first reason).
-        return await self._change(tenant_id, endpoint_id, values, E.c.enabled.is_not(enabled))
+        return await self._change(
+            tenant_id, endpoint_id, values, E.c.enabled.is_not(enabled), from_now_on=enabled
+        )
 
     async def delete_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
         async with self._engine.begin() as conn:
@@ -297,7 +309,7 @@ class SqlWebhookStore:
         """Queue deliveries for the events after each tenant's cursor; returns how many
         were queued. Tenants another replica is fanning out are skipped."""
         async with self._read.connect() as conn:
-            pending = await behind(conn, WEBHOOKS, tenants)
+            pending = await behind(conn, WEBHOOKS, tenants, only=_ENABLED_HERE)
         queued = 0
         for tenant_id, _cursor, _head in pending:
             async with self._engine.begin() as conn:
@@ -576,6 +588,27 @@ class _Row:
     aggregate_id: str
     payload: Any
     created_at: datetime
+
+
+_ENABLED_HERE = exists().where(E.c.tenant_id == C.c.tenant_id, E.c.enabled.is_(True))
+
+
+async def _from_now_on(conn: AsyncConnection, tenant_id: str, now: datetime) -> None:
+    """Before an endpoint is created or enabled, in the same transaction: hold the
+    tenant's cursor until commit (made if missing), so that no fan-out round runs in
+    between; and if the tenant has no enabled endpoint, move the cursor (which has
+    waited: the fan-out passes such tenants over) to the head, so the events
+    committed from now on are what is sent."""
+    await ensure_cursors(conn, WEBHOOKS, [tenant_id], "now", now)
+    held = select(C.c.last_seq).where(C.c.consumer == WEBHOOKS, C.c.tenant_id == tenant_id)
+    if conn.dialect.name == "postgresql":
+        held = held.with_for_update()
+    await conn.execute(held)
+    enabled = await conn.execute(
+        select(E.c.id).where(E.c.tenant_id == tenant_id, E.c.enabled.is_(True)).limit(1)
+    )
+    if enabled.first() is None:
+        await cursor_to_head(conn, WEBHOOKS, tenant_id, now)
 
 
 def _delivery_id() -> str:
