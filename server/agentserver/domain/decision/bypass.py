@@ -110,10 +110,50 @@ def _alternatives(patterns: Sequence[str]) -> str:
 
 _BYPASS_RE = re.compile(_alternatives(_BYPASS_PATTERNS), re.IGNORECASE)
 
+# For each pattern above, in order, words of which every match contains at least one
+# (lower case). A text holding none of them cannot match, and searching it with the
+# full alternation costs more than the rest of `features` together.
+_REQUIRED = (
+    "ignore disregard forget override",
+    "without",
+    "skip bypass circumvent avoid around step",
+    "bypass circumvent",
+    "override",
+    "you",
+    "admin root superuser approv",
+    "permission access rights privileges admin role",
+    "you",
+    "approve authori",
+    "pretend assume imagine",
+    "approv permission anyone coordinator review sign confirmation manager",
+    "approv",
+    "mode",
+    "jailbreak system instructions",
+    "charge deduct bill count",
+    "ignore disregard",
+    "even",
+    "admin owner ceo superuser",
+    "matter",
+    "regardless",
+)
+assert len(_REQUIRED) == len(_BYPASS_PATTERNS)
+_REQUIRED_WORDS = tuple(sorted({w for words in _REQUIRED for w in words.split()}))
+
+
+def _may_match(text: str) -> bool:
+    """False only when `_BYPASS_RE` cannot match `text`: an ASCII text (whose
+    case-insensitive matching is plain lower case) without any required word."""
+    if not text.isascii():
+        return True  # IGNORECASE also folds some non-ASCII letters ("ı", "ſ", "K")
+    low = text.lower()
+    return any(w in low for w in _REQUIRED_WORDS)
+
 
 def detect_bypass(message: str) -> list[tuple[int, int]]:
     """Spans of ``message`` in a known bypass phrasing (to cut out before reading the
     request); whether the message *is* an attempt is the classifier's call."""
+    if not _may_match(message):
+        return []
     return [(m.start(), m.end()) for m in _BYPASS_RE.finditer(message)]
 
 
@@ -293,7 +333,7 @@ def features(message: str) -> list[str]:
     for i, m in enumerate(_WORD_RE.finditer(low)):
         word = "<num>" if m.group(0).isdigit() else m.group(0).strip("'-")
         at = m.start()
-        in_quote = any(a < at < b for a, b in quoted)
+        in_quote = bool(quoted) and any(a < at < b for a, b in quoted)
         # In the dictated text: after a body marker with no sentence break since.
         i_body = bisect.bisect_right(body_starts, at)
         i_break = bisect.bisect_right(sentences, at)
@@ -330,7 +370,7 @@ def features(message: str) -> list[str]:
         out.append("s:postscript")
     if _FORWARD_RE.search(text) or (quoted and quoted[-1][1] < len(low) - 15):
         out.append("s:after_quote")
-    if _BYPASS_RE.search(text):
+    if _may_match(text) and _BYPASS_RE.search(text):
         out.append("s:known_phrasing")
     out.append("bias")
     return out
