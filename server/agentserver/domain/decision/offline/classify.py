@@ -11,7 +11,7 @@ import re
 from agentserver.domain.decision import quantities, records
 from agentserver.domain.decision.offline.names import _looks_named, _resource_ref
 from agentserver.domain.decision.offline.reports import _PERIODS, _TOPICS
-from agentserver.domain.decision.offline.tokens import _first, _has, _has_word, _Token
+from agentserver.domain.decision.offline.tokens import _first, _has_word, _Token
 from agentserver.domain.decision.offline.vocabulary import _PRONOUNS
 from agentserver.domain.decision.textparse import find_emails, find_phones
 
@@ -33,8 +33,10 @@ def _classify(head: list[_Token], tokens: list[_Token], text: str) -> tuple[str 
 
 
 def _classify_tokens(tokens: list[_Token], text: str) -> tuple[str | None, int]:
+    present = {t.concept for t in tokens}
+
     def has(*concepts: str) -> bool:
-        return _has(tokens, *concepts)
+        return not present.isdisjoint(concepts)
 
     def pos(*concepts: str) -> int | None:
         return _first(tokens, *concepts)
