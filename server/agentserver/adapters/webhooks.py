@@ -118,9 +118,9 @@ class WebhookDeliverer:
         events, `WORKERS` loops claim and attempt them, so some attempts are always
         in flight while others are being recorded and claimed."""
         queued = asyncio.Event()
-        loops = [self._fan_out_loop(queued)]
         share = max(1, self.concurrency // WORKERS)
-        loops += [self._attempt_loop(queued, share) for _ in range(WORKERS)]
+        loops = [self._fan_out_loop(queued), self._attempt_loop(queued, share, lead=True)]
+        loops += [self._attempt_loop(queued, share, lead=False) for _ in range(WORKERS - 1)]
         await asyncio.gather(*loops)
 
     async def _fan_out_loop(self, queued: asyncio.Event) -> None:
@@ -136,13 +136,21 @@ class WebhookDeliverer:
                 await asyncio.wait_for(woken.wait(), self.idle_poll)
             await asyncio.sleep(GATHER_SECONDS)
 
-    async def _attempt_loop(self, queued: asyncio.Event, share: int) -> None:
+    async def _attempt_loop(self, queued: asyncio.Event, share: int, *, lead: bool) -> None:
+        """Claim and attempt due deliveries while there are any. Only the lead loop
+        also watches the clock (a retry coming due, deliveries another replica
+        queued); the others sleep until woken, by the fan-out or by a loop that
+        found a full share (a backlog), so an idle server polls once a second,
+        not once per loop."""
         while True:
             queued.clear()  # before claiming: a set while we claim is not lost
-            if await self._guarded(self.attempt_due, share):
+            made = await self._guarded(self.attempt_due, share)
+            if made:
+                if made >= share:
+                    queued.set()
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queued.wait(), await self._idle_for())
+                await asyncio.wait_for(queued.wait(), await self._idle_for() if lead else None)
 
     async def _guarded(self, job: Any, *args: Any) -> int:
         try:

@@ -29,7 +29,7 @@ from agentserver.adapters.db.ledger_store import IDS, GuardFailed, SqlLedgerStor
 from agentserver.adapters.db.outbox import write_outbox
 from agentserver.adapters.db.pg_ledger import PgLedgerStore, SuccessItem
 from agentserver.adapters.db.process_writes import reused_key
-from agentserver.domain.actions import ActionState, transition_events
+from agentserver.domain.actions import Action, ActionState, transition_events
 from agentserver.domain.batching import Coalescer, each_alone_on_failure
 from agentserver.domain.costs import OperationType
 from agentserver.domain.errors import DomainError, Unavailable
@@ -177,13 +177,13 @@ class PgSettler(SqlSettler):
             now = max(batch[i].now for i in eligible)
             # One statement may change a message once: a second revision of it waits.
             last_of = {r.message_id: i for i in eligible if (r := batch[i].revision)}
-            items = [_item(batch[i], i, now, last_of) for i in eligible]
+            succeeded = {i: _succeeded(batch[i], now) for i in eligible}
+            items = [_item(batch[i], i, succeeded[i], last_of) for i in eligible]
             done = await self._pg_ledger.succeed_actions(tenant_id, items, now)
             for i, written in zip(eligible, done, strict=True):
                 if written is not None:
                     advanced, revised = written
-                    moved = batch[i].action.moved(ActionState.SUCCEEDED, now, **batch[i].changes)
-                    out[i] = Settled(moved if advanced else None, revised)
+                    out[i] = Settled(succeeded[i] if advanced else None, revised)
         rest = [i for i, settled in enumerate(out) if settled is None]
         if rest:
             settled_rest = await super().settle(tenant_id, [batch[i] for i in rest])
@@ -192,7 +192,11 @@ class PgSettler(SqlSettler):
         return [s for s in out if s is not None]
 
 
-def _item(s: Success, i: int, now: datetime, last_of: dict[str, int]) -> SuccessItem:
+def _succeeded(s: Success, now: datetime) -> Action:
+    return s.action.moved(ActionState.SUCCEEDED, now, **s.changes)
+
+
+def _item(s: Success, i: int, succeeded: Action, last_of: dict[str, int]) -> SuccessItem:
     action = s.action
     assert action.reservation_id is not None
     revise = s.revision if s.revision and last_of[s.revision.message_id] == i else None
@@ -205,5 +209,5 @@ def _item(s: Success, i: int, now: datetime, last_of: dict[str, int]) -> Success
         result=json.dumps(s.changes["result"]) if "result" in s.changes else None,
         message_id=revise.message_id if revise else None,
         content=revise.content if revise else None,
-        events=transition_events(action.moved(ActionState.SUCCEEDED, now, **s.changes)),
+        events=transition_events(succeeded),
     )
