@@ -23,6 +23,53 @@ def test_request_hash_tells_content_apart() -> None:
     assert request_hash("charge", 1, "sms") != request_hash("charge", 2, "sms")
 
 
+def test_request_hashes_stay_what_stored_entries_carry() -> None:
+    """A replay is told from a reused key by comparing this fingerprint with the one
+    stored with the entry, so it must never change: these were computed when entries
+    were first written with it."""
+    from datetime import timedelta
+
+    from agentserver.domain.costs import OperationType
+    from agentserver.domain.ledger import Attribution, Debit, EntryKind
+
+    about = Attribution("u1", "s1", {"b": [1, 2.5, None], "a": "é"})
+    d = Debit(
+        "t", "loc-1", OperationType.SMS, 3, "r1", "café ☕", EntryKind.RESERVE,
+        timedelta(minutes=5), attribution=about,
+    )  # fmt: skip
+    assert d.request_hash() == "260d89a65f7197a13145782d722028a7c621e1c67d3524456937f5eaeb4e95b4"
+    assert (
+        d.request_hash(with_attribution=False)
+        == "26489958804f519658d9657e4afb21ea7b95e18c1551a19eda168dd73ad0cb6a"
+    )
+    plain = Debit("t", "", OperationType.EMAIL, 1, "x")
+    assert (
+        plain.request_hash() == "1caed1de3e3da8574629b158048c26cdd2ea3921a34e3e094ab11447fc2edcd3"
+    )
+
+
+def test_canonical_json_is_sorted_compact_unescaped_json() -> None:
+    import json
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from agentserver.domain.ledger import canonical_json
+
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+
+    @given(values)
+    def check(value: object) -> None:
+        expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert canonical_json(value) == expected
+
+    check()
+
+
 async def test_coalescer_batches_concurrent_submissions_and_keeps_order() -> None:
     batches: list[list[int]] = []
 

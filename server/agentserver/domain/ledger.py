@@ -107,7 +107,7 @@ class Attribution:
 
     def metadata_json(self) -> str:
         """The metadata as canonical JSON text (sorted keys)."""
-        return canonical_json(self.metadata)
+        return canonical_json(self.metadata) if self.metadata else "{}"
 
     def validate(self) -> list[FieldViolation]:
         violations: list[FieldViolation] = []
@@ -130,8 +130,16 @@ class Attribution:
 NOBODY = Attribution()
 
 
+# Built once: `json.dumps` with any option builds a new encoder on every call, which
+# cost more than the encoding itself (three of them per debit).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """`value` as JSON text with sorted keys and no spaces (what
+    `json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` gives)."""
+    return _CANONICAL.encode(value)
 
 
 @dataclass(frozen=True)
@@ -274,7 +282,7 @@ class MonthlyFeeResult:
 
 def request_hash(*parts: object) -> str:
     """A fingerprint of a write's content, to tell a replay from a reused key."""
-    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(_COMPACT.encode(parts).encode()).hexdigest()
 
 
 def month_key(when: datetime) -> str:
