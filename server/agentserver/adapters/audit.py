@@ -59,10 +59,15 @@ def _bounded(value: str, limit: int) -> str:
     return value.replace("\x00", "")[:limit]
 
 
+# Built once (json.dumps with an option builds an encoder per call; one audit record
+# per rpc).
+_LENIENT = json.JSONEncoder(default=str)
+
+
 def _bounded_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """`payload` as the table can hold it: JSON (what is not JSON becomes text), no
     NUL characters (PostgreSQL's jsonb refuses them), at most MAX_PAYLOAD_BYTES."""
-    loaded: dict[str, Any] = json.loads(json.dumps(_without_nul(payload), default=str))
+    loaded: dict[str, Any] = json.loads(_LENIENT.encode(_without_nul(payload)))
     size = len(json.dumps(loaded))
     if size > MAX_PAYLOAD_BYTES:
         digest = hashlib.sha256(json.dumps(loaded, sort_keys=True).encode()).hexdigest()
