@@ -1,42 +1,74 @@
 """Process and ChargeTokens on PostgreSQL: this checkout against another (an earlier
-commit), alternating, each running its own benchmarks.
+commit) and the bare echo server, all running at once, the load alternating between
+them in short slices.
 
-    .venv/bin/python bench/ab.py --other ../baseline [--rounds 3] [--duration 4]
+    .venv/bin/python bench/ab.py --other ../baseline [--slices 16] [--slice 2]
 
-This machine's speed drifts by up to 2x within the hour, so figures from different
-runs cannot be compared; alternating rounds of the two checkouts in one run can.
-Each round runs the other checkout's `bench/process.py` (Process at concurrency 1
-and 16) and `bench/ledger.py` (ChargeTokens on one hot wallet at 16), then this
-checkout's; each has its own echo row. The other checkout needs its own `.venv`
-(`git worktree add ../baseline <commit> && make -C ../baseline setup`).
+This machine's speed drifts by up to 2x within minutes, so figures taken a minute
+apart cannot be compared. Here the three servers are up together and each cell
+(Process at concurrency 1 and 16, ChargeTokens on one hot wallet at 16) gives each
+server `--slice` seconds in turn, `--slices` times, in alternating order: drift
+falls on all of them alike. Per server: calls/s over its slices, server CPU (user
+and system) per call, and the share of the echo server's calls/s; per slice pair,
+this checkout's calls/s as a share of the other's (median and quartiles).
 
-Writes bench/results/ab.md and bench/results/ab.json: per round and cell, calls/s,
-the share of the same run's echo, server CPU per call, and this checkout's rate as a
-share of the other's.
+The other checkout needs its own `.venv` (`git worktree add ../baseline <commit>
+&& make -C ../baseline setup`). Each checkout's server is provisioned by its own
+code (this script runs `bench/common.py`'s `provision` under that checkout's
+interpreter) and started from its own `.venv`; one load generator (this process)
+drives all three.
+
+Writes bench/results/ab.md and bench/results/ab.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import asyncio
+import contextlib
+import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
-from common import REPO, Cell, machine_info, markdown_table, write_results  # noqa: E402
-
-FIELDS = {f.name for f in dataclasses.fields(Cell)}
-RUNS = (
-    ("process", ["--concurrency", "1,16"]),
-    ("ledger", ["--concurrency", "16"]),
+import grpc  # noqa: E402
+from common import (  # noqa: E402
+    CHANNEL_OPTIONS,
+    CLK_TCK,
+    REPO,
+    Call,
+    Cell,
+    Server,
+    echo_caller,
+    free_port,
+    fresh_database,
+    load,
+    machine_info,
+    markdown_table,
+    metadata_for,
+    server_env,
+    server_settings,
+    workdir,
+    write_results,
 )
+from ledger import charge_caller, echo_payload  # noqa: E402
+from process import process_caller, process_request  # noqa: E402
+
+CELLS = (("process", 1), ("process", 16), ("ledger", 16))
+FUND = 100_000_000
+_PROVISION = """
+import asyncio, json, sys
+sys.path[:0] = [sys.argv[1] + "/bench"]
+from common import provision
+print(json.dumps(asyncio.run(provision(sys.argv[2], {"t": int(sys.argv[3])}))))
+"""
 
 
 def git_head(repo: Path) -> str:
@@ -49,126 +81,199 @@ def git_head(repo: Path) -> str:
     return out.stdout.strip()[:90]
 
 
-def run_one(repo: Path, bench: str, extra: list[str], duration: float, out: Path) -> dict[str, Any]:
-    """One checkout's own benchmark on PostgreSQL; its JSON results."""
-    env = dict(os.environ, AGENTSERVER_BENCH_RESULTS=str(out))
-    argv = [str(repo / ".venv" / "bin" / "python"), str(repo / "bench" / f"{bench}.py")]
-    argv += ["--backends", "postgres", "--duration", str(duration), *extra]
-    done = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+async def start_checkout(
+    repo: Path, root: Path, stack: contextlib.AsyncExitStack, name: str
+) -> tuple[Server, str]:
+    """A fresh PostgreSQL database provisioned by `repo`'s own code, and `repo`'s
+    `agentserver serve` on it; (server, the tenant's key)."""
+    home = root / name
+    home.mkdir(parents=True, exist_ok=True)
+    db = await stack.enter_async_context(fresh_database("postgres", home))
+    python = str(repo / ".venv" / "bin" / "python")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [python, "-c", _PROVISION, str(repo), db.url, str(FUND)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
-        raise SystemExit(f"{repo}: bench/{bench}.py failed:\n{done.stderr[-2000:]}")
-    # A checkout older than AGENTSERVER_BENCH_RESULTS writes into its own results.
-    written = out / f"{bench}.json"
-    if not written.exists():
-        written = repo / "bench" / "results" / f"{bench}.json"
-    data: dict[str, Any] = json.loads(written.read_text())
-    return data
+        raise SystemExit(f"{repo}: provisioning failed:\n{done.stderr[-2000:]}")
+    key = json.loads(done.stdout.strip().splitlines()[-1])["t"]
+    port = free_port()
+    settings = server_settings(db, access_log=True) | {"listen": f"127.0.0.1:{port}"}
+    argv = [str(repo / ".venv" / "bin" / "agentserver"), "serve"]
+    server = await Server.spawn(
+        argv, root / name, root / f"{name}.log", server_env(**settings), port
+    )
+    stack.push_async_callback(server.stop)
+    return server, key
 
 
-def cells(data: dict[str, Any]) -> dict[int, tuple[float, float, float]]:
-    """Per concurrency: (calls/s, share of the echo's calls/s, server CPU ms per call)."""
-    echo = {c["concurrency"]: c["rate"] for c in data["echo"]}
-    out = {}
-    for backend in data["backends"]:
-        for c in backend["cells"]:
-            if c["target"] != "postgres" or not c["ok"]:
-                continue
-            cell = Cell(**{k: v for k, v in c.items() if k in FIELDS})  # either checkout's
-            share = cell.rate / echo[cell.concurrency]
-            out[cell.concurrency] = (cell.rate, share, cell.server_cpu_ms_per_call)
-    return out
+def caller(bench: str, side: str, key: str) -> Callable[[grpc.aio.Channel], Call]:
+    if side == "echo":
+        payload = process_request().SerializeToString() if bench == "process" else echo_payload("t")
+        md = metadata_for("x" * 43, "t", "bench-user")
+        return lambda ch: echo_caller(ch, payload, md)
+    if bench == "process":
+        return process_caller(metadata_for(key, "t", "bench-user"))
+    return charge_caller("t", key, Counter())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--other", type=Path, required=True, help="the other checkout (with .venv)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell")
-    args = p.parse_args()
-    other = args.other.resolve()
-    sides = {"other": other, "this": REPO}
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="agentserver-ab-") as tmp:
-        for rnd in range(1, args.rounds + 1):
-            for side, repo in sides.items():
-                for bench, extra in RUNS:
-                    data = run_one(repo, bench, extra, args.duration, Path(tmp) / side)
-                    for conc, (rate, share, cpu) in cells(data).items():
-                        rows.append(
-                            {
-                                "round": rnd,
-                                "side": side,
-                                "bench": bench,
-                                "concurrency": conc,
-                                "rate": rate,
-                                "echo_share": share,
-                                "server_cpu_ms": cpu,
-                            }
-                        )
-                        print(
-                            f"round {rnd} {side:5} {bench:7} c{conc:<3} {rate:7.0f}/s "
-                            f"{share:4.0%} of echo  {cpu:.2f} ms CPU/call",
-                            flush=True,
-                        )
-    table = []
-    ratios: dict[tuple[str, int], list[float]] = {}
-    for r in rows:
-        if r["side"] != "this":
-            continue
-        (o,) = [
-            x
-            for x in rows
-            if x["side"] == "other"
-            and x["round"] == r["round"]
-            and x["bench"] == r["bench"]
-            and x["concurrency"] == r["concurrency"]
-        ]
-        ratio = r["rate"] / o["rate"]
-        ratios.setdefault((r["bench"], r["concurrency"]), []).append(ratio)
-        table.append(
+async def run_cell(
+    bench: str,
+    concurrency: int,
+    servers: dict[str, tuple[Server, str]],
+    slices: int,
+    seconds: float,
+    counter: itertools.count[int],
+) -> dict[str, Any]:
+    channels = {
+        side: grpc.aio.insecure_channel(srv.target, options=CHANNEL_OPTIONS)
+        for side, (srv, _) in servers.items()
+    }
+    try:
+        calls = {side: [caller(bench, side, servers[side][1])(ch)] for side, ch in channels.items()}
+        per: dict[str, list[dict[str, float]]] = {side: [] for side in servers}
+
+        async def one(side: str, duration: float) -> dict[str, float]:
+            pid = servers[side][0].pid
+            u0, s0 = cpu_ticks(pid)
+            cell = await load(
+                calls[side],
+                concurrency=concurrency,
+                duration=duration,
+                max_requests=10**9,
+                counter=counter,
+                cell=Cell(side, concurrency),
+            )
+            u1, s1 = cpu_ticks(pid)
+            errors = sum(cell.errors.values())
+            if errors:
+                raise SystemExit(f"{side} {bench}: {cell.errors}")
+            return {
+                "ok": cell.ok,
+                "seconds": cell.seconds,
+                "user": (u1 - u0) / CLK_TCK,
+                "system": (s1 - s0) / CLK_TCK,
+            }
+
+        order = list(servers)
+        for side in order:  # warm-up
+            await one(side, 1.0)
+        for k in range(slices):
+            for side in order if k % 2 == 0 else order[::-1]:
+                per[side].append(await one(side, seconds))
+    finally:
+        for ch in channels.values():
+            await ch.close()
+    summary: dict[str, Any] = {}
+    for side, rows in per.items():
+        ok = sum(r["ok"] for r in rows)
+        elapsed = sum(r["seconds"] for r in rows)
+        summary[side] = {
+            "calls": ok,
+            "rate": ok / elapsed,
+            "user_ms": 1000 * sum(r["user"] for r in rows) / ok,
+            "system_ms": 1000 * sum(r["system"] for r in rows) / ok,
+        }
+    for side in ("this", "other"):
+        summary[side]["echo_share"] = summary[side]["rate"] / summary["echo"]["rate"]
+    ratios = [
+        (t["ok"] / t["seconds"]) / (o["ok"] / o["seconds"])
+        for t, o in zip(per["this"], per["other"], strict=True)
+    ]
+    quartiles = statistics.quantiles(ratios, n=4)
+    return {
+        "bench": bench,
+        "concurrency": concurrency,
+        "sides": summary,
+        "slices": per,
+        "this_over_other": {
+            "total": summary["this"]["rate"] / summary["other"]["rate"],
+            "median": statistics.median(ratios),
+            "q1": quartiles[0],
+            "q3": quartiles[2],
+        },
+    }
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    counter = itertools.count()
+    results = []
+    with workdir(False) as root:
+        async with contextlib.AsyncExitStack() as stack:
+            servers = {
+                "other": await start_checkout(args.other.resolve(), root, stack, "other"),
+                "this": await start_checkout(REPO, root, stack, "this"),
+            }
+            echo = await Server.echo(root / "echo.log")
+            stack.push_async_callback(echo.stop)
+            servers["echo"] = (echo, "")
+            for bench, conc in CELLS:
+                r = await run_cell(bench, conc, servers, args.slices, args.slice, counter)
+                results.append(r)
+                s, v = r["sides"], r["this_over_other"]
+                print(
+                    f"{bench:7} c{conc:<3} other {s['other']['rate']:7.0f}/s"
+                    f" ({s['other']['echo_share']:.0%} of echo),"
+                    f" this {s['this']['rate']:7.0f}/s ({s['this']['echo_share']:.0%}):"
+                    f" this/other {v['total']:.0%}, median of slices {v['median']:.0%}",
+                    flush=True,
+                )
+    return results
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    rows = []
+    for r in results:
+        s, v = r["sides"], r["this_over_other"]
+        rows.append(
             [
-                str(r["round"]),
                 r["bench"],
                 str(r["concurrency"]),
-                f"{o['rate']:,.0f}",
-                f"{o['echo_share']:.0%}",
-                f"{o['server_cpu_ms']:.2f}",
-                f"{r['rate']:,.0f}",
-                f"{r['echo_share']:.0%}",
-                f"{r['server_cpu_ms']:.2f}",
-                f"{ratio:.0%}",
+                f"{s['echo']['rate']:,.0f}",
+                f"{s['other']['rate']:,.0f} ({s['other']['echo_share']:.0%})",
+                f"{s['this']['rate']:,.0f} ({s['this']['echo_share']:.0%})",
+                f"{v['total']:.0%} ({v['q1']:.0%}–{v['q3']:.0%})",
+                f"{s['other']['user_ms'] + s['other']['system_ms']:.2f}",
+                f"{s['this']['user_ms'] + s['this']['system_ms']:.2f}",
             ]
         )
-    summary = [
-        [bench, str(conc), f"{statistics.median(v):.0%}", f"{min(v):.0%}–{max(v):.0%}"]
-        for (bench, conc), v in ratios.items()
-    ]
     info = machine_info()
+    other = args.other.resolve()
     markdown = "\n\n".join(
         [
-            "# This checkout against another, alternating rounds (PostgreSQL)",
-            f"{info['date']} · {info['nproc']} cores ({info['cpu_model']})"
-            f" · {args.rounds} rounds of {args.duration:g} s cells",
+            "# This checkout against another, interleaved (PostgreSQL)",
+            f"{info['date']} · {info['nproc']} cores ({info['cpu_model']}) ·"
+            f" {args.slices} slices of {args.slice:g} s per server and cell",
             f"other: `{git_head(other)}`  \nthis: `{git_head(REPO)}`",
-            "Process (bench/process.py) at concurrency 1 and 16, ChargeTokens on one hot wallet"
-            " (bench/ledger.py) at 16; 'echo' is the bare grpc.aio server of the same run.",
+            "Both checkouts' servers and the bare echo server run at once; each cell gives"
+            " each server a slice in turn, alternating the order. Calls/s over the slices"
+            " (in brackets, the share of the echo server's); this / other: calls/s over all"
+            " slices (in brackets, the quartiles of the slice pairs' ratios); server CPU"
+            " (user and system) per call.",
             markdown_table(
                 [
-                    "round",
                     "bench",
                     "concurrency",
+                    "echo calls/s",
                     "other calls/s",
-                    "of echo",
-                    "CPU ms/call",
                     "this calls/s",
-                    "of echo",
-                    "CPU ms/call",
                     "this / other",
+                    "other CPU ms/call",
+                    "this CPU ms/call",
                 ],
-                table,
+                rows,
             ),
-            "## Median over the rounds",
-            markdown_table(["bench", "concurrency", "this / other", "range"], summary),
+            'Process: a new session per call ("Email john@example.com that the order'
+            ' shipped"), offline engine; ChargeTokens: one SMS token from one tenant wallet.',
         ]
     )
     data = {
@@ -176,8 +281,23 @@ def main() -> None:
         "machine": info,
         "other": git_head(other),
         "this": git_head(REPO),
-        "rounds": rows,
+        "slices": args.slices,
+        "slice_seconds": args.slice,
+        "cells": results,
     }
+    return markdown, data
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--other", type=Path, required=True, help="the other checkout (with .venv)")
+    p.add_argument("--slices", type=int, default=16, help="slices per server and cell")
+    p.add_argument("--slice", type=float, default=2.0, help="seconds per slice")
+    args = p.parse_args()
+    if args.slices < 2:
+        raise SystemExit("--slices must be at least 2")
+    results = asyncio.run(run(args))
+    markdown, data = report(args, results)
     md_path, json_path = write_results("ab", markdown, data)
     print(markdown)
     print(f"\nwrote {md_path} and {json_path}")

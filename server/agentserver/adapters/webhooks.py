@@ -26,6 +26,7 @@ import contextlib
 import email.utils
 import ipaddress
 import logging
+import math
 import socket
 import time
 from collections.abc import Sequence
@@ -125,10 +126,16 @@ class WebhookDeliverer:
 
     async def _fan_out_loop(self, queued: asyncio.Event) -> None:
         """After a wake-up, `GATHER_SECONDS` more, so a burst of commits is one round
-        (not one per NOTIFY)."""
+        (not one per NOTIFY). While no endpoint is enabled anywhere (asked at most once
+        per `idle_poll`), wake-ups cost nothing: an endpoint enabled meanwhile gets its
+        events at the next check, from its tenant's cursor."""
+        enabled, asked_at = False, -math.inf
         while True:
             woken = self.signal.any_waiter()
-            made = await self._guarded(self.store.fan_out, self.clock.now())
+            if time.monotonic() - asked_at >= self.idle_poll:
+                enabled = bool(await self._guarded(self.store.any_enabled))
+                asked_at = time.monotonic()
+            made = await self._guarded(self.store.fan_out, self.clock.now()) if enabled else 0
             if made:
                 queued.set()
                 continue

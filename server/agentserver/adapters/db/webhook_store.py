@@ -136,6 +136,12 @@ class SqlWebhookStore:
 
     # -- endpoints (the WebhookStore port) ----------------------------------------
 
+    async def any_enabled(self) -> bool:
+        """Whether any tenant has an enabled endpoint."""
+        async with self._read.connect() as conn:
+            found = await conn.execute(select(E.c.id).where(E.c.enabled.is_(True)).limit(1))
+            return found.first() is not None
+
     async def count_endpoints(self, tenant_id: str) -> int:
         async with self._read.connect() as conn:
             found = await conn.execute(
