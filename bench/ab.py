@@ -162,6 +162,8 @@ async def run_cell(
                 "seconds": cell.seconds,
                 "user": (u1 - u0) / CLK_TCK,
                 "system": (s1 - s0) / CLK_TCK,
+                # Only this server's database is busy during its slice.
+                "postgres": cell.postgres_cpu_pct * cell.seconds / 100,
             }
 
         order = list(servers)
@@ -182,6 +184,7 @@ async def run_cell(
             "rate": ok / elapsed,
             "user_ms": 1000 * sum(r["user"] for r in rows) / ok,
             "system_ms": 1000 * sum(r["system"] for r in rows) / ok,
+            "postgres_ms": 1000 * sum(r["postgres"] for r in rows) / ok,
         }
     for side in ("this", "other"):
         summary[side]["echo_share"] = summary[side]["rate"] / summary["echo"]["rate"]
@@ -244,6 +247,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[str
                 f"{v['total']:.0%} ({v['q1']:.0%}–{v['q3']:.0%})",
                 f"{s['other']['user_ms'] + s['other']['system_ms']:.2f}",
                 f"{s['this']['user_ms'] + s['this']['system_ms']:.2f}",
+                f"{s['other']['postgres_ms']:.2f}",
+                f"{s['this']['postgres_ms']:.2f}",
             ]
         )
     info = machine_info()
@@ -258,7 +263,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[str
             " each server a slice in turn, alternating the order. Calls/s over the slices"
             " (in brackets, the share of the echo server's); this / other: calls/s over all"
             " slices (in brackets, the quartiles of the slice pairs' ratios); server CPU"
-            " (user and system) per call.",
+            " (user and system) per call, and PostgreSQL's (all its processes; only the"
+            " loaded server's database is busy during a slice).",
             markdown_table(
                 [
                     "bench",
@@ -269,6 +275,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[str
                     "this / other",
                     "other CPU ms/call",
                     "this CPU ms/call",
+                    "other PostgreSQL ms/call",
+                    "this PostgreSQL ms/call",
                 ],
                 rows,
             ),
