@@ -42,7 +42,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-# bench/ab.py points a run elsewhere, so that its rounds do not overwrite these.
+# AGENTSERVER_BENCH_RESULTS points a trial run elsewhere, so it does not overwrite these.
 RESULTS = Path(os.environ.get("AGENTSERVER_BENCH_RESULTS") or REPO / "bench" / "results")
 BIN = Path(sys.executable).parent
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
