@@ -93,10 +93,11 @@ class SqlEventStore:
             C.c.tenant_id == O.c.tenant_id, C.c.consumer.in_(consumers), C.c.last_seq < O.c.seq
         )
         needed = exists().where(D.c.outbox_id == O.c.id, D.c.state == DeliveryState.PENDING.value)
+        # Appended in id order: the oldest first, by the key (no index on the time).
         oldest = (
             select(O.c.id)
             .where(O.c.created_at < before, ~unread, ~needed)
-            .order_by(O.c.created_at)
+            .order_by(O.c.id)
             .limit(limit)
         )
         async with self._engine.begin() as conn:

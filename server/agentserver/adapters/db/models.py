@@ -200,10 +200,8 @@ class OutboxEvent(Base):
     payload) plus the tenant, its per-tenant sequence and the time."""
 
     __tablename__ = "outbox"
-    __table_args__ = (
-        UniqueConstraint("tenant_id", "seq"),
-        Index("ix_outbox_created_at", "created_at"),
-    )
+    # No index on created_at: retention takes the oldest by id (appended in order).
+    __table_args__ = (UniqueConstraint("tenant_id", "seq"),)
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
     seq: Mapped[int] = mapped_column(BigInteger)
