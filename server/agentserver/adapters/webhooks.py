@@ -127,15 +127,21 @@ class WebhookDeliverer:
     async def _fan_out_loop(self, queued: asyncio.Event) -> None:
         """After a wake-up, `GATHER_SECONDS` more, so a burst of commits is one round
         (not one per NOTIFY). While no endpoint is enabled anywhere (asked at most once
-        per `idle_poll`), wake-ups cost nothing: an endpoint enabled meanwhile gets its
-        events at the next check, from its tenant's cursor."""
-        enabled, asked_at = False, -math.inf
+        per `idle_poll`) it only sleeps: it reads nothing and does not wait on the
+        signal, so the outbox need not be watched for it. An endpoint enabled
+        meanwhile gets its events at the next check, from its tenant's cursor."""
+        asked_at = -math.inf
         while True:
-            woken = self.signal.any_waiter()
-            if time.monotonic() - asked_at >= self.idle_poll:
-                enabled = bool(await self._guarded(self.store.any_enabled))
+            if time.monotonic() - asked_at < self.idle_poll:
+                pass
+            elif not await self._guarded(self.store.any_enabled):
                 asked_at = time.monotonic()
-            made = await self._guarded(self.store.fan_out, self.clock.now()) if enabled else 0
+                await asyncio.sleep(self.idle_poll)
+                continue
+            else:
+                asked_at = time.monotonic()
+            woken = self.signal.any_waiter()
+            made = await self._guarded(self.store.fan_out, self.clock.now())
             if made:
                 queued.set()
                 continue

@@ -3,7 +3,7 @@ the NATS relay.
 
 Every replica polls the outbox for rows past the highest id it has seen (one
 primary-key range scan, every 50 ms on PostgreSQL and 0.2 s on SQLite) and wakes
-the tenants they belong to. A row with a lower id that commits after a higher one
+the tenants they belong to, while anyone waits for a wake-up. A row with a lower id that commits after a higher one
 is not seen by the poll; its readers find it at their next check (at most a second
 later: see EventFeed).
 
@@ -52,6 +52,7 @@ class OutboxSignal:
     def __init__(self) -> None:
         self._tenants: dict[str, asyncio.Event] = {}
         self._any = asyncio.Event()
+        self._any_taken = False
 
     def waiter(self, tenant_id: str) -> asyncio.Event:
         event = self._tenants.get(tenant_id)
@@ -60,7 +61,13 @@ class OutboxSignal:
         return event
 
     def any_waiter(self) -> asyncio.Event:
+        self._any_taken = True
         return self._any
+
+    def wanted(self) -> bool:
+        """Whether anyone holds a wake-up not yet given: if not, no one needs the
+        outbox watched (a waiter taken later still sees what commits after it)."""
+        return self._any_taken or bool(self._tenants)
 
     def wake(self, tenant_id: str | None = None) -> None:
         """Wake `tenant_id`'s waiters (None: everyone's) and the all-tenant consumers."""
@@ -74,6 +81,7 @@ class OutboxSignal:
             event.set()
         self._any.set()
         self._any = asyncio.Event()
+        self._any_taken = False
 
 
 class OutboxWatcher:
@@ -108,10 +116,15 @@ class OutboxWatcher:
                     await task
 
     async def _poll(self) -> None:
+        """Every `poll_seconds` while someone waits: with no watch stream open, no
+        endpoint enabled and no NATS relay, nothing is read. Resuming, it goes on
+        from the last id it saw, so a waiter misses nothing committed after it."""
         last: int | None = None
         while True:
             try:
-                if last is None:
+                if last is not None and not self._signal.wanted():
+                    pass
+                elif last is None:
                     async with self._read.connect() as conn:
                         last = await max_outbox_id(conn)
                 else:

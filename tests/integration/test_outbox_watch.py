@@ -1,0 +1,65 @@
+"""The outbox watcher reads the outbox only while someone waits for it (a watch
+stream, the webhook fan-out while an endpoint is enabled, the NATS relay), and a
+waiter that comes later still hears of what commits after it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import event, insert
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from agentserver.adapters.db import models
+from agentserver.adapters.db.notify import OutboxSignal, OutboxWatcher
+
+
+async def test_the_watcher_reads_only_while_someone_waits(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'watch.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(models.Base.metadata.create_all)
+    reads: list[str] = []
+    event.listen(
+        engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_a: reads.append(statement),
+    )
+    signal = OutboxSignal()
+    watcher = OutboxWatcher(engine, signal, poll_seconds=0.01, listen_url="")
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.sleep(0.3)
+        assert len(reads) == 1, "only where the outbox ends, once"
+        assert not signal.wanted()
+
+        woken = signal.waiter("t1")
+        assert signal.wanted()
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(models.outbox).values(
+                    tenant_id="t1",
+                    seq=1,
+                    aggregate_type="wallet",
+                    aggregate_id="w1",
+                    type="ledger.entry",
+                    payload={},
+                    created_at=datetime.now(UTC),
+                )
+            )
+        await asyncio.wait_for(woken.wait(), 5)
+        assert not signal.wanted(), "the wake-up was given"
+        await asyncio.sleep(0.1)
+        quiet = len(reads)
+        await asyncio.sleep(0.3)
+        assert len(reads) == quiet, "nobody waits: nothing is read"
+
+        everyone = signal.any_waiter()
+        assert signal.wanted()
+        await asyncio.sleep(0.1)
+        assert len(reads) > quiet, "someone waits: the outbox is watched again"
+        assert not everyone.is_set()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.dispose()
