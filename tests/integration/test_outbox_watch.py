@@ -63,3 +63,39 @@ async def test_the_watcher_reads_only_while_someone_waits(tmp_path: Path) -> Non
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await engine.dispose()
+
+
+async def test_the_webhook_fan_out_asks_for_wake_ups_only_while_an_endpoint_is_enabled(
+    tmp_path: Path,
+) -> None:
+    from agentserver.adapters.db.webhook_store import SqlWebhookStore
+    from agentserver.adapters.webhooks import WebhookDeliverer
+    from agentserver.domain.clock import SystemClock
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'hooks.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(models.Base.metadata.create_all)
+    signal = OutboxSignal()
+    deliverer = WebhookDeliverer(
+        SqlWebhookStore(engine), signal, None, SystemClock(), idle_poll=0.05
+    )
+    task = asyncio.create_task(deliverer.run())
+    try:
+        await asyncio.sleep(0.3)
+        assert not signal.wanted(), "no endpoint anywhere: nothing to be woken for"
+        now = datetime.now(UTC)
+        async with engine.begin() as conn:
+            await conn.execute(insert(models.tenants).values(id="t1", name="t1", created_at=now))
+            await conn.execute(
+                insert(models.webhook_endpoints).values(
+                    id="we1", tenant_id="t1", url="https://127.0.0.1:9/h", secret="x",
+                    created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+        await asyncio.sleep(0.3)
+        assert signal.wanted(), "an endpoint is enabled: the fan-out waits for commits"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await deliverer.aclose()
+        await engine.dispose()

@@ -130,16 +130,14 @@ class WebhookDeliverer:
         per `idle_poll`) it only sleeps: it reads nothing and does not wait on the
         signal, so the outbox need not be watched for it. An endpoint enabled
         meanwhile gets its events at the next check, from its tenant's cursor."""
-        asked_at = -math.inf
+        enabled, asked_at = False, -math.inf
         while True:
-            if time.monotonic() - asked_at < self.idle_poll:
-                pass
-            elif not await self._guarded(self.store.any_enabled):
+            if not enabled or time.monotonic() - asked_at >= self.idle_poll:
+                enabled = bool(await self._guarded(self.store.any_enabled))
                 asked_at = time.monotonic()
+            if not enabled:
                 await asyncio.sleep(self.idle_poll)
                 continue
-            else:
-                asked_at = time.monotonic()
             woken = self.signal.any_waiter()
             made = await self._guarded(self.store.fan_out, self.clock.now())
             if made:
