@@ -3,9 +3,9 @@ the NATS relay.
 
 Every replica polls the outbox for rows past the highest id it has seen (one
 primary-key range scan, every 50 ms on PostgreSQL and 0.2 s on SQLite) and wakes
-the tenants they belong to, while anyone waits for a wake-up. A row with a lower id that commits after a higher one
-is not seen by the poll; its readers find it at their next check (at most a second
-later: see EventFeed).
+the tenants they belong to, while anyone waits for a wake-up. A row with a lower
+id that commits after a higher one is not seen by the poll; its readers find it at
+their next check (at most a second later: see EventFeed).
 
 On PostgreSQL a trigger on `outbox` (migration 0010) can also send `NOTIFY
 agentserver_outbox, '<tenant>'` with each writing statement, which one connection
