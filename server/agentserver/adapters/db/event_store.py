@@ -181,13 +181,16 @@ async def tenants_without_cursor(conn: AsyncConnection, consumer: str, limit: in
     return [r.id for r in found]
 
 
-async def claim_cursor(conn: AsyncConnection, consumer: str, tenant_id: str) -> int | None:
+async def claim_cursor(
+    conn: AsyncConnection, consumer: str, tenant_id: str, *, wait: bool = False
+) -> int | None:
     """Lock the tenant's cursor for this transaction and return it; None when another
     replica holds it (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite serialises writers,
-    and this transaction already holds the write lock)."""
+    and this transaction already holds the write lock), or, with `wait`, once that
+    replica's transaction has ended (FOR UPDATE). None too when it does not exist."""
     query = select(C.c.last_seq).where(C.c.consumer == consumer, C.c.tenant_id == tenant_id)
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+        query = query.with_for_update(skip_locked=not wait)
     value = (await conn.execute(query)).scalar()
     return None if value is None else int(value)
 
@@ -195,9 +198,8 @@ async def claim_cursor(conn: AsyncConnection, consumer: str, tenant_id: str) -> 
 async def cursor_to_head(
     conn: AsyncConnection, consumer: str, tenant_id: str, now: datetime
 ) -> None:
-    """Move the tenant's cursor (made if missing) to its current head: what was
-    committed before is passed over."""
-    await ensure_cursors(conn, consumer, [tenant_id], "now", now)
+    """Move the tenant's cursor to its current head: what was committed before is
+    passed over."""
     head = select(T.c.event_seq).where(T.c.id == tenant_id).scalar_subquery()
     await conn.execute(
         update(C)

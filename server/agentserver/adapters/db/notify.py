@@ -122,12 +122,10 @@ class OutboxWatcher:
         last: int | None = None
         while True:
             try:
-                if last is not None and not self._signal.wanted():
-                    pass
-                elif last is None:
+                if last is None:
                     async with self._read.connect() as conn:
                         last = await max_outbox_id(conn)
-                else:
+                elif self._signal.wanted():
                     last, tenants = await self._since(last)
                     for tenant_id in tenants:
                         self._signal.wake(tenant_id)

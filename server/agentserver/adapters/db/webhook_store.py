@@ -606,10 +606,7 @@ async def _from_now_on(conn: AsyncConnection, tenant_id: str, now: datetime) -> 
     waited: the fan-out passes such tenants over) to the head, so the events
     committed from now on are what is sent."""
     await ensure_cursors(conn, WEBHOOKS, [tenant_id], "now", now)
-    held = select(C.c.last_seq).where(C.c.consumer == WEBHOOKS, C.c.tenant_id == tenant_id)
-    if conn.dialect.name == "postgresql":
-        held = held.with_for_update()
-    await conn.execute(held)
+    await claim_cursor(conn, WEBHOOKS, tenant_id, wait=True)
     enabled = await conn.execute(
         select(E.c.id).where(E.c.tenant_id == tenant_id, E.c.enabled.is_(True)).limit(1)
     )
