@@ -5,20 +5,29 @@ waiter that comes later still hears of what commits after it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event, insert
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentserver.adapters.db import models
 from agentserver.adapters.db.notify import OutboxSignal, OutboxWatcher
 
 
-async def test_the_watcher_reads_only_while_someone_waits(tmp_path: Path) -> None:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'watch.db'}")
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A SQLite database with the schema."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
     async with engine.begin() as conn:
         await conn.run_sync(models.Base.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def test_the_watcher_reads_only_while_someone_waits(engine: AsyncEngine) -> None:
     reads: list[str] = []
     event.listen(
         engine.sync_engine,
@@ -62,19 +71,15 @@ async def test_the_watcher_reads_only_while_someone_waits(tmp_path: Path) -> Non
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await engine.dispose()
 
 
 async def test_the_webhook_fan_out_asks_for_wake_ups_only_while_an_endpoint_is_enabled(
-    tmp_path: Path,
+    engine: AsyncEngine,
 ) -> None:
     from agentserver.adapters.db.webhook_store import SqlWebhookStore
     from agentserver.adapters.webhooks import WebhookDeliverer
     from agentserver.domain.clock import SystemClock
 
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'hooks.db'}")
-    async with engine.begin() as conn:
-        await conn.run_sync(models.Base.metadata.create_all)
     signal = OutboxSignal()
     deliverer = WebhookDeliverer(
         SqlWebhookStore(engine), signal, None, SystemClock(), idle_poll=0.05
@@ -98,4 +103,3 @@ async def test_the_webhook_fan_out_asks_for_wake_ups_only_while_an_endpoint_is_e
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await deliverer.aclose()
-        await engine.dispose()
