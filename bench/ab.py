@@ -41,7 +41,6 @@ sys.path[:0] = [str(Path(__file__).resolve().parent)]
 import grpc  # noqa: E402
 from common import (  # noqa: E402
     CHANNEL_OPTIONS,
-    CLK_TCK,
     REPO,
     Call,
     Cell,
@@ -53,6 +52,7 @@ from common import (  # noqa: E402
     machine_info,
     markdown_table,
     metadata_for,
+    proc_cpu_seconds,
     server_env,
     server_settings,
     workdir,
@@ -79,12 +79,6 @@ def git_head(repo: Path) -> str:
         check=True,
     )
     return out.stdout.strip()[:90]
-
-
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    """(user, system) clock ticks the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
 
 
 async def start_checkout(
@@ -144,7 +138,7 @@ async def run_cell(
 
         async def one(side: str, duration: float) -> dict[str, float]:
             pid = servers[side][0].pid
-            u0, s0 = cpu_ticks(pid)
+            cpu0 = proc_cpu_seconds(pid)
             cell = await load(
                 calls[side],
                 concurrency=concurrency,
@@ -153,15 +147,14 @@ async def run_cell(
                 counter=counter,
                 cell=Cell(side, concurrency),
             )
-            u1, s1 = cpu_ticks(pid)
+            cpu = proc_cpu_seconds(pid) - cpu0
             errors = sum(cell.errors.values())
             if errors:
                 raise SystemExit(f"{side} {bench}: {cell.errors}")
             return {
                 "ok": cell.ok,
                 "seconds": cell.seconds,
-                "user": (u1 - u0) / CLK_TCK,
-                "system": (s1 - s0) / CLK_TCK,
+                "cpu": cpu,  # user and system
                 # Only this server's database is busy during its slice.
                 "postgres": cell.postgres_cpu_pct * cell.seconds / 100,
             }
@@ -182,8 +175,7 @@ async def run_cell(
         summary[side] = {
             "calls": ok,
             "rate": ok / elapsed,
-            "user_ms": 1000 * sum(r["user"] for r in rows) / ok,
-            "system_ms": 1000 * sum(r["system"] for r in rows) / ok,
+            "cpu_ms": 1000 * sum(r["cpu"] for r in rows) / ok,
             "postgres_ms": 1000 * sum(r["postgres"] for r in rows) / ok,
         }
     for side in ("this", "other"):
@@ -245,8 +237,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[str
                 f"{s['other']['rate']:,.0f} ({s['other']['echo_share']:.0%})",
                 f"{s['this']['rate']:,.0f} ({s['this']['echo_share']:.0%})",
                 f"{v['total']:.0%} ({v['q1']:.0%}–{v['q3']:.0%})",
-                f"{s['other']['user_ms'] + s['other']['system_ms']:.2f}",
-                f"{s['this']['user_ms'] + s['this']['system_ms']:.2f}",
+                f"{s['other']['cpu_ms']:.2f}",
+                f"{s['this']['cpu_ms']:.2f}",
                 f"{s['other']['postgres_ms']:.2f}",
                 f"{s['this']['postgres_ms']:.2f}",
             ]
