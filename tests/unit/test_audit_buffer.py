@@ -144,3 +144,34 @@ async def test_a_change_is_kept_as_json_bounded_and_without_nul() -> None:
     assert first["payload"]["before"] == {"ab": "cd"}
     assert isinstance(first["payload"]["after"]["when"], str)
     assert second["payload"]["truncated"] is True and second["payload"]["bytes"] > 100_000
+
+
+async def test_a_flush_waits_for_a_write_already_under_way() -> None:
+    """An erasure flushes the buffer and then redacts what is stored: a flush that
+    returned while the background flush was still writing the user's last calls
+    would let them land after the redaction."""
+    import asyncio
+
+    class SlowWriter(Writer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.started = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def write_events(self, events: Sequence[dict[str, Any]]) -> None:
+            self.started.set()
+            await self.release.wait()
+            await super().write_events(events)
+
+    writer = SlowWriter()
+    log = BufferedAuditLog(writer, FakeClock())
+    record(log, 3)
+    background = asyncio.create_task(log.flush())
+    await writer.started.wait()  # the background flush holds all three, unwritten
+    second = asyncio.create_task(log.flush())
+    await asyncio.sleep(0.05)
+    assert not second.done(), "it waits for the write under way"
+    writer.release.set()
+    await asyncio.wait_for(second, 2)
+    assert len(writer.rows) == 3
+    await background

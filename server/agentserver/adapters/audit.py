@@ -102,6 +102,9 @@ class BufferedAuditLog:
         self.shed = 0  # events dropped because the buffer was full
         self.rejected = 0  # events the store refused on their own
         self._shed_reported = 0
+        # One flush at a time: a flush returns once what was recorded before it is
+        # written (or kept), even when another flush had already taken it to write.
+        self._flushing = asyncio.Lock()
 
     def record(
         self,
@@ -142,6 +145,10 @@ class BufferedAuditLog:
 
     async def flush(self) -> None:
         """Write what is buffered; stop (keeping the rest) while the database is away."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         self._report_shed()
         while self._buffer:
             batch = [self._buffer.popleft() for _ in range(min(self._max_batch, len(self._buffer)))]
