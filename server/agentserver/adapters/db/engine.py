@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from agentserver.adapters.db import sqlite_inline
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -22,7 +24,11 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Async
         # sleeps in growing steps (seconds of tail latency under load). Other
         # processes on the same file still wait through the busy timeout.
         engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30}, pool_size=1, max_overflow=0
+            url,
+            echo=echo,
+            async_creator=sqlite_inline.async_creator(url, busy_timeout_s=30.0),
+            pool_size=1,
+            max_overflow=0,
         )
         _configure_sqlite(engine)
         return engine
@@ -56,12 +62,11 @@ def _ensure_sqlite_dir(url: str) -> None:
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy emit BEGIN itself (below) instead of pysqlite's implicit one.
-        dbapi_connection.isolation_level = None
+        # The connection is autocommit at the driver (sqlite_inline): SQLAlchemy emits
+        # BEGIN itself (below) instead of pysqlite's implicit one.
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         # What is deleted or overwritten is zeroed in the file, not left in free pages:
         # erased personal data (EraseUserData, retention) must not stay readable there.

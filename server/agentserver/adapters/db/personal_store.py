@@ -20,7 +20,7 @@ from sqlalchemy import String, and_, cast, delete, func, literal, or_, select, u
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentserver.adapters.audit import UNAUTHENTICATED_KIND
-from agentserver.adapters.db import models
+from agentserver.adapters.db import models, sqlite_inline
 from agentserver.adapters.db.admin_store import audit_event
 from agentserver.adapters.db.agent_store import to_action, to_message, to_session
 from agentserver.adapters.db.engine import reader
@@ -274,11 +274,11 @@ class SqlPersonalDataStore:
         row versions are reclaimed by vacuum; no dump or replica contains them.)"""
         if self._engine.dialect.name == "sqlite":
             async with self._engine.connect() as conn:
-                # Outside any transaction (SQLAlchemy would begin one): on aiosqlite's own
-                # connection, which runs in autocommit (see engine.py).
+                # Outside any transaction (SQLAlchemy would begin one): on the driver's
+                # own connection, which runs in autocommit (see sqlite_inline).
                 raw = (await conn.get_raw_connection()).driver_connection
-                assert raw is not None
-                await raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                assert isinstance(raw, sqlite_inline.InlineConnection)
+                await sqlite_inline.truncate_log(raw)
 
     @staticmethod
     async def _delete_messages(
