@@ -75,6 +75,30 @@ async def test_a_write_waits_for_another_writer_without_stopping_the_loop(
     assert got == ["theirs", "ours"]
 
 
+async def test_each_statement_lets_other_tasks_run(engine: AsyncEngine) -> None:
+    """Group commits batch what is submitted while a batch is in flight; a transaction
+    that never gave the loop a turn would leave every batch at one call."""
+    turns = 0
+    stop = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not stop:
+            await asyncio.sleep(0)
+            turns += 1
+
+    ticker = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    async with engine.begin() as conn:
+        before = turns
+        for i in range(40):
+            await conn.execute(insert(ROWS).values(v=str(i)))
+        during = turns - before
+    stop = True
+    await ticker
+    assert during >= 40
+
+
 async def test_a_lock_held_past_the_busy_timeout_is_unavailable(path: Path) -> None:
     url = f"sqlite+aiosqlite:///{path}"
     engine = create_async_engine(
