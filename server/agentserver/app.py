@@ -19,7 +19,7 @@ from agentserver.adapters.channels.retry import with_retries
 from agentserver.adapters.db.admin_store import SqlAdminStore
 from agentserver.adapters.db.agent_store import SqlAgentStore
 from agentserver.adapters.db.business_store import SqlBusinessStore
-from agentserver.adapters.db.engine import create_engine
+from agentserver.adapters.db.engine import create_engine, group_commit_linger_s
 from agentserver.adapters.db.event_store import NATS, WEBHOOKS, SqlEventStore
 from agentserver.adapters.db.ledger_store import SqlLedgerStore
 from agentserver.adapters.db.migrate import pending_revisions, upgrade
@@ -306,7 +306,9 @@ async def build_app(
         agent_store = PgAgentStore(engine, pg_pool)
         writes = PgProcessWrites(engine, pg_pool, pg_ledger, agent_store)
         ledger_store = pg_ledger
-    ledger = LedgerService(store=ledger_store, clock=clock, costs=costs)
+    ledger = LedgerService(
+        store=ledger_store, clock=clock, costs=costs, linger_s=group_commit_linger_s(engine)
+    )
     registry = default_registry()
     secret_box = SecretBox.from_optional_env_value(settings.secret_keys)
     runner = ActionRunner(

@@ -17,8 +17,9 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentserver.adapters.db import sqlite_inline
-from agentserver.adapters.db.engine import create_engine
+from agentserver.adapters.db.engine import create_engine, group_commit_linger_s
 from agentserver.adapters.db.errors import is_unavailable
+from agentserver.domain.batching import LINGER_S
 
 META = MetaData()
 ROWS = Table("rows", META, Column("id", Integer, primary_key=True), Column("v", String))
@@ -177,3 +178,10 @@ async def test_truncating_the_log_waits_for_a_checkpoint_under_way(
         await asyncio.wait_for(sqlite_inline.truncate_log(raw), 5)
     other.close()
     assert path.with_name(path.name + "-wal").stat().st_size == 0
+
+
+async def test_group_commits_wait_for_more_calls_on_sqlite_only(engine: AsyncEngine) -> None:
+    assert group_commit_linger_s(engine) == LINGER_S > 0
+    pg = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    assert group_commit_linger_s(pg) == 0.0  # no connection made
+    await pg.dispose()

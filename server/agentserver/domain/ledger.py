@@ -447,14 +447,22 @@ class LedgerService:
     clock: Clock
     costs: CostTable
     telemetry: Telemetry = NO_TELEMETRY
+    # How long a group commit may wait for more calls under load (`Coalescer`).
+    linger_s: float = 0.0
     _coalescer: Coalescer[tuple[str, str], Debit, DebitResult] = field(init=False)
     _ends: Coalescer[str, EndRequest, tuple[Reservation, Entry]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._coalescer = Coalescer(self._apply, sized=lambda n: self.telemetry.batch("debits", n))
+        self._coalescer = Coalescer(
+            self._apply,
+            sized=lambda n: self.telemetry.batch("debits", n),
+            linger_s=self.linger_s,
+        )
         # Captures and releases are coalesced per tenant the same way as debits.
         self._ends = Coalescer(
-            self._end, sized=lambda n: self.telemetry.batch("reservation_ends", n)
+            self._end,
+            sized=lambda n: self.telemetry.batch("reservation_ends", n),
+            linger_s=self.linger_s,
         )
 
     def _spent(self, entry: Entry) -> Entry:

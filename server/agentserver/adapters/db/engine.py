@@ -9,6 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentserver.adapters.db import sqlite_inline
+from agentserver.domain.batching import LINGER_S
 
 
 def is_sqlite(url: str) -> bool:
@@ -43,6 +44,13 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Async
         pool_recycle=1800,
         connect_args={"statement_cache_size": 512},
     )
+
+
+def group_commit_linger_s(engine: AsyncEngine) -> float:
+    """How long a group commit may wait for more calls under load (`Coalescer`): on
+    SQLite, whose statements run in place and give other calls few turns while a
+    batch is written; not on PostgreSQL, where batches form while one is written."""
+    return LINGER_S if engine.dialect.name == "sqlite" else 0.0
 
 
 def reader(engine: AsyncEngine) -> AsyncEngine:

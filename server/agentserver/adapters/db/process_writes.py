@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.agent_store import SqlAgentStore
+from agentserver.adapters.db.engine import group_commit_linger_s
 from agentserver.adapters.db.ledger_store import IDS, GuardFailed, SqlLedgerStore
 from agentserver.adapters.db.outbox import outbox_args, outbox_ctes, write_outbox
 from agentserver.adapters.db.pg import RETRY_ALONE, PgPool
@@ -54,7 +55,9 @@ class SqlProcessWrites:
         self._engine = engine
         self._ledger = ledger
         self._agent = agent
-        self._batches: Coalescer[tuple[str, str], Draft, Drafted] = Coalescer(self._batch)
+        self._batches: Coalescer[tuple[str, str], Draft, Drafted] = Coalescer(
+            self._batch, linger_s=group_commit_linger_s(engine)
+        )
 
     async def hold_and_record(self, tenant_id: str, location_id: str, draft: Draft) -> Drafted:
         return await self._batches.submit((tenant_id, location_id), draft)

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentserver.adapters.db.agent_store import SqlAgentStore
+from agentserver.adapters.db.engine import group_commit_linger_s
 from agentserver.adapters.db.ledger_store import IDS, GuardFailed, SqlLedgerStore
 from agentserver.adapters.db.outbox import write_outbox
 from agentserver.adapters.db.pg_ledger import PgLedgerStore, SuccessItem
@@ -50,7 +51,9 @@ class SqlSettler:
         self._engine = engine
         self._ledger = ledger
         self._agent = agent
-        self._batches: Coalescer[str, Success, Settled] = Coalescer(self._batch)
+        self._batches: Coalescer[str, Success, Settled] = Coalescer(
+            self._batch, linger_s=group_commit_linger_s(engine)
+        )
 
     async def succeed(self, success: Success) -> Settled:
         return await self._batches.submit(success.action.tenant_id, success)
