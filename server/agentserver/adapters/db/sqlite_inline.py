@@ -186,8 +186,10 @@ class InlineConnection:
     async def commit(self) -> None:
         conn = self._conn
         await _retry_busy(conn.commit, self.busy_timeout_s)
-        if self.checkpoints is not None:
-            self.checkpoints.after_commit()
+        if (checkpoints := self.checkpoints) is not None:
+            if checkpoints.restart_due:
+                await checkpoints.restart(conn)
+            checkpoints.after_commit()
 
     async def rollback(self) -> None:
         self._conn.rollback()
@@ -209,14 +211,19 @@ class WalCheckpoints:
 
     After a commit, at most once every `every_s` and never two at once, a worker
     thread opens its own connection and runs a PASSIVE checkpoint: it copies what no
-    reader still needs and waits for no one. Writers go on meanwhile (WAL). Between
-    checkpoints the log holds the newest pages, read from there; when the last
-    connection closes, SQLite checkpoints and removes the log itself."""
+    reader still needs and waits for no one, while writers go on (WAL). When the log
+    held 1,000 pages or more, the next commit restarts it (`restart`), so that it
+    stays about a second of writes long. Between checkpoints the log holds the newest
+    pages, read from there; when the last connection closes, SQLite checkpoints and
+    removes the log itself."""
 
     def __init__(self, args: Sequence[Any], kwargs: dict[str, Any], every_s: float = 1.0) -> None:
         self._args = list(args)
         self._kwargs = dict(kwargs)
         self.every_s = every_s
+        # SQLite's own checkpoint threshold, in pages of log.
+        self.restart_frames = 1000
+        self.restart_due = False
         self._last: float | None = None
         self.running: asyncio.Future[None] | None = None
 
@@ -231,15 +238,37 @@ class WalCheckpoints:
     def _checkpoint(self) -> None:
         conn = sqlite3.connect(*self._args, **self._kwargs)
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            ((_busy, frames, _copied),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
             conn.close()
+        # Writes that came in while it copied keep the log from starting over, so under
+        # steady writes it would grow for good (`restart`).
+        self.restart_due = frames >= self.restart_frames
+
+    async def restart(self, conn: sqlite3.Connection) -> None:
+        """After a commit, on the writing connection itself (no other writer here to
+        wait for): copy the rest of the log and have the next write begin it again.
+        Most of the log was copied by the PASSIVE checkpoint already; what is left, and
+        the sync, run on a worker thread while the connection stays checked out."""
+        self.restart_due = False
+        done = asyncio.get_running_loop().run_in_executor(None, _restart_log, conn)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await asyncio.wait([done])  # the connection is the thread's until then
+            raise
+        except Exception as err:  # the commit stands; a later one tries again
+            log.warning("restarting the SQLite write-ahead log failed: %s", err)
 
     def _done(self, future: asyncio.Future[None]) -> None:
         self.running = None
         if not future.cancelled() and (err := future.exception()) is not None:
             # The next commit a second later tries again; the log keeps every page.
             log.warning("checkpointing the SQLite write-ahead log failed: %s", err)
+
+
+def _restart_log(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 async def truncate_log(conn: InlineConnection) -> None:
