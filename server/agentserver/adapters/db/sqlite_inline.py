@@ -70,9 +70,14 @@ async def _retry_busy(fn: Callable[[], Any], busy_timeout_s: float) -> Any:
                 deadline = now + busy_timeout_s
             if now >= deadline:
                 raise
-            pause = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+            await _pause(attempt, deadline - now)
             attempt += 1
-            await asyncio.sleep(min(pause, deadline - now))
+
+
+async def _pause(attempt: int, left_s: float) -> None:
+    """The `attempt`th wait for a lock, as SQLite's busy handler would wait: 1 ms, then
+    growing to 100 ms, never past the deadline."""
+    await asyncio.sleep(min(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)], left_s))
 
 
 class InlineCursor:
@@ -288,14 +293,14 @@ async def truncate_log(conn: InlineConnection) -> None:
         now = time.monotonic()
         if now >= deadline:
             raise sqlite3.OperationalError("database is locked: the write-ahead log stays")
-        await asyncio.sleep(min(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)], deadline - now))
+        await _pause(attempt, deadline - now)
         attempt += 1
 
 
 def async_creator(url: str, busy_timeout_s: float) -> Callable[[], Awaitable[InlineConnection]]:
     """The engine's `async_creator`: a new in-place connection to the URL's database,
     autocommit at the driver (SQLAlchemy emits BEGIN itself), busy timeout 0 (waits are
-    taken in `_retry_busy`), no checkpoint at commit (see `Checkpointer`)."""
+    taken in `_retry_busy`), no checkpoint at commit (see `WalCheckpoints`)."""
     args, kwargs = connect_args(url)
     kwargs["timeout"] = 0
     kwargs["check_same_thread"] = False  # closed by the pool, possibly from another thread
