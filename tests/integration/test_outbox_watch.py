@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentserver.adapters.db import models
@@ -63,7 +63,7 @@ async def test_the_watcher_reads_only_while_someone_waits(engine: AsyncEngine) -
         await asyncio.sleep(0.3)
         assert len(reads) == quiet, "nobody waits: nothing is read"
 
-        everyone = signal.any_waiter()
+        everyone = signal.any_waiter("test")
         assert signal.wanted()
         await asyncio.sleep(0.1)
         assert len(reads) > quiet, "someone waits: the outbox is watched again"
@@ -99,6 +99,11 @@ async def test_the_webhook_fan_out_asks_for_wake_ups_only_while_an_endpoint_is_e
             )  # fmt: skip
         await asyncio.sleep(0.3)
         assert signal.wanted(), "an endpoint is enabled: the fan-out waits for commits"
+
+        async with engine.begin() as conn:
+            await conn.execute(update(models.webhook_endpoints).values(enabled=False))
+        await asyncio.sleep(0.3)
+        assert not signal.wanted(), "the last endpoint is disabled: nothing to be woken for"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

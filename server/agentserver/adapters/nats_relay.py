@@ -115,7 +115,7 @@ class NatsRelay:
         """Relay until cancelled; a NATS or database outage is waited out."""
         delay = 0.5
         while True:
-            woken = self.signal.any_waiter()
+            woken = self.signal.any_waiter("nats")
             try:
                 sent = await self.relay_once()
                 delay = 0.5

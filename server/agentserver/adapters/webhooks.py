@@ -136,9 +136,12 @@ class WebhookDeliverer:
                 enabled = bool(await self._guarded(self.store.any_enabled))
                 asked_at = time.monotonic()
             if not enabled:
+                # The last endpoint went away since the wake-up was taken: give it back,
+                # or the outbox stays watched for nobody until the next commit.
+                self.signal.release_any("webhooks")
                 await asyncio.sleep(self.idle_poll)
                 continue
-            woken = self.signal.any_waiter()
+            woken = self.signal.any_waiter("webhooks")
             made = await self._guarded(self.store.fan_out, self.clock.now())
             if made:
                 queued.set()

@@ -52,7 +52,7 @@ class OutboxSignal:
     def __init__(self) -> None:
         self._tenants: dict[str, asyncio.Event] = {}
         self._any = asyncio.Event()
-        self._any_taken = False
+        self._any_owners: set[str] = set()  # who holds the all-tenant wake-up
 
     def waiter(self, tenant_id: str) -> asyncio.Event:
         event = self._tenants.get(tenant_id)
@@ -60,14 +60,19 @@ class OutboxSignal:
             event = self._tenants[tenant_id] = asyncio.Event()
         return event
 
-    def any_waiter(self) -> asyncio.Event:
-        self._any_taken = True
+    def any_waiter(self, owner: str) -> asyncio.Event:
+        """The next wake-up of any tenant, for `owner` (one consumer of every tenant)."""
+        self._any_owners.add(owner)
         return self._any
+
+    def release_any(self, owner: str) -> None:
+        """`owner` will not wait for the wake-up it took (it stopped listening)."""
+        self._any_owners.discard(owner)
 
     def wanted(self) -> bool:
         """Whether anyone holds a wake-up not yet given: if not, no one needs the
         outbox watched (a waiter taken later still sees what commits after it)."""
-        return self._any_taken or bool(self._tenants)
+        return bool(self._any_owners) or bool(self._tenants)
 
     def wake(self, tenant_id: str | None = None) -> None:
         """Wake `tenant_id`'s waiters (None: everyone's) and the all-tenant consumers."""
@@ -81,7 +86,7 @@ class OutboxSignal:
             event.set()
         self._any.set()
         self._any = asyncio.Event()
-        self._any_taken = False
+        self._any_owners.clear()
 
 
 class OutboxWatcher:
