@@ -70,14 +70,9 @@ async def _retry_busy(fn: Callable[[], Any], busy_timeout_s: float) -> Any:
                 deadline = now + busy_timeout_s
             if now >= deadline:
                 raise
-            await _pause(attempt, deadline - now)
+            # As SQLite's busy handler would wait: 1 ms, then growing to 100 ms.
+            await asyncio.sleep(min(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)], deadline - now))
             attempt += 1
-
-
-async def _pause(attempt: int, left_s: float) -> None:
-    """The `attempt`th wait for a lock, as SQLite's busy handler would wait: 1 ms, then
-    growing to 100 ms, never past the deadline."""
-    await asyncio.sleep(min(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)], left_s))
 
 
 class InlineCursor:
@@ -121,11 +116,6 @@ class InlineCursor:
         # move on meanwhile and gather at the group commits (domain/batching.py), which
         # form batches only from what is submitted while one is in flight.
         await asyncio.sleep(0)
-        try:
-            return cursor.execute(sql, parameters)
-        except sqlite3.OperationalError as err:
-            if not _busy(err):
-                raise
         return await _retry_busy(lambda: cursor.execute(sql, parameters), self._busy_timeout_s)
 
     async def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> Any:
@@ -182,11 +172,6 @@ class InlineConnection:
 
     def cursor(self) -> InlineCursor:
         return InlineCursor(self._conn.cursor(), self.busy_timeout_s)
-
-    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> InlineCursor:
-        cursor = self.cursor()
-        await cursor.execute(sql, parameters)
-        return cursor
 
     async def commit(self) -> None:
         conn = self._conn
@@ -279,22 +264,19 @@ def _restart_log(conn: sqlite3.Connection) -> None:
 async def truncate_log(conn: InlineConnection) -> None:
     """Copy the whole write-ahead log into the database file and empty the log.
 
-    Waits, as a busy handler would, while a checkpoint under way (`WalCheckpoints`)
-    or a reader of another process keeps it from finishing: SQLite reports that as a
-    row (busy = 1), not as an error."""
-    deadline = time.monotonic() + conn.busy_timeout_s
-    attempt = 0
-    while True:
-        cursor = await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        busy = (await cursor.fetchall())[0][0]
-        await cursor.close()
-        if not busy:
-            return
-        now = time.monotonic()
-        if now >= deadline:
-            raise sqlite3.OperationalError("database is locked: the write-ahead log stays")
-        await _pause(attempt, deadline - now)
-        attempt += 1
+    Waits, as for a lock (`_retry_busy`), while a checkpoint under way
+    (`WalCheckpoints`) or a reader of another process keeps it from finishing: SQLite
+    reports that as a row (busy = 1), not as an error."""
+    raw = conn._conn
+
+    def once() -> None:
+        ((busy, _frames, _copied),) = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        if busy:
+            err = sqlite3.OperationalError("database is locked: the write-ahead log stays")
+            err.sqlite_errorcode = SQLITE_BUSY
+            raise err
+
+    await _retry_busy(once, conn.busy_timeout_s)
 
 
 def async_creator(url: str, busy_timeout_s: float) -> Callable[[], Awaitable[InlineConnection]]:
