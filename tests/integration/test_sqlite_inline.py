@@ -39,6 +39,14 @@ async def engine(path: Path) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+async def _driver(engine: AsyncEngine) -> sqlite_inline.InlineConnection:
+    """The engine's one connection, as the driver holds it."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(raw, sqlite_inline.InlineConnection)
+    return raw
+
+
 async def _ticks_while(task: asyncio.Task[None], seconds: float) -> int:
     """How often a 5 ms sleep came back on this loop in `seconds` while `task` ran."""
     ticks = 0
@@ -127,10 +135,7 @@ async def test_a_lock_held_past_the_busy_timeout_is_unavailable(path: Path) -> N
 async def test_the_log_is_checkpointed_on_a_worker_thread_not_at_commit(
     engine: AsyncEngine, path: Path
 ) -> None:
-    async with engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-    assert isinstance(raw, sqlite_inline.InlineConnection)
-    checkpoints = raw.checkpoints
+    checkpoints = (await _driver(engine)).checkpoints
     assert checkpoints is not None
     if checkpoints.running is not None:
         await checkpoints.running  # the one after creating the table
@@ -165,9 +170,8 @@ async def test_the_log_is_checkpointed_on_a_worker_thread_not_at_commit(
 async def test_under_steady_writes_the_log_stays_short(engine: AsyncEngine, path: Path) -> None:
     """A checkpoint that runs while writes go on never catches up with the log, and the
     log could not start over: it grew by every write (247 MB in 24 s of ChargeTokens)."""
-    async with engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-    assert isinstance(raw, sqlite_inline.InlineConnection) and raw.checkpoints is not None
+    raw = await _driver(engine)
+    assert raw.checkpoints is not None
     raw.checkpoints.every_s = 0.02
     for i in range(160):  # 40 MB in all
         async with engine.begin() as conn:
@@ -187,10 +191,7 @@ async def test_truncating_the_log_waits_for_a_checkpoint_under_way(
     other.execute("BEGIN")
     other.execute("SELECT count(*) FROM rows").fetchall()
     asyncio.get_running_loop().call_later(0.2, lambda: other.execute("COMMIT"))
-    async with engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-        assert isinstance(raw, sqlite_inline.InlineConnection)
-        await asyncio.wait_for(sqlite_inline.truncate_log(raw), 5)
+    await asyncio.wait_for(sqlite_inline.truncate_log(await _driver(engine)), 5)
     other.close()
     assert path.with_name(path.name + "-wal").stat().st_size == 0
 
