@@ -77,3 +77,32 @@ async def test_the_wait_ends_when_a_slice_brings_nothing() -> None:
     results = await asyncio.wait_for(asyncio.gather(*(c.submit("k", i) for i in range(3))), 5)
     assert results == [0, 10, 20]
     assert batches == [[0, 1, 2]]
+
+
+async def test_without_lingering_a_batch_still_takes_the_calls_of_the_next_turn() -> None:
+    """On PostgreSQL (no lingering) the drain gives the loop one turn before taking the
+    next batch: callers answered by the last batch that call again at once, and calls
+    already parsed, join the one waiting instead of trailing it a round trip later."""
+    batches: list[list[int]] = []
+    written = asyncio.Event()
+
+    async def run(key: str, items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            await written.wait()  # the network round trip of the first batch
+        return [i * 10 for i in items]
+
+    c: Coalescer[str, int, int] = Coalescer(run, linger_s=0.0)
+
+    async def again(first: int, then: int) -> int:
+        await c.submit("k", first)
+        return await c.submit("k", then)
+
+    calls = [asyncio.create_task(again(0, 3)), asyncio.create_task(again(1, 4))]
+    await _turns(3)
+    assert batches == [[0, 1]]
+    calls.append(asyncio.create_task(c.submit("k", 2)))
+    await _turns(1)
+    written.set()
+    assert await asyncio.wait_for(asyncio.gather(*calls), 5) == [30, 40, 20]
+    assert batches == [[0, 1], [2, 3, 4]]

@@ -33,7 +33,11 @@ class Coalescer(Generic[K, I, R]):
     call waiting each time, and pay a transaction per call exactly when the server
     is busiest. Where `run` waits on the network (PostgreSQL), batches form while it
     waits, and lingering would only leave the server idle (measured: ChargeTokens at
-    concurrency 16 lost a sixth).
+    concurrency 16 lost a sixth). There, under the same condition, the drain gives
+    the loop one turn instead: the callers the last batch answered, and calls parsed
+    meanwhile, join the next batch rather than the one after it (ChargeTokens on one
+    hot PostgreSQL wallet: batches of 3.1 calls became 3.8, and the database's CPU
+    per call fell by a tenth to a fifth).
 
     `run` returns one result (or the exception for that item) per item, in order.
     `sized`, if given, is told each batch's size (metrics).
@@ -71,6 +75,9 @@ class Coalescer(Generic[K, I, R]):
 
     async def _gather(self, key: K) -> None:
         """Wait while the next batch is still growing (see the class)."""
+        if self._linger_s <= 0:
+            await asyncio.sleep(0)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._linger_s
         size = self._waiting(key)
@@ -85,7 +92,7 @@ class Coalescer(Generic[K, I, R]):
         last = 0  # the size of the batch before
         try:
             while True:
-                if self._linger_s > 0 and (last > 1 or self._waiting(key) > 1):
+                if last > 1 or self._waiting(key) > 1:
                     await self._gather(key)
                 queue = self._pending.pop(key, None)
                 if not queue:
