@@ -2,7 +2,7 @@
 commit) and the bare echo server, all running at once, the load alternating between
 them in short slices.
 
-    .venv/bin/python bench/ab.py --other ../baseline [--slices 16] [--slice 2]
+    .venv/bin/python bench/ab.py --other ../baseline [--slices 16] [--slice 2] [--cells all]
 
 This machine's speed drifts by up to 2x within minutes, so figures taken a minute
 apart cannot be compared. Here the three servers are up together and each cell
@@ -69,6 +69,17 @@ sys.path[:0] = [sys.argv[1] + "/bench"]
 from common import provision
 print(json.dumps(asyncio.run(provision(sys.argv[2], {"t": int(sys.argv[3])}))))
 """
+
+
+def cells(names: str) -> list[tuple[str, int]]:
+    """`--cells`: which of CELLS to run, as `bench:concurrency` names."""
+    if names == "all":
+        return list(CELLS)
+    known = {f"{b}:{c}": (b, c) for b, c in CELLS}
+    picked = [known.get(n.strip()) for n in names.split(",")]
+    if None in picked:
+        raise SystemExit(f"--cells: pick from {', '.join(known)} (or all)")
+    return [c for c in picked if c is not None]
 
 
 def git_head(repo: Path) -> str:
@@ -211,7 +222,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             echo = await Server.echo(root / "echo.log")
             stack.push_async_callback(echo.stop)
             servers["echo"] = (echo, "")
-            for bench, conc in CELLS:
+            for bench, conc in cells(args.cells):
                 r = await run_cell(bench, conc, servers, args.slices, args.slice, counter)
                 results.append(r)
                 s, v = r["sides"], r["this_over_other"]
@@ -293,9 +304,13 @@ def main() -> None:
     p.add_argument("--other", type=Path, required=True, help="the other checkout (with .venv)")
     p.add_argument("--slices", type=int, default=16, help="slices per server and cell")
     p.add_argument("--slice", type=float, default=2.0, help="seconds per slice")
+    p.add_argument(
+        "--cells", default="all", help="comma-separated: process:1, process:16, ledger:16"
+    )
     args = p.parse_args()
     if args.slices < 2:
         raise SystemExit("--slices must be at least 2")
+    cells(args.cells)  # refuse an unknown name before starting anything
     results = asyncio.run(run(args))
     markdown, data = report(args, results)
     md_path, json_path = write_results("ab", markdown, data)
