@@ -3,22 +3,33 @@ WARNING at once with everything before it, the rest when logging shuts down."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 
 from agentserver.logs import BufferedStreamHandler, JsonFormatter
 
 
-def _logger(stream: io.StringIO, flush_s: float) -> tuple[logging.Logger, BufferedStreamHandler]:
+@contextlib.contextmanager
+def _logging(flush_s: float) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing JSON lines through a BufferedStreamHandler into a string,
+    closed (as logging.shutdown closes it at exit) when the block ends."""
+    stream = io.StringIO()
     handler = BufferedStreamHandler(stream, flush_s=flush_s)
     handler.setFormatter(JsonFormatter())
     log = logging.getLogger(f"test_logs.{id(stream)}")
     log.propagate = False
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
-    return log, handler
+    try:
+        yield log, stream
+    finally:
+        handler.close()
+        handler._flusher.join(5)
+        assert not handler._flusher.is_alive()
 
 
 def _messages(stream: io.StringIO) -> list[str]:
@@ -26,9 +37,7 @@ def _messages(stream: io.StringIO) -> list[str]:
 
 
 def test_lines_below_warning_wait_then_are_written_by_the_thread() -> None:
-    stream = io.StringIO()
-    log, handler = _logger(stream, flush_s=0.05)
-    try:
+    with _logging(flush_s=0.05) as (log, stream):
         log.info("one")
         log.info("two")
         assert stream.getvalue() == ""  # not one write per line
@@ -36,41 +45,21 @@ def test_lines_below_warning_wait_then_are_written_by_the_thread() -> None:
         while not stream.getvalue() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _messages(stream) == ["one", "two"]
-    finally:
-        handler.close()
 
 
 def test_a_warning_is_written_at_once_after_the_lines_before_it() -> None:
-    stream = io.StringIO()
-    log, handler = _logger(stream, flush_s=60.0)
-    try:
+    with _logging(flush_s=60.0) as (log, stream):
         log.info("before")
         log.warning("trouble")
         assert _messages(stream) == ["before", "trouble"]
         log.info("after")
         assert _messages(stream) == ["before", "trouble"]
-    finally:
-        handler.close()
-    assert _messages(stream) == ["before", "trouble", "after"]
-
-
-def test_closing_writes_what_waits_and_ends_the_thread() -> None:
-    stream = io.StringIO()
-    log, handler = _logger(stream, flush_s=60.0)
-    log.info("last words")
-    handler.close()  # what logging.shutdown does at exit
-    assert _messages(stream) == ["last words"]
-    handler._flusher.join(5)
-    assert not handler._flusher.is_alive()
+    assert _messages(stream) == ["before", "trouble", "after"]  # written when closed
 
 
 def test_a_long_backlog_is_written_without_waiting() -> None:
-    stream = io.StringIO()
-    log, handler = _logger(stream, flush_s=60.0)
-    try:
+    with _logging(flush_s=60.0) as (log, stream):
         for i in range(2000):  # well past MAX_PENDING_CHARS
             log.info("line %d", i)
         assert len(_messages(stream)) > 1000
-    finally:
-        handler.close()
     assert _messages(stream) == [f"line {i}" for i in range(2000)]
