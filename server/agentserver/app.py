@@ -60,6 +60,7 @@ from agentserver.domain.ratelimit import InProcessRateLimiter, NoRateLimit, Rate
 from agentserver.domain.registry import Registry, default_registry
 from agentserver.domain.telemetry import NO_TELEMETRY, Telemetry
 from agentserver.domain.webhooks import WebhookEndpoints, parse_networks
+from agentserver.domain.windows import KEPT_AFTER_LAPSE
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -104,6 +105,7 @@ class App:
     signal: OutboxSignal
     feed: EventFeed
     webhook_store: SqlWebhookStore
+    windows: SqlConversationWindows
     webhooks: WebhookEndpoints
     deliverer: WebhookDeliverer
     watcher: OutboxWatcher
@@ -202,6 +204,7 @@ class App:
             await self.prune_audit()
             await self.apply_retention()
             await self.prune_events()
+            await self.prune_windows()
             self._next_prune = self.clock.now() + AUDIT_PRUNE_EVERY
 
     async def apply_retention(self, *, batches: int = 20) -> int:
@@ -252,6 +255,20 @@ class App:
                 break
         if pruned:
             log.info("pruned %d events older than %g days", pruned, days)
+        return pruned
+
+    async def prune_windows(self, *, batches: int = 20) -> int:
+        """Delete conversation windows that lapsed over a day ago (domain/windows.py),
+        at most `batches` x 5,000 a call."""
+        before = self.clock.now() - KEPT_AFTER_LAPSE
+        pruned = 0
+        for _ in range(batches):
+            deleted = await self.windows.prune(before, AUDIT_PRUNE_BATCH)
+            pruned += deleted
+            if deleted < AUDIT_PRUNE_BATCH:
+                break
+        if pruned:
+            log.info("deleted %d lapsed conversation windows", pruned)
         return pruned
 
     async def _every(self, seconds: float, job: object) -> None:
@@ -314,6 +331,7 @@ async def build_app(
     runner = ActionRunner(
         admin, SqlBusinessStore(engine), clock, secret_box, report_writer=build_writer(settings)
     )
+    windows = SqlConversationWindows(engine)
     executor = Executor(
         actions=agent_store,
         ledger=ledger,
@@ -327,7 +345,7 @@ async def build_app(
             if isinstance(ledger_store, PgLedgerStore)
             else SqlSettler(engine, ledger_store, agent_store)
         ),
-        windows=SqlConversationWindows(engine),
+        windows=windows,
     )
     offline = OfflineEngine(default_country_code=settings.default_country_code)
     policy_cache = CachedPolicySource(admin, ttl=settings.policy_cache_seconds)
@@ -414,6 +432,7 @@ async def build_app(
             events, signal, clock, max_streams_per_tenant=settings.event_streams_per_tenant
         ),
         webhook_store=webhook_store,
+        windows=windows,
         webhooks=WebhookEndpoints(webhook_store, secret_box, clock, allowed),
         deliverer=WebhookDeliverer(
             webhook_store,

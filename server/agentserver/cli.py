@@ -231,6 +231,8 @@ async def cmd_sweep(app: App, args: argparse.Namespace) -> int:
     if days > 0:
         deleted = await app.prune_events(batches=1_000_000)
         print(f"deleted {deleted} outbox events older than {days:g} days")
+    windows = await app.prune_windows(batches=1_000_000)
+    print(f"deleted {windows} conversation windows that lapsed over a day ago")
     return 0
 
 
@@ -454,8 +456,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "sweep",
-        help="release expired reservations, apply conversation retention and prune old audit"
-        " and outbox events now",
+        help="release expired reservations, apply conversation retention, prune old audit"
+        " and outbox events and lapsed conversation windows now",
     )
     s.set_defaults(fn=cmd_sweep)
 

@@ -139,3 +139,43 @@ async def test_two_replicas_on_one_postgresql_open_one_window(
         for h in (one, two):
             await h.server.stop(0)
             await h.app.close()
+
+
+async def test_the_sweep_deletes_windows_a_day_after_they_lapsed(harness: Harness) -> None:
+    """A lapsed window is only ever replaced; its row (a recipient's address) goes a
+    day after it lapsed. Open windows and those that lapsed since stay."""
+    from sqlalchemy import func, select
+
+    from agentserver.adapters.db.models import conversation_windows as W
+
+    app = harness.app
+    now = harness.clock.now()
+    tenant = "t-prune-windows"
+    hour = timedelta(hours=1)
+    opened = {  # recipient: when its window opened
+        "+15550008001": now - WINDOW - 25 * hour,  # lapsed 25 hours ago: goes
+        "+15550008002": now - WINDOW - 23 * hour,  # lapsed 23 hours ago: stays
+        "+15550008003": now - hour,  # open: stays
+    }
+    for recipient, at in opened.items():
+        assert await app.windows.open(
+            WindowKey(tenant, "whatsapp", recipient), "a", at, at + WINDOW
+        )
+
+    async def left() -> list[str]:
+        query = select(W.c.recipient).where(W.c.tenant_id == tenant).order_by(W.c.recipient)
+        async with app.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    assert await app.prune_windows() >= 1
+    assert await left() == ["+15550008002", "+15550008003"]
+    harness.clock.advance(2 * hour)
+    await app.prune_windows()
+    assert await left() == ["+15550008003"]
+    # The next message to a pruned recipient opens a window as for a new one.
+    key = WindowKey(tenant, "whatsapp", "+15550008001")
+    assert await app.windows.open(key, "b", harness.clock.now(), harness.clock.now() + WINDOW)
+    assert not await app.windows.open(key, "c", harness.clock.now(), harness.clock.now() + WINDOW)
+    async with app.engine.connect() as conn:
+        count = select(func.count()).select_from(W).where(W.c.tenant_id == tenant)
+        assert (await conn.execute(count)).scalar() == 2

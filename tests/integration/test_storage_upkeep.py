@@ -108,6 +108,7 @@ def test_retention_zero_keeps_everything_and_the_cli_sweep_prunes(url: str) -> N
     assert "pruned" not in keep.stdout
     prune = subprocess.run(run, env={**base, **env}, capture_output=True, text=True, check=True)
     assert "pruned 0 audit events older than 90 days" in prune.stdout
+    assert "deleted 0 conversation windows that lapsed over a day ago" in prune.stdout
 
 
 async def test_hot_tables_have_their_own_autovacuum_thresholds(app: App) -> None:

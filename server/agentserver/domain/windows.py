@@ -20,6 +20,10 @@ A crash between opening a window and the provider's answer leaves the window ope
 charging too little, never twice. So does a crash between passing a window to its
 heir and charging the heir (the charge's request id is the heir's, so a retried
 charge is applied once).
+
+A lapsed window is never read again, only replaced by the next one, so its row (a
+recipient's address and when they were last written to) is deleted a day after it
+lapsed (`App.prune_windows`, with the other sweeps).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Any, Protocol
 from agentserver.domain.costs import OperationType
 
 WINDOW = timedelta(hours=24)
+# How long a lapsed window's row is kept before the sweep deletes it.
+KEPT_AFTER_LAPSE = timedelta(days=1)
 
 # Operation types priced per conversation, and the channel name their windows use.
 _CONVERSATION_PRICED = {OperationType.WHATSAPP_CONVERSATION.value: "whatsapp"}

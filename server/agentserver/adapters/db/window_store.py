@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -77,6 +77,22 @@ class SqlConversationWindows:
                     .values(opened_by=heir, joined_by=None)
                 )
             return heir
+
+    async def prune(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` windows that lapsed before `before`; how many went.
+        A window opened again meanwhile (its expiry moved) stays: the delete checks
+        the expiry again on the row it deletes."""
+        lapsed = (
+            select(W.c.tenant_id, W.c.channel, W.c.recipient)
+            .where(W.c.expires_at < before)
+            .limit(limit)
+        )
+        stmt = delete(W).where(
+            tuple_(W.c.tenant_id, W.c.channel, W.c.recipient).in_(lapsed),
+            W.c.expires_at < before,
+        )
+        async with self.engine.begin() as conn:
+            return int((await conn.execute(stmt)).rowcount or 0)
 
 
 def _is(key: WindowKey) -> tuple[Any, ...]:
