@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -228,12 +229,9 @@ class App:
         if days <= 0:
             return 0
         before = self.clock.now() - timedelta(days=days)
-        pruned = 0
-        for _ in range(batches):
-            deleted = await self.admin.prune_audit_events(before, AUDIT_PRUNE_BATCH)
-            pruned += deleted
-            if deleted < AUDIT_PRUNE_BATCH:
-                break
+        pruned = await _in_batches(
+            lambda: self.admin.prune_audit_events(before, AUDIT_PRUNE_BATCH), batches
+        )
         if pruned:
             log.info("pruned %d audit events older than %g days", pruned, days)
         return pruned
@@ -247,12 +245,9 @@ class App:
             return 0
         before = self.clock.now() - timedelta(days=days)
         consumers = [WEBHOOKS, NATS] if self.relay is not None else [WEBHOOKS]
-        pruned = 0
-        for _ in range(batches):
-            deleted = await self.events.prune(before, consumers, AUDIT_PRUNE_BATCH)
-            pruned += deleted
-            if deleted < AUDIT_PRUNE_BATCH:
-                break
+        pruned = await _in_batches(
+            lambda: self.events.prune(before, consumers, AUDIT_PRUNE_BATCH), batches
+        )
         if pruned:
             log.info("pruned %d events older than %g days", pruned, days)
         return pruned
@@ -261,12 +256,7 @@ class App:
         """Delete conversation windows that lapsed over a day ago (domain/windows.py),
         at most `batches` x 5,000 a call."""
         before = self.clock.now() - KEPT_AFTER_LAPSE
-        pruned = 0
-        for _ in range(batches):
-            deleted = await self.windows.prune(before, AUDIT_PRUNE_BATCH)
-            pruned += deleted
-            if deleted < AUDIT_PRUNE_BATCH:
-                break
+        pruned = await _in_batches(lambda: self.windows.prune(before, AUDIT_PRUNE_BATCH), batches)
         if pruned:
             log.info("deleted %d lapsed conversation windows", pruned)
         return pruned
@@ -297,6 +287,19 @@ def operator_caller() -> Caller:
         tenant_id="",
         user_id=login[:MAX_USER_ID],
     )
+
+
+async def _in_batches(delete: Callable[[], Awaitable[int]], batches: int) -> int:
+    """Run `delete` (one batch of at most AUDIT_PRUNE_BATCH rows) until a batch comes
+    back short, at most `batches` times: a backlog is worked off over several sweeps.
+    Returns how many rows went."""
+    total = 0
+    for _ in range(batches):
+        deleted = await delete()
+        total += deleted
+        if deleted < AUDIT_PRUNE_BATCH:
+            break
+    return total
 
 
 async def build_app(
