@@ -86,14 +86,28 @@ def op_to_pb(op: OperationType) -> common_pb2.OperationType.ValueType:
     return _OPERATION_TYPES[op]
 
 
-_OPERATION_TYPES = {
-    op: common_pb2.OperationType.Value(f"OPERATION_TYPE_{op.name}") for op in OperationType
-}
-_ENTRY_KINDS = {k: token_service_pb2.EntryKind.Value(f"ENTRY_KIND_{k.name}") for k in EntryKind}
-_RESERVATION_STATES = {
-    s: token_service_pb2.ReservationState.Value(f"RESERVATION_STATE_{s.name}")
-    for s in ReservationState
-}
+def _prefix(wrapper: Any) -> str:
+    """A proto enum's value prefix: its UPPER_SNAKE type name (`ActionState`:
+    `ACTION_STATE_`)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", wrapper.DESCRIPTOR.name).upper() + "_"
+
+
+def _to_pb(domain: type[E], wrapper: Any) -> dict[E, Any]:
+    """Each member of a domain enum and the proto value named alike, built once at
+    import (a member without one fails the import)."""
+    prefix = _prefix(wrapper)
+    return {member: wrapper.Value(prefix + member.name) for member in domain}
+
+
+_OPERATION_TYPES: dict[OperationType, common_pb2.OperationType.ValueType] = _to_pb(
+    OperationType, common_pb2.OperationType
+)
+_ENTRY_KINDS: dict[EntryKind, token_service_pb2.EntryKind.ValueType] = _to_pb(
+    EntryKind, token_service_pb2.EntryKind
+)
+_RESERVATION_STATES: dict[ReservationState, token_service_pb2.ReservationState.ValueType] = _to_pb(
+    ReservationState, token_service_pb2.ReservationState
+)
 
 
 def enum_name(wrapper: Any, value: int, prefix: str, field: str, hint: str) -> str:
@@ -258,16 +272,15 @@ def state_to_pb(state: ActionState) -> agent_service_pb2.ActionState.ValueType:
     return _ACTION_STATES[state]
 
 
-_ACTION_STATES = {
-    s: agent_service_pb2.ActionState.Value(f"ACTION_STATE_{s.name}") for s in ActionState
-}
+_ACTION_STATES: dict[ActionState, agent_service_pb2.ActionState.ValueType] = _to_pb(
+    ActionState, agent_service_pb2.ActionState
+)
 
 
 def _from_pb(domain: type[E], wrapper: Any, value: int, field: str, what: str) -> E:
     """The domain enum member of a proto enum value named alike (the proto's prefix
     is its UPPER_SNAKE type name); INVALID_ARGUMENT naming `field` otherwise."""
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", wrapper.DESCRIPTOR.name).upper() + "_"
-    return domain[enum_name(wrapper, value, prefix, field, f"{value} is not {what}")]
+    return domain[enum_name(wrapper, value, _prefix(wrapper), field, f"{value} is not {what}")]
 
 
 def state_from_pb(value: int) -> ActionState:
